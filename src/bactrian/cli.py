@@ -1,0 +1,185 @@
+"""The `bactrian` command. Each verb parses a typed config (defaults < --config YAML < flags) and calls one
+library function; only this module prints errors and chooses exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import BactrianError, ConfigError
+
+
+def parse_bool(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "y", "on"):
+        return True
+    if lowered in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _base_type(hint: Any) -> Any:
+    """list[str] -> list, str | None -> str, int -> int."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return _base_type(next(arg for arg in typing.get_args(hint) if arg is not type(None)))
+    return origin or hint
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """One flag per dataclass field, named as the field; defaults stay out of argparse so that we can tell
+    which flags were given (they override the YAML config)."""
+    hints = typing.get_type_hints(config_cls)
+    parser.add_argument("--config", help="YAML file whose keys are option names; flags override it.")
+    for spec in dataclasses.fields(config_cls):
+        kind = _base_type(hints[spec.name])
+        default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+        help_text = f"{spec.metadata.get('help', '')} (default: {_show(default)})"
+        flag = f"--{spec.name}"
+        if kind is bool:
+            parser.add_argument(flag, type=parse_bool, nargs="?", const=True, default=argparse.SUPPRESS,
+                                metavar="BOOL", help=help_text)
+        elif kind is list:
+            parser.add_argument(flag, action="append", default=argparse.SUPPRESS, metavar="VALUE", help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=spec.metadata.get("choices"),
+                                help=help_text)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
+
+
+def build_config(config_cls: type, args: argparse.Namespace) -> Any:
+    """Defaults, then the YAML file, then the flags given on the command line."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(_read_yaml(Path(args.config), config_cls))
+    values.update({key: value for key, value in vars(args).items() if key not in ("config", "verb", "func")})
+    hints = typing.get_type_hints(config_cls)
+    fields = {spec.name: spec for spec in dataclasses.fields(config_cls)}
+    converted = {key: _convert(value, hints[key], fields[key], key) for key, value in values.items()}
+    return config_cls(**converted)
+
+
+def _read_yaml(path: Path, config_cls: type) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: file not found.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise ConfigError(f"{path}: {where}not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of option names to values.")
+    known = {spec.name for spec in dataclasses.fields(config_cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown option(s) {', '.join(unknown)}; see --help for the valid names.")
+    return data
+
+
+def _convert(value: Any, hint: Any, spec: dataclasses.Field, name: str) -> Any:
+    kind = _base_type(hint)
+    if value is None:
+        return None
+    try:
+        if kind is list:
+            items = value if isinstance(value, list) else [value]
+            if spec.metadata.get("repeat"):
+                return [str(item) for item in items]
+            return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+        if kind is bool:
+            return value if isinstance(value, bool) else parse_bool(value)
+        converted = kind(value)
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+        raise ConfigError(f"option {name}: {exc}") from exc
+    choices = spec.metadata.get("choices")
+    if choices and converted not in choices:
+        raise ConfigError(f"option {name}: {converted!r} is not one of {', '.join(choices)}.")
+    return converted
+
+
+# -- verbs -------------------------------------------------------------------------------------------------
+def _finetune(args: argparse.Namespace) -> None:
+    from .train.config import FinetuneConfig
+    from .train.trainer import finetune
+
+    config = build_config(FinetuneConfig, args)
+    metrics = finetune(config)
+    print(f"Adapter saved to {config.output_dir}")
+    print(f"Final metrics: {metrics}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import DemoConfig, run_demo
+
+    run_demo(build_config(DemoConfig, args))
+
+
+def _languages(args: argparse.Namespace) -> None:
+    from .languages import LANGUAGES
+
+    print(f"{'code':<5} {'name':<12} {'locale':<7} {'script':<6} flores")
+    for lang in LANGUAGES:
+        print(f"{lang.code:<5} {lang.name:<12} {lang.locale:<7} {lang.script:<6} {lang.flores}")
+
+
+def _verbs() -> list[tuple[str, str, Callable, type | None]]:
+    from .demo import DemoConfig
+    from .train.config import FinetuneConfig
+
+    return [
+        ("finetune", "Train a LoRA adapter on instruction data (the original finetune.py, fixed and faster).",
+         _finetune, FinetuneConfig),
+        ("demo", "Fine-tune the embedded default model on the bundled multilingual set and compare answers.",
+         _demo, DemoConfig),
+        ("languages", "List the 52 Bactrian-X languages and their codes.", _languages, None),
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bactrian", description="Multilingual instruction tuning, "
+                                     "the Bactrian-X way: data, LoRA fine-tuning, inference, export, evaluation.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for name, help_text, func, config_cls in _verbs():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        if config_cls is not None:
+            add_config_arguments(sub, config_cls)
+        sub.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    del args.verbose
+    try:
+        args.func(args)
+    except BactrianError as exc:
+        print(f"bactrian {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bactrian {args.verb}: interrupted; finished work is kept (resume with the same command).",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Errors a user can act on. Library code raises these; only the CLI prints them."""
+
+
+class BactrianError(Exception):
+    """Base class of every error bactrian reports to its user."""
+
+
+class ConfigError(BactrianError):
+    """An option, flag or config file value is invalid."""
+
+
+class DataError(BactrianError):
+    """Instruction data is malformed; the message names the file, the line or row, and the field."""
+
+
+class ModelError(BactrianError):
+    """A model, tokenizer or adapter cannot be loaded or does not fit the request."""

@@ -1,0 +1,50 @@
+"""The `bactrian.json` manifest every output folder carries: tool version, full config, inputs, metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import ConfigError
+from .fileio import atomic_write_json, file_sha256
+
+MANIFEST = "bactrian.json"
+
+
+def fingerprint_inputs(paths: list[str]) -> list[dict[str, str]]:
+    """A sha256 for each local data file (every file of a folder), the id for a hub dataset."""
+    entries: list[dict[str, str]] = []
+    for spec in paths:
+        path = Path(spec)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            if file.is_file():
+                entries.append({"path": str(file), "sha256": file_sha256(file)})
+        if not path.exists():
+            entries.append({"hub_id": spec})
+    return entries
+
+
+def write_manifest(folder: Path, kind: str, config: Any, **sections: Any) -> None:
+    config_dict = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    atomic_write_json(folder / MANIFEST, {
+        "bactrian_version": __version__,
+        "kind": kind,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": config_dict,
+        **sections,
+    })
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from exc

@@ -1,0 +1,253 @@
+"""Instruction records and their readers: JSON, JSONL, Parquet, `datasets` folders, per-language folders,
+hub dataset ids, and the self-instruct seed format. Every record carries `id` and `lang`; a malformed file
+is an error naming the file, the line (or row) and the field."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import languages
+from .errors import DataError
+
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    lang: str
+    instruction: str
+    input: str
+    output: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def load_records(data_paths: str | list[str], langs: list[str] | None = None) -> list[Record]:
+    """Read every record from one or more data paths, keeping only `langs` when given.
+
+    A language asked for but absent from the data is an error, as is data that ends up empty."""
+    paths = [data_paths] if isinstance(data_paths, str) else list(data_paths)
+    if not paths:
+        raise DataError("No --data_path given.")
+    records: list[Record] = []
+    for path in paths:
+        records.extend(_read_path(path, langs))
+    if langs:
+        records = [record for record in records if record.lang in langs]
+        missing = sorted(set(langs) - {record.lang for record in records})
+        if missing:
+            raise DataError(f"Language(s) {', '.join(missing)} asked for with --lang but not found in {paths}.")
+    if not records:
+        raise DataError(f"No instruction records found in {paths}.")
+    return records
+
+
+def _read_path(path: str, langs: list[str] | None) -> list[Record]:
+    local = Path(path)
+    if local.is_dir():
+        if (local / "dataset_info.json").exists() or (local / "dataset_dict.json").exists():
+            return _read_saved_dataset(local, langs)
+        return _read_language_folder(local, langs)
+    if local.is_file():
+        return list(read_seed_or_records(local, _single(langs)))
+    if local.suffix in DATA_SUFFIXES or path.startswith((".", "/")):
+        raise DataError(f"{path}: no such file or folder.")
+    return _read_hub_dataset(path, langs)
+
+
+def _single(langs: list[str] | None) -> str | None:
+    return langs[0] if langs and len(langs) == 1 else None
+
+
+def read_file(path: Path, default_lang: str | None = None) -> Iterator[Record]:
+    """Records of one JSON, JSONL or Parquet file. The language comes from each row's `lang`, else the
+    file name (`fr.jsonl`), else `default_lang`."""
+    stem_lang = languages.get(path.stem).code if languages.is_known(path.stem) else None
+    for index, where, row in _raw_rows(path):
+        yield to_record(row, path, where, stem_lang or default_lang, f"{path.stem}-{index}")
+
+
+def _raw_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _jsonl_rows(path)
+    if suffix == ".json":
+        return _json_rows(path)
+    if suffix == ".parquet":
+        return _parquet_rows(path)
+    raise DataError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl or .parquet.")
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number - 1, f"line {number}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {number}: not valid JSON ({exc.msg})") from exc
+
+
+def _json_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from exc
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON array of records, found {type(data).__name__}.")
+    for index, row in enumerate(data):
+        yield index, f"record {index} (line {_line_of_item(text, index)})", row
+
+
+def _line_of_item(text: str, index: int) -> int:
+    """The line where the index-th top-level array item starts (for error messages only)."""
+    decoder = json.JSONDecoder()
+    position = text.index("[") + 1
+    for _ in range(index + 1):
+        while text[position] in " \t\r\n,":
+            position += 1
+        start = position
+        _, position = decoder.raw_decode(text, position)
+    return text.count("\n", 0, start) + 1
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several unrelated types for a broken file
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
+    for index, row in enumerate(table.to_pylist()):
+        yield index, f"row {index}", row
+
+
+def to_record(row: Any, source: Path | str, where: str, default_lang: str | None, default_id: str) -> Record:
+    """Validate one raw row. Null, missing and empty `input` are the same."""
+    if not isinstance(row, dict):
+        raise DataError(f"{source}: {where}: expected an object with instruction/output, found {type(row).__name__}.")
+    instruction = _text_field(row, "instruction", source, where, required=True)
+    output = _text_field(row, "output", source, where, required=True)
+    text_input = _text_field(row, "input", source, where, required=False)
+    lang = row.get("lang") or default_lang
+    if not lang:
+        raise DataError(
+            f"{source}: {where}: field 'lang' is missing and the language cannot be told from the file name; "
+            "add a 'lang' field, name the file after its language (fr.jsonl), or pass one --lang."
+        )
+    if not languages.is_known(str(lang)):
+        raise DataError(f"{source}: {where}: field 'lang' has unknown language {lang!r}.")
+    record_id = row.get("id")
+    if record_id is None or record_id == "":
+        record_id = default_id
+    return Record(str(record_id), languages.get(str(lang)).code, instruction, text_input, output)
+
+
+def _text_field(row: dict, field: str, source: Path | str, where: str, required: bool) -> str:
+    value = row.get(field)
+    if value is None:
+        if required:
+            raise DataError(f"{source}: {where}: field '{field}' is missing.")
+        return ""
+    if not isinstance(value, str):
+        raise DataError(f"{source}: {where}: field '{field}' must be a string, found {type(value).__name__}.")
+    if required and not value.strip():
+        raise DataError(f"{source}: {where}: field '{field}' is empty.")
+    return value
+
+
+def _read_language_folder(folder: Path, langs: list[str] | None) -> list[Record]:
+    files = sorted(path for path in folder.iterdir() if path.suffix in DATA_SUFFIXES and path.is_file())
+    if not files:
+        raise DataError(f"{folder}: no .json, .jsonl or .parquet files in this folder.")
+    records: list[Record] = []
+    for path in files:
+        if languages.is_known(path.stem):
+            if langs and languages.get(path.stem).code not in langs:
+                continue
+        records.extend(read_seed_or_records(path, _single(langs)))
+    return records
+
+
+def read_seed_or_records(path: Path, default_lang: str | None) -> Iterator[Record]:
+    """Read a file in either the flat record format or the self-instruct seed format."""
+    if path.suffix == ".jsonl" and _looks_like_seed_file(path):
+        return read_seed_tasks(path, default_lang)
+    return read_file(path, default_lang)
+
+
+def _looks_like_seed_file(path: Path) -> bool:
+    with open(path, encoding="utf-8") as handle:
+        first = next((line for line in handle if line.strip()), "")
+    try:
+        return isinstance(json.loads(first), dict) and "instances" in json.loads(first)
+    except json.JSONDecodeError:
+        return False
+
+
+def read_seed_tasks(path: Path, default_lang: str | None) -> Iterator[Record]:
+    """The self-instruct seed format: one task per line with `instances: [{input, output}]`; one record each."""
+    stem_lang = languages.get(path.stem).code if languages.is_known(path.stem) else None
+    for index, where, task in _jsonl_rows(path):
+        instances = task.get("instances") if isinstance(task, dict) else None
+        if not isinstance(instances, list) or not instances:
+            raise DataError(f"{path}: {where}: field 'instances' must be a non-empty list.")
+        for number, instance in enumerate(instances):
+            if not isinstance(instance, dict):
+                raise DataError(f"{path}: {where}: field 'instances[{number}]' must be an object.")
+            row = {**instance, "instruction": task.get("instruction"), "lang": task.get("lang")}
+            task_id = task.get("id") or f"{path.stem}-{index}"
+            row["id"] = task_id if len(instances) == 1 else f"{task_id}-{number}"
+            where_instance = f"{where}, instances[{number}]"
+            yield to_record(row, path, where_instance, stem_lang or default_lang, row["id"])
+
+
+def _read_saved_dataset(folder: Path, langs: list[str] | None) -> list[Record]:
+    import datasets
+
+    loaded = datasets.load_from_disk(str(folder))
+    if isinstance(loaded, datasets.DatasetDict):
+        parts = [(name, split) for name, split in loaded.items()]
+    else:
+        parts = [("train", loaded)]
+    records: list[Record] = []
+    for split_name, split in parts:
+        default = languages.get(split_name).code if languages.is_known(split_name) else _single(langs)
+        for index, row in enumerate(split):
+            where = f"split {split_name!r} row {index}"
+            records.append(to_record(row, folder, where, default, f"{split_name}-{index}"))
+    return records
+
+
+def _read_hub_dataset(dataset_id: str, langs: list[str] | None) -> list[Record]:
+    """A hub dataset with one config per language, as MBZUAI/Bactrian-X (`--lang fr,de`)."""
+    import datasets
+
+    if not langs:
+        raise DataError(
+            f"{dataset_id}: a hub dataset with one config per language needs --lang (e.g. --lang fr,de or all)."
+        )
+    records: list[Record] = []
+    for lang in langs:
+        try:
+            split = datasets.load_dataset(dataset_id, lang, split="train")
+        except Exception as exc:  # network, missing config, auth: all surface as one clear message
+            raise DataError(f"{dataset_id}: could not load config {lang!r} from the hub ({exc}).") from exc
+        for index, row in enumerate(split):
+            records.append(to_record(row, f"{dataset_id}[{lang}]", f"row {index}", lang, f"{lang}-{index}"))
+    return records
+
+
+def write_jsonl(path: Path, records: Iterable[Record]) -> None:
+    from .fileio import atomic_write_bytes
+
+    lines = (json.dumps(record.to_dict(), ensure_ascii=False) for record in records)
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))

@@ -1,0 +1,1 @@
+"""LoRA fine-tuning: data preparation (`dataset`) and the training loop (`trainer`)."""

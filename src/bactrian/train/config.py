@@ -1,0 +1,61 @@
+"""The options of `bactrian finetune`: the original finetune.py flags, same names and meaning, plus ours."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def option(default, help: str, **extra):
+    """A dataclass field whose help text the CLI shows."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class FinetuneConfig:
+    base_model: str = option("default", "Base model: 'default' (embedded Gemma 3 270M), a hub id, a local "
+                                        "folder or a .gguf file.")
+    data_path: list[str] = option([], "Instruction data: JSON/JSONL/Parquet file, a folder with one file per "
+                                      "language, a datasets save_to_disk folder, or a hub id. Repeatable.",
+                                  repeat=True)
+    lang: list[str] = option([], "Languages to train on, comma separated ISO codes or 'all' "
+                                 "(default: every language in the data).")
+    output_dir: str = option("./lora-bactrian", "Where the adapter, checkpoints and manifest go.")
+    batch_size: int = option(128, "Global batch size in examples (per optimizer step).")
+    micro_batch_size: int = option(4, "Examples (or packed rows) per forward pass; gradient accumulation = "
+                                      "batch_size / micro_batch_size / world size.")
+    num_epochs: float = option(3.0, "Epochs to train (ignored when --max_steps is set).")
+    learning_rate: float = option(3e-4, "Peak learning rate (AdamW).")
+    cutoff_len: int = option(256, "Maximum tokens per example; longer ones are truncated.")
+    val_set_size: int = option(2000, "Validation rows held out, stratified by language (seed 42).")
+    lora_r: int = option(8, "LoRA rank.")
+    lora_alpha: int = option(16, "LoRA alpha.")
+    lora_dropout: float = option(0.05, "LoRA dropout.")
+    lora_target_modules: list[str] = option(["q_proj", "v_proj"], "Modules to adapt, comma separated.")
+    train_on_inputs: bool = option(True, "Also learn the prompt tokens (the original's default). "
+                                         "Pass False to learn only the output.")
+    group_by_length: bool = option(False, "Sort each global batch by length before cutting micro-batches "
+                                          "(less padding, same result).")
+    resume_from_checkpoint: str | None = option(None, "A checkpoint folder, or 'auto' for the latest one in "
+                                                      "--output_dir.")
+    prompt_template_name: str = option("bactrian", "Prompt template: bactrian, alpaca, chat (the tokenizer's "
+                                                   "chat template) or a JSON file.")
+    load_8bit: bool = option(False, "Load the base model in 8-bit (bitsandbytes, CUDA only).")
+    load_4bit: bool = option(False, "Load the base model in 4-bit NF4 (bitsandbytes, CUDA only).")
+    max_steps: int = option(-1, "Optimizer steps to train; overrides --num_epochs when > 0.")
+    warmup_steps: int = option(100, "Linear warmup steps.")
+    logging_steps: int = option(10, "Log the training loss every N steps.")
+    eval_steps: int = option(200, "Evaluate on the validation split every N steps (0: only at the end).")
+    save_steps: int = option(200, "Save a resumable checkpoint every N steps (0: never).")
+    save_total_limit: int = option(2, "Checkpoints to keep (oldest removed first).")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm (0: off).")
+    seed: int = option(42, "Seed for LoRA initialisation, dropout and data order.")
+    packing: bool = option(False, "Pack several examples per sequence (no attention across examples, positions "
+                                  "restart per example).")
+    lang_temperature: float = option(1.0, "Sample languages with p ~ n^(1/T); 1 keeps the data's mix.")
+    gradient_checkpointing: bool = option(False, "Recompute activations in backward to save memory.")
+    report_to: str = option("none", "Where metrics go besides the progress bar: none, tensorboard or wandb.",
+                            choices=("none", "tensorboard", "wandb"))
+    wandb_project: str = option("", "Weights & Biases project (with --report_to wandb).")
+    wandb_run_name: str = option("", "Weights & Biases run name (with --report_to wandb).")

@@ -1,0 +1,382 @@
+"""`bactrian finetune`: LoRA instruction tuning, readable top to bottom.
+
+The loss of a step is the sum of the losses of every target token in the global batch divided by their
+count, whatever the micro-batching, packing or number of processes. Checkpoints hold the adapter, optimizer,
+scheduler, RNG states and the step; the data order is a function of (seed, epoch), so a resumed run continues
+exactly where the interrupted one stopped."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from .. import languages
+from ..errors import ConfigError
+from ..fileio import atomic_write_json
+from ..manifest import fingerprint_inputs, write_manifest
+from ..models import LoadedModel, load_model
+from ..prompts import load_template
+from ..records import load_records
+from . import dataset as ds
+from .config import FinetuneConfig
+from .distributed import DistributedContext
+from .loss import token_losses
+
+log = logging.getLogger(__name__)
+
+ADAPTER_FILE = "adapter_model.safetensors"
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+# Settings a resumed run must share with the interrupted one to continue it exactly.
+RESUME_KEYS = ("base_model", "batch_size", "learning_rate", "cutoff_len", "val_set_size", "lora_r", "lora_alpha",
+               "lora_target_modules", "train_on_inputs", "seed", "packing", "lang_temperature", "warmup_steps",
+               "prompt_template_name")
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def validate(config: FinetuneConfig, world_size: int) -> None:
+    """Errors that need no data or model, raised before anything is loaded."""
+    per_step = config.micro_batch_size * world_size
+    if config.batch_size <= 0 or config.micro_batch_size <= 0:
+        raise ConfigError("--batch_size and --micro_batch_size must be positive.")
+    if config.batch_size % per_step:
+        raise ConfigError(
+            f"--batch_size {config.batch_size} is not divisible by --micro_batch_size {config.micro_batch_size}"
+            f" x {world_size} process(es); gradient accumulation needs a whole number of micro-batches."
+        )
+    if not config.data_path:
+        raise ConfigError("--data_path is required (a file, a folder or a hub dataset id).")
+    if config.cutoff_len < 2:
+        raise ConfigError("--cutoff_len must be at least 2.")
+
+
+def check_target_modules(model: torch.nn.Module, targets: list[str]) -> None:
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) or "Linear" in type(module).__name__}
+    missing = [target for target in targets if target not in names]
+    if missing:
+        raise ConfigError(f"--lora_target_modules {','.join(missing)}: not in this model. "
+                          f"Its linear modules: {', '.join(sorted(names))}.")
+
+
+def attach_lora(loaded: LoadedModel, config: FinetuneConfig) -> Any:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    model = loaded.model
+    if config.load_8bit or config.load_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    elif config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    torch.manual_seed(config.seed)
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(config.lora_target_modules), bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def total_steps(config: FinetuneConfig, num_examples: int) -> int:
+    if config.max_steps > 0:
+        return config.max_steps
+    return max(1, math.ceil(config.num_epochs * math.ceil(num_examples / config.batch_size)))
+
+
+class Trainer:
+    def __init__(self, config: FinetuneConfig, context: DistributedContext, model: Any, tokenizer: Any,
+                 train: list[ds.Example], val: list[ds.Example]):
+        from transformers import get_linear_schedule_with_warmup
+
+        self.config, self.context, self.model, self.tokenizer = config, context, model, tokenizer
+        self.train, self.val = train, val
+        self.output_dir = Path(config.output_dir)
+        self.steps = total_steps(config, len(train))
+        self.params = [param for param in model.parameters() if param.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=0.0)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, config.warmup_steps, self.steps)
+        self.state = TrainState()
+        self.writer = None
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        config = self.config
+        self._open_reporting()
+        schedule = ds.global_batches(self.train, config.batch_size, config.lang_temperature, config.seed,
+                                     self.state.step, self.steps)
+        bar = tqdm(total=self.steps, initial=self.state.step, desc="finetune", unit="step",
+                   disable=not (self.context.is_main and sys.stderr.isatty()), dynamic_ncols=True)
+        started, tokens_seen = time.perf_counter(), 0
+        for step, indices in schedule:
+            loss, tokens = self.train_step([self.train[index] for index in indices])
+            tokens_seen += tokens
+            self.state.step = step + 1
+            rate = tokens_seen / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}")
+            bar.update(1)
+            self._after_step(loss, rate)
+        bar.close()
+        metrics = self.evaluate() if self.val else {}
+        metrics.update(train_loss=self._last("train_loss"), steps=self.state.step,
+                       train_tokens_per_second=round(tokens_seen / max(time.perf_counter() - started, 1e-9), 1))
+        self._log(metrics)
+        if self.writer is not None:
+            self.writer.close()
+        return metrics
+
+    def train_step(self, batch: list[ds.Example]) -> tuple[float, int]:
+        """One optimizer step on one global batch; returns its mean token loss and the tokens this rank saw."""
+        config = self.config
+        self.model.train()
+        global_targets = sum(example.num_targets for example in batch)
+        share = batch[self.context.rank::self.context.world_size]
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        tokens = 0
+        for micro in ds.micro_batches(share, config.micro_batch_size, self.tokenizer.pad_token_id, config.packing,
+                                      config.cutoff_len, config.group_by_length):
+            losses, _ = token_losses(self.model, micro)
+            (losses.sum() / global_targets).backward()
+            loss_sum += losses.detach().double().sum().cpu()
+            tokens += micro.num_tokens
+        self.context.sum_gradients(self.params)
+        self.context.sum_(loss_sum)
+        if config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss_sum) / global_targets, tokens
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Eval loss per language and overall (token-weighted) on the validation split."""
+        self.model.eval()
+        codes = sorted({example.lang for example in self.val})
+        sums = torch.zeros(len(codes), 2, dtype=torch.float64)  # [loss sum, target tokens] per language
+        share = self.val[self.context.rank::self.context.world_size]
+        for micro in ds.micro_batches(share, self.config.micro_batch_size, self.tokenizer.pad_token_id,
+                                      self.config.packing, self.config.cutoff_len, group_by_length=True):
+            losses, owners = token_losses(self.model, micro)
+            for loss, owner in zip(losses.double().cpu().tolist(), owners.cpu().tolist()):
+                row = codes.index(micro.examples[owner].lang)
+                sums[row, 0] += loss
+                sums[row, 1] += 1
+        self.context.sum_(sums)
+        per_lang = {code: round(float(sums[i, 0] / sums[i, 1]), 6) for i, code in enumerate(codes) if sums[i, 1]}
+        overall = float(sums[:, 0].sum() / sums[:, 1].sum())
+        return {"eval_loss": round(overall, 6), "eval_loss_per_lang": per_lang}
+
+    # -- logging and checkpoints -------------------------------------------------------------------------
+    def _after_step(self, loss: float, rate: float) -> None:
+        config, step = self.config, self.state.step
+        entry = {"step": step, "train_loss": round(loss, 6), "learning_rate": self.scheduler.get_last_lr()[0],
+                 "tokens_per_second": round(rate, 1)}
+        self.state.log_history.append(entry)
+        if config.logging_steps > 0 and step % config.logging_steps == 0:
+            self._log(entry)
+        if self.val and config.eval_steps > 0 and step % config.eval_steps == 0 and step < self.steps:
+            self._log({"step": step, **self.evaluate()})
+        if config.save_steps > 0 and step % config.save_steps == 0 and step < self.steps:
+            self.save_checkpoint()
+
+    def _last(self, key: str) -> float | None:
+        values = [entry[key] for entry in self.state.log_history if key in entry]
+        return values[-1] if values else None
+
+    def _log(self, entry: dict[str, Any]) -> None:
+        if not self.context.is_main:
+            return
+        log.info(json.dumps(entry, ensure_ascii=False))
+        if self.writer is not None:
+            self._report(entry)
+
+    def _report(self, entry: dict[str, Any]) -> None:
+        step = entry.get("step", self.state.step)
+        scalars = {key: value for key, value in entry.items() if isinstance(value, float)}
+        for lang, value in entry.get("eval_loss_per_lang", {}).items():
+            scalars[f"eval_loss/{lang}"] = value
+        if self.config.report_to == "tensorboard":
+            for key, value in scalars.items():
+                self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+        else:
+            self.writer.log(scalars, step=step)
+
+    def _open_reporting(self) -> None:
+        if not self.context.is_main or self.config.report_to == "none":
+            return
+        if self.config.report_to == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise ConfigError("--report_to tensorboard needs tensorboard: pip install tensorboard") from exc
+            self.writer = SummaryWriter(log_dir=str(self.output_dir / "runs"))
+        else:
+            import wandb
+
+            wandb.init(project=self.config.wandb_project or None, name=self.config.wandb_run_name or None,
+                       config=asdict(self.config))
+            self.writer = wandb
+
+    def save_checkpoint(self) -> Path:
+        """Write checkpoint-STEP atomically: a staging folder renamed into place once complete."""
+        final = self.output_dir / f"checkpoint-{self.state.step}"
+        staging = self.output_dir / f".checkpoint-{self.state.step}.partial"
+        self.context.barrier()
+        if self.context.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        self.context.barrier()
+        torch.save(rng_state(), staging / f"rng_state_{self.context.rank}.pt")
+        self.context.barrier()
+        if self.context.is_main:
+            self.model.save_pretrained(staging)
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                       staging / OPTIMIZER_FILE)
+            atomic_write_json(staging / STATE_FILE, {**asdict(self.state), "config": asdict(self.config)})
+            shutil.rmtree(final, ignore_errors=True)
+            staging.rename(final)
+            self._prune_checkpoints()
+        self.context.barrier()
+        return final
+
+    def _prune_checkpoints(self) -> None:
+        checkpoints = sorted(list_checkpoints(self.output_dir), key=_checkpoint_step)
+        for old in checkpoints[: max(0, len(checkpoints) - self.config.save_total_limit)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def resume(self, spec: str) -> None:
+        folder = find_checkpoint(self.output_dir, spec)
+        if folder is None:
+            log.info("--resume_from_checkpoint auto: no checkpoint in %s, starting fresh.", self.output_dir)
+            return
+        load_adapter_weights(self.model, folder)
+        if not (folder / STATE_FILE).is_file():
+            log.warning("%s holds adapter weights but no training state: training starts at step 0 from "
+                        "these weights, with a fresh optimizer and schedule.", folder)
+            return
+        saved = json.loads((folder / STATE_FILE).read_text())
+        _warn_on_changed_settings(saved.get("config", {}), asdict(self.config), folder)
+        states = torch.load(folder / OPTIMIZER_FILE, weights_only=True)
+        self.optimizer.load_state_dict(states["optimizer"])
+        self.scheduler.load_state_dict(states["scheduler"])
+        self.state = TrainState(saved["step"], saved["log_history"])
+        rng_file = folder / f"rng_state_{self.context.rank}.pt"
+        if rng_file.is_file():
+            set_rng_state(torch.load(rng_file, weights_only=True))
+        log.info("Resumed from %s at step %d of %d.", folder, self.state.step, self.steps)
+
+
+def _warn_on_changed_settings(saved: dict[str, Any], current: dict[str, Any], folder: Path) -> None:
+    changed = [key for key in RESUME_KEYS if key in saved and saved[key] != current.get(key)]
+    if changed:
+        log.warning("Resuming from %s with changed settings (%s): the run will not match an uninterrupted one.",
+                    folder, ", ".join(f"{key}: {saved[key]} -> {current[key]}" for key in changed))
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    if not output_dir.is_dir():
+        return []
+    return [path for path in output_dir.glob("checkpoint-*") if path.is_dir() and path.name[11:].isdigit()]
+
+
+def _checkpoint_step(path: Path) -> int:
+    return int(path.name.split("-")[-1])
+
+
+def find_checkpoint(output_dir: Path, spec: str) -> Path | None:
+    if spec == "auto":
+        checkpoints = list_checkpoints(output_dir)
+        return max(checkpoints, key=_checkpoint_step) if checkpoints else None
+    folder = Path(spec)
+    if not (folder / ADAPTER_FILE).is_file():
+        raise ConfigError(f"--resume_from_checkpoint {spec}: no {ADAPTER_FILE} there.")
+    return folder
+
+
+def load_adapter_weights(model: Any, folder: Path) -> None:
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_FILE)))
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise ConfigError(f"{folder}: adapter does not fit this model (unexpected keys: {unexpected[:3]}).")
+
+
+def prepare_examples(config: FinetuneConfig, tokenizer: Any) -> tuple[list[ds.Example], list[ds.Example]]:
+    template = load_template(config.prompt_template_name)
+    records = load_records(config.data_path, languages.parse_langs(config.lang) or None)
+    train_records, val_records = ds.stratified_split(records, config.val_set_size)
+    train = ds.tokenize_all(train_records, tokenizer, template, config.cutoff_len, config.train_on_inputs)
+    val = ds.tokenize_all(val_records, tokenizer, template, config.cutoff_len, config.train_on_inputs)
+    if not train:
+        raise ConfigError("No training examples left after tokenization; check --cutoff_len and the data.")
+    return train, val
+
+
+def finetune(config: FinetuneConfig) -> dict[str, Any]:
+    """Train a LoRA adapter into config.output_dir; returns the final metrics."""
+    context = DistributedContext.from_env()
+    validate(config, context.world_size)
+    load_template(config.prompt_template_name)  # an unknown template fails before the model loads
+    loaded = load_model(config.base_model, config.load_8bit, config.load_4bit, device=context.device())
+    check_target_modules(loaded.model, config.lora_target_modules)
+    train, val = prepare_examples(config, loaded.tokenizer)
+    model = attach_lora(loaded, config)
+    trainer = Trainer(config, context, model, loaded.tokenizer, train, val)
+    if config.resume_from_checkpoint:
+        trainer.resume(config.resume_from_checkpoint)
+    if context.is_main:
+        log.info("Training on %d examples (%s), %d validation, %d steps.", len(train),
+                 ds.language_counts(train), len(val), trainer.steps)
+    metrics = trainer.run()
+    if context.is_main:
+        save_adapter(trainer, loaded, train, val, metrics)
+    context.barrier()
+    context.close()
+    return metrics
+
+
+def save_adapter(trainer: Trainer, loaded: LoadedModel, train: list[ds.Example], val: list[ds.Example],
+                 metrics: dict[str, Any]) -> None:
+    config, output_dir = trainer.config, trainer.output_dir
+    trainer.model.save_pretrained(output_dir)
+    saved = load_file(str(output_dir / ADAPTER_FILE))
+    expected = sum(1 for name, param in trainer.model.named_parameters() if param.requires_grad)
+    if len(saved) != expected or not saved:
+        raise ConfigError(f"{output_dir / ADAPTER_FILE}: saved {len(saved)} tensors, expected {expected}.")
+    loaded.tokenizer.save_pretrained(output_dir)
+    atomic_write_json(output_dir / STATE_FILE, asdict(trainer.state))
+    template = load_template(config.prompt_template_name)
+    write_manifest(output_dir, "adapter", config,
+                   base_model={"spec": config.base_model, **loaded.source.identity},
+                   template=template.to_dict(),
+                   languages=sorted({example.lang for example in train}),
+                   data=fingerprint_inputs(config.data_path),
+                   examples={"train": ds.language_counts(train), "validation": ds.language_counts(val)},
+                   metrics=metrics)
