@@ -40,8 +40,7 @@ def demo_data_dir() -> Path:
 def split_held_out(records: list[Record]) -> tuple[list[Record], list[Record]]:
     """The first record of each HELD_OUT_LANGS language is kept out of training, to compare answers on."""
     held_out = [next(record for record in records if record.lang == lang) for lang in HELD_OUT_LANGS]
-    held_ids = {record.id for record in held_out}
-    return [record for record in records if record.id not in held_ids], held_out
+    return [record for record in records if record not in held_out], held_out
 
 
 def run_demo(config: DemoConfig) -> None:
