@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import types
 import typing
@@ -119,8 +120,14 @@ def _finetune(args: argparse.Namespace) -> None:
 
     config = build_config(FinetuneConfig, args)
     metrics = finetune(config)
-    print(f"Adapter saved to {config.output_dir}")
-    print(f"Final metrics: {metrics}")
+    if _is_main_process():
+        print(f"Adapter saved to {config.output_dir}")
+        print(f"Final metrics: {metrics}")
+
+
+def _is_main_process() -> bool:
+    """False on the non-zero ranks of a torchrun / accelerate launch, which stay quiet."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -166,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    level = logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level if _is_main_process() else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     del args.verbose
     try:

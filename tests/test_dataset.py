@@ -1,0 +1,109 @@
+from collections import Counter
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from bactrian.prompts import load_template
+from bactrian.records import Record
+from bactrian.train import dataset as ds
+
+
+@pytest.fixture()
+def tokenizer(tiny_llama):
+    return AutoTokenizer.from_pretrained(tiny_llama)
+
+
+def _record(output="Red is a primary colour.", input=""):
+    return Record("x-1", "en", "Name a primary colour.", input, output)
+
+
+def test_prompt_tokens_masked_and_output_plus_eos_learned(tokenizer):
+    template = load_template("bactrian")
+    example = ds.tokenize(_record(), tokenizer, template, cutoff_len=256, train_on_inputs=False)
+    prompt_ids = tokenizer(template.render("Name a primary colour.", ""))["input_ids"]
+    output_ids = tokenizer("Red is a primary colour.", add_special_tokens=False)["input_ids"]
+    assert list(example.input_ids) == prompt_ids + output_ids + [tokenizer.eos_token_id]
+    assert list(example.labels) == [-100] * len(prompt_ids) + output_ids + [tokenizer.eos_token_id]
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    with_inputs = ds.tokenize(_record(), tokenizer, template, cutoff_len=256, train_on_inputs=True)
+    assert with_inputs.labels == with_inputs.input_ids
+
+
+def test_truncation_keeps_eos_of_examples_that_fit(tokenizer):
+    template = load_template("bactrian")
+    full = ds.tokenize(_record(), tokenizer, template, cutoff_len=256, train_on_inputs=False)
+    exact = ds.tokenize(_record(), tokenizer, template, cutoff_len=len(full.input_ids), train_on_inputs=False)
+    assert exact.input_ids[-1] == tokenizer.eos_token_id
+    cut = ds.tokenize(_record(), tokenizer, template, cutoff_len=len(full.input_ids) - 3, train_on_inputs=False)
+    assert len(cut.input_ids) == len(full.input_ids) - 3 and cut.input_ids == full.input_ids[:-3]
+
+
+def test_examples_with_nothing_to_learn_are_left_out_with_a_warning(tokenizer, caplog):
+    template = load_template("bactrian")
+    examples = ds.tokenize_all([_record()], tokenizer, template, cutoff_len=4, train_on_inputs=False)
+    assert examples == [] and "nothing left to learn" in caplog.text
+
+
+def _records(counts):
+    return [Record(f"{lang}-{i}", lang, "i", "", "o") for lang, n in counts.items() for i in range(n)]
+
+
+def test_validation_split_is_stratified_by_language_and_seeded():
+    records = _records({"en": 600, "fr": 300, "sw": 100})
+    train, val = ds.stratified_split(records, 100)
+    assert Counter(r.lang for r in val) == {"en": 60, "fr": 30, "sw": 10}
+    assert len(train) == 900 and not {r.id for r in train} & {r.id for r in val}
+    assert ds.stratified_split(records, 100)[1] == val
+
+
+def test_language_temperature_probabilities():
+    counts = {"en": 900, "sw": 100}
+    assert ds.language_probabilities(counts, 1.0) == pytest.approx({"en": 0.9, "sw": 0.1})
+    flat = ds.language_probabilities(counts, 1e6)
+    assert flat["en"] == pytest.approx(0.5, abs=1e-3)
+    t2 = ds.language_probabilities(counts, 2.0)
+    assert t2["sw"] == pytest.approx(10 / (30 + 10))
+
+
+def test_epoch_order_follows_temperature_quotas():
+    examples = [ds.Example(f"{lang}-{i}", lang, (1, 2), (1, 2)) for lang, n in {"en": 90, "sw": 10}.items()
+                for i in range(n)]
+    order = ds.epoch_order(examples, 2.0, seed=1, epoch=0)
+    langs = Counter(examples[i].lang for i in order)
+    assert langs == {"en": 75, "sw": 25} and len(order) == 100
+    plain = ds.epoch_order(examples, 1.0, seed=1, epoch=0)
+    assert sorted(plain) == list(range(100)) and plain != list(range(100))
+    assert plain == ds.epoch_order(examples, 1.0, seed=1, epoch=0) != ds.epoch_order(examples, 1.0, 1, 1)
+
+
+def test_packing_fills_rows_and_restarts_positions():
+    examples = [ds.Example(str(i), "en", tuple(range(10, 10 + n)), tuple([-100] + list(range(11, 10 + n))))
+                for i, n in enumerate([5, 3, 4, 2])]
+    rows = ds.pack_rows([5, 3, 4, 2], capacity=8)
+    assert sorted(sum(rows, [])) == [0, 1, 2, 3] and len(rows) == 2
+    (batch,) = ds.micro_batches(examples, micro_batch_size=4, pad_id=0, packing=True, cutoff_len=8,
+                                group_by_length=False)
+    assert batch.attention_mask is None and batch.input_ids.shape == (2, 8)
+    first_row = batch.position_ids[0].tolist()
+    assert first_row == [0, 1, 2, 3, 4, 0, 1, 2]  # the 5-token and the 3-token example
+    assert batch.num_tokens == 14
+    assert [e.id for e in batch.examples] == ["0", "1", "2", "3"]
+
+
+def test_padded_batches_pad_right_with_a_mask():
+    examples = [ds.Example("a", "en", (5, 6, 7), (-100, 6, 7)), ds.Example("b", "en", (5, 6), (-100, 6))]
+    (batch,) = ds.micro_batches(examples, 2, pad_id=0, packing=False, cutoff_len=8, group_by_length=False)
+    assert batch.input_ids.tolist() == [[5, 6, 7], [5, 6, 0]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch.labels[1].tolist() == [-100, 6, -100]
+    assert torch.equal(batch.example_index, torch.tensor([[0, 0, 0], [1, 1, -1]]))
+
+
+def test_global_batches_cover_each_epoch_once():
+    examples = [ds.Example(str(i), "en", (1,), (1,)) for i in range(10)]
+    schedule = ds.global_batches(examples, batch_size=4, temperature=1.0, seed=3, start_step=0, total_steps=6)
+    first_epoch = [i for _, batch in schedule[:3] for i in batch]
+    assert sorted(first_epoch) == list(range(10)) and [len(b) for _, b in schedule[:3]] == [4, 4, 2]
+    resumed = ds.global_batches(examples, 4, 1.0, 3, start_step=4, total_steps=6)
+    assert resumed == schedule[4:]

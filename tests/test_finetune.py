@@ -1,0 +1,193 @@
+"""Fine-tuning: the loss, packing, the saved adapter with its real consumer (peft), errors, resume, DDP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bactrian.errors import BactrianError, ConfigError, DataError
+from bactrian.models import load_model
+from bactrian.train import dataset as ds
+from bactrian.train.config import FinetuneConfig
+from bactrian.train.loss import token_losses
+from bactrian.train.trainer import attach_lora, finetune, prepare_examples
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_config(model, data, out, **overrides) -> FinetuneConfig:
+    settings = dict(base_model=str(model), data_path=[str(data)], output_dir=str(out), batch_size=8,
+                    micro_batch_size=2, max_steps=4, val_set_size=6, warmup_steps=1, eval_steps=0, save_steps=0,
+                    logging_steps=1, learning_rate=1e-2, lora_dropout=0.0, train_on_inputs=False)
+    settings.update(overrides)
+    return FinetuneConfig(**settings)
+
+
+def adapter_weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(folder) / "adapter_model.safetensors"))
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[key] - b[key]).abs().max()) for key in a)
+
+
+def gradients(model, micro_batches, total_targets) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    loss = 0.0
+    for micro in micro_batches:
+        losses, _ = token_losses(model, micro)
+        (losses.sum() / total_targets).backward()
+        loss += float(losses.detach().sum()) / total_targets
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    return {"loss": torch.tensor(loss), **grads}
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gemma"])
+def test_packed_and_unpacked_give_the_same_loss_and_gradients(request, arch, lang_folder, tmp_path):
+    model_dir = request.getfixturevalue(arch)
+    config = make_config(model_dir, lang_folder, tmp_path / "out", val_set_size=0)
+    loaded = load_model(config.base_model)
+    train, _ = prepare_examples(config, loaded.tokenizer)
+    model = attach_lora(loaded, config)
+    with torch.no_grad():  # make LoRA B non-zero so the adapter takes part in the gradients
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    batch = train[:12]
+    total = sum(example.num_targets for example in batch)
+    pad = loaded.tokenizer.pad_token_id
+    padded = gradients(model, ds.micro_batches(batch, 3, pad, False, 256, False), total)
+    packed_batches = ds.micro_batches(batch, 2, pad, True, 160, False)
+    assert len(packed_batches[0].examples) > packed_batches[0].input_ids.shape[0]  # rows hold several examples
+    packed = gradients(model, packed_batches, total)
+    assert max_difference(padded, packed) <= 1e-4
+    assert float(padded["loss"]) > 0
+
+
+def test_loss_does_not_depend_on_micro_batching(tiny_llama, lang_folder, tmp_path):
+    one = finetune(make_config(tiny_llama, lang_folder, tmp_path / "mb1", micro_batch_size=1))
+    four = finetune(make_config(tiny_llama, lang_folder, tmp_path / "mb4", micro_batch_size=4))
+    assert abs(one["train_loss"] - four["train_loss"]) < 1e-5
+    assert max_difference(adapter_weights(tmp_path / "mb1"), adapter_weights(tmp_path / "mb4")) < 1e-5
+
+
+def test_adapter_loads_with_peft_and_changes_the_model(tiny_llama, lang_folder, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "adapter"
+    metrics = finetune(make_config(tiny_llama, lang_folder, out, lora_target_modules=["q_proj", "k_proj",
+                                                                                       "v_proj", "o_proj"]))
+    assert (out / "adapter_config.json").is_file() and (out / "tokenizer.json").is_file()
+    assert (out / "adapter_model.safetensors").stat().st_size > 1000
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    ids = torch.tensor([[2, 10, 20, 30, 40]])
+    before = base(ids).logits
+    tuned = PeftModel.from_pretrained(base, out)
+    assert tuned.peft_config["default"].r == 8
+    assert not torch.allclose(before, tuned(ids).logits)
+    manifest = json.loads((out / "bactrian.json").read_text())
+    assert manifest["kind"] == "adapter" and manifest["template"]["name"] == "bactrian"
+    assert manifest["languages"] == ["de", "en", "fr"]
+    assert manifest["config"]["lora_target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert {entry["path"].rsplit("/", 1)[-1] for entry in manifest["data"]} == {"de.jsonl", "en.jsonl",
+                                                                                 "fr.jsonl"}
+    assert all(len(entry["sha256"]) == 64 for entry in manifest["data"])
+    assert manifest["base_model"]["config_sha256"]
+    assert set(manifest["metrics"]["eval_loss_per_lang"]) == {"de", "en", "fr"}
+    assert manifest["metrics"] == metrics
+
+
+def test_eval_loss_per_language_and_temperature_sampling(tiny_llama, lang_folder, tmp_path):
+    metrics = finetune(make_config(tiny_llama, lang_folder, tmp_path / "t", lang=["en", "fr"],
+                                   lang_temperature=3.0, val_set_size=4))
+    assert set(metrics["eval_loss_per_lang"]) == {"en", "fr"}
+    weights = {"en": 2, "fr": 2}
+    expected = sum(metrics["eval_loss_per_lang"][k] * w for k, w in weights.items()) / 4
+    assert metrics["eval_loss"] == pytest.approx(expected, rel=0.2)
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    (dict(prompt_template_name="vicuna"), ConfigError, "Unknown prompt template 'vicuna'"),
+    (dict(lang=["sw"]), DataError, "sw asked for with --lang but not found"),
+    (dict(lora_target_modules=["query_key_value"]), ConfigError, "query_key_value: not in this model"),
+    (dict(batch_size=6, micro_batch_size=4), ConfigError, "not divisible"),
+])
+def test_bad_input_fails_before_training(tiny_llama, lang_folder, tmp_path, overrides, error, message):
+    out = tmp_path / "out"
+    with pytest.raises(error, match=message):
+        finetune(make_config(tiny_llama, lang_folder, out, **overrides))
+    assert not out.exists()
+
+
+def test_empty_dataset_is_an_error(tiny_llama, tmp_path):
+    (tmp_path / "en.jsonl").write_text("\n")
+    with pytest.raises(BactrianError, match="No instruction records"):
+        finetune(make_config(tiny_llama, tmp_path / "en.jsonl", tmp_path / "out"))
+
+
+def test_tensorboard_reporting(tiny_llama, lang_folder, tmp_path):
+    pytest.importorskip("tensorboard")
+    finetune(make_config(tiny_llama, lang_folder, tmp_path / "tb", report_to="tensorboard"))
+    assert list((tmp_path / "tb" / "runs").glob("events.out.tfevents.*"))
+
+
+def _cli(*args, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "bactrian", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _flags(config: FinetuneConfig) -> list[str]:
+    flags = []
+    for key, value in vars(config).items():
+        if value is None or value == [] or key == "data_path":
+            continue
+        flags += [f"--{key}", ",".join(value) if isinstance(value, list) else str(value)]
+    return flags + [arg for path in config.data_path for arg in ("--data_path", path)]
+
+
+def test_sigkill_and_resume_matches_an_uninterrupted_run(tiny_llama, lang_folder, tmp_path):
+    common = dict(max_steps=60, batch_size=4, micro_batch_size=2, lora_dropout=0.1, learning_rate=3e-3,
+                  cutoff_len=256, val_set_size=0)
+    reference = make_config(tiny_llama, lang_folder, tmp_path / "straight", **common)
+    finetune(reference)
+    killed = make_config(tiny_llama, lang_folder, tmp_path / "killed", save_steps=3, **common)
+    process = _cli("finetune", *_flags(killed))
+    deadline = time.time() + 120
+    while not list((tmp_path / "killed").glob("checkpoint-*")) and time.time() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "adapter_model.safetensors").exists()
+    resumed = _cli("finetune", *_flags(killed), "--resume_from_checkpoint", "auto")
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert "Resumed from" in output
+    assert max_difference(adapter_weights(tmp_path / "straight"), adapter_weights(tmp_path / "killed")) <= 1e-6
+
+
+def test_two_process_ddp_matches_single_process(tiny_llama, lang_folder, tmp_path):
+    settings = dict(max_steps=3, batch_size=8, micro_batch_size=2, val_set_size=4, learning_rate=1e-2)
+    single = make_config(tiny_llama, lang_folder, tmp_path / "single", **settings)
+    finetune(single)
+    double = make_config(tiny_llama, lang_folder, tmp_path / "ddp", **settings)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               "-m", "bactrian", "finetune", *_flags(double)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("Adapter saved to") == 1  # rank 0 alone saves and reports
+    assert max_difference(adapter_weights(tmp_path / "single"), adapter_weights(tmp_path / "ddp")) <= 1e-5
+    single_metrics = json.loads((tmp_path / "single" / "bactrian.json").read_text())["metrics"]
+    ddp_metrics = json.loads((tmp_path / "ddp" / "bactrian.json").read_text())["metrics"]
+    assert ddp_metrics["eval_loss"] == pytest.approx(single_metrics["eval_loss"], abs=1e-5)
