@@ -107,3 +107,29 @@ def test_global_batches_cover_each_epoch_once():
     assert sorted(first_epoch) == list(range(10)) and [len(b) for _, b in schedule[:3]] == [4, 4, 2]
     resumed = ds.global_batches(examples, 4, 1.0, 3, start_step=4, total_steps=6)
     assert resumed == schedule[4:]
+
+
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_chunked_cross_entropy_matches_full_logits(softcap, monkeypatch):
+    from bactrian.train import loss as loss_module
+
+    monkeypatch.setattr(loss_module, "LOGIT_BUDGET", 50 * 7)  # 7 tokens per chunk, several chunks
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False).requires_grad_(False)
+    hidden = torch.randn(23, 16, dtype=torch.float64, requires_grad=True)
+    head.double()
+    targets = torch.randint(0, 50, (23,))
+    weights = torch.rand(23, dtype=torch.float64)
+    fused = loss_module.linear_cross_entropy(hidden, head, targets, softcap)
+    (fused * weights).sum().backward()
+    fused_grad = hidden.grad.clone()
+    hidden.grad = None
+    logits = head(hidden)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    reference = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    (reference * weights).sum().backward()
+    assert torch.allclose(fused.double(), reference, atol=1e-6)
+    assert torch.allclose(fused_grad, hidden.grad, atol=1e-6)
+    head.weight.requires_grad_(True)  # a trainable head takes the checkpointed path, same numbers
+    assert torch.allclose(loss_module.linear_cross_entropy(hidden, head, targets, softcap).double(), reference)

@@ -63,7 +63,7 @@ def test_lang_from_field_or_single_lang_flag(tmp_path):
 @pytest.mark.parametrize("content, message", [
     ('{"instruction": "a", "output": "x"}\n{"instruction": "b", "output": 3}\n', r"line 2: field 'output' must be a string"),
     ('{"instruction": "a", "output": "x"}\n{"output": "y"}\n', r"line 2: field 'instruction' is missing"),
-    ('{"instruction": "a", "output": "x"}\n{"instruction": "b", "output": ""}\n', r"line 2: field 'output' is empty"),
+    ('{"instruction": "a", "output": "x"}\n{"instruction": "", "output": "y"}\n', r"line 2: field 'instruction' is empty"),
     ('{"instruction": "a", "output": "x"}\n\n{"instruction": "b",\n', r"line 3: not valid JSON"),
     ('["not", "an", "object"]\n', r"line 1: expected an object"),
 ])
@@ -88,6 +88,13 @@ def test_malformed_parquet_row(tmp_path):
                                ).to_parquet(str(tmp_path / "pt.parquet"))
     with pytest.raises(DataError, match=r"pt.parquet: row 1: field 'output' is missing"):
         load_records(str(tmp_path / "pt.parquet"))
+
+
+def test_rows_with_empty_output_are_left_out_and_reported(tmp_path, caplog):
+    path = tmp_path / "ja.jsonl"
+    path.write_text('{"instruction": "a", "output": "x"}\n{"instruction": "b", "output": " "}\n')
+    assert [r.id for r in load_records(str(path))] == ["ja-0"]
+    assert "Left out 1 record(s) with an empty output: ja:ja-1" in caplog.text
 
 
 def test_empty_data_and_missing_path(tmp_path):

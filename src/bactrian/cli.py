@@ -67,9 +67,9 @@ def build_config(config_cls: type, args: argparse.Namespace) -> Any:
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
         values.update(_read_yaml(Path(args.config), config_cls))
-    values.update({key: value for key, value in vars(args).items() if key not in ("config", "verb", "func")})
-    hints = typing.get_type_hints(config_cls)
     fields = {spec.name: spec for spec in dataclasses.fields(config_cls)}
+    values.update({key: value for key, value in vars(args).items() if key in fields})
+    hints = typing.get_type_hints(config_cls)
     converted = {key: _convert(value, hints[key], fields[key], key) for key, value in values.items()}
     return config_cls(**converted)
 
@@ -176,7 +176,6 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level if _is_main_process() else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    del args.verbose
     try:
         args.func(args)
     except BactrianError as exc:

@@ -25,7 +25,7 @@ HELD_OUT_LANGS = ("en", "fr", "es", "de", "zh", "ar")
 class DemoConfig:
     base_model: str = option("default", "Base model to tune (default: the embedded Gemma 3 270M).")
     output_dir: str = option("./bactrian-demo", "Where the demo adapter goes.")
-    max_steps: int = option(24, "Optimizer steps.")
+    max_steps: int = option(40, "Optimizer steps.")
     batch_size: int = option(8, "Global batch size.")
     micro_batch_size: int = option(8, "Examples or packed rows per forward pass.")
     learning_rate: float = option(1e-3, "Peak learning rate.")
@@ -61,8 +61,8 @@ def run_demo(config: DemoConfig) -> None:
         train_on_inputs=False, warmup_steps=2, logging_steps=4, eval_steps=0, save_steps=0, packing=True,
     )
     metrics = finetune(tune)
-    print(f"\nTrained {metrics['steps']} steps; eval loss {metrics.get('eval_loss')} "
-          f"({metrics['train_tokens_per_second']} tokens/s).\n")
+    print(f"\nTrained {metrics['steps']} steps at {metrics['train_tokens_per_second']} tokens/s; held-out eval "
+          f"loss {metrics['eval_loss_at_start']:.3f} -> {metrics['eval_loss']:.3f}.\n")
     compare_answers(config, tune.output_dir, held_out)
     print(textwrap.dedent(f"""
         Adapter saved in {tune.output_dir} (PEFT format; load it with peft.PeftModel.from_pretrained).

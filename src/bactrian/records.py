@@ -5,6 +5,7 @@ is an error naming the file, the line (or row) and the field."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 
 from . import languages
 from .errors import DataError
+
+log = logging.getLogger(__name__)
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -38,6 +41,7 @@ def load_records(data_paths: str | list[str], langs: list[str] | None = None) ->
     records: list[Record] = []
     for path in paths:
         records.extend(_read_path(path, langs))
+    records = _without_empty_outputs(records)
     if langs:
         records = [record for record in records if record.lang in langs]
         missing = sorted(set(langs) - {record.lang for record in records})
@@ -46,6 +50,15 @@ def load_records(data_paths: str | list[str], langs: list[str] | None = None) ->
     if not records:
         raise DataError(f"No instruction records found in {paths}.")
     return records
+
+
+def _without_empty_outputs(records: list[Record]) -> list[Record]:
+    """Rows whose output is empty teach nothing but EOS: they are left out, and said so."""
+    empty = [record for record in records if not record.output.strip()]
+    if empty:
+        log.warning("Left out %d record(s) with an empty output: %s%s", len(empty),
+                    ", ".join(f"{record.lang}:{record.id}" for record in empty[:10]), " ..." if len(empty) > 10 else "")
+    return [record for record in records if record.output.strip()]
 
 
 def _read_path(path: str, langs: list[str] | None) -> list[Record]:
@@ -135,7 +148,7 @@ def to_record(row: Any, source: Path | str, where: str, default_lang: str | None
     if not isinstance(row, dict):
         raise DataError(f"{source}: {where}: expected an object with instruction/output, found {type(row).__name__}.")
     instruction = _text_field(row, "instruction", source, where, required=True)
-    output = _text_field(row, "output", source, where, required=True)
+    output = _text_field(row, "output", source, where, required=True, may_be_blank=True)
     text_input = _text_field(row, "input", source, where, required=False)
     lang = row.get("lang") or default_lang
     if not lang:
@@ -151,7 +164,8 @@ def to_record(row: Any, source: Path | str, where: str, default_lang: str | None
     return Record(str(record_id), languages.get(str(lang)).code, instruction, text_input, output)
 
 
-def _text_field(row: dict, field: str, source: Path | str, where: str, required: bool) -> str:
+def _text_field(row: dict, field: str, source: Path | str, where: str, required: bool,
+                may_be_blank: bool = False) -> str:
     value = row.get(field)
     if value is None:
         if required:
@@ -159,7 +173,7 @@ def _text_field(row: dict, field: str, source: Path | str, where: str, required:
         return ""
     if not isinstance(value, str):
         raise DataError(f"{source}: {where}: field '{field}' must be a string, found {type(value).__name__}.")
-    if required and not value.strip():
+    if required and not may_be_blank and not value.strip():
         raise DataError(f"{source}: {where}: field '{field}' is empty.")
     return value
 

@@ -118,6 +118,9 @@ class Trainer:
                                      self.state.step, self.steps)
         bar = tqdm(total=self.steps, initial=self.state.step, desc="finetune", unit="step",
                    disable=not (self.context.is_main and sys.stderr.isatty()), dynamic_ncols=True)
+        start_metrics = self.evaluate() if self.val and self.state.step == 0 else {}
+        if start_metrics:
+            self._log({"step": 0, **start_metrics})
         started, tokens_seen = time.perf_counter(), 0
         for step, indices in schedule:
             loss, tokens = self.train_step([self.train[index] for index in indices])
@@ -129,6 +132,8 @@ class Trainer:
             self._after_step(loss, rate)
         bar.close()
         metrics = self.evaluate() if self.val else {}
+        if start_metrics:
+            metrics["eval_loss_at_start"] = start_metrics["eval_loss"]
         metrics.update(train_loss=self._last("train_loss"), steps=self.state.step,
                        train_tokens_per_second=round(tokens_seen / max(time.perf_counter() - started, 1e-9), 1))
         self._log(metrics)

@@ -1,0 +1,68 @@
+import pytest
+
+from bactrian.cli import build_config, build_parser, main
+from bactrian.errors import ConfigError
+from bactrian.train.config import FinetuneConfig
+
+
+def parse(*argv):
+    return build_config(FinetuneConfig, build_parser().parse_args(["finetune", *argv]))
+
+
+def test_original_flag_names_and_styles():
+    config = parse("--base_model", "m", "--data_path", "a.jsonl", "--data_path", "b.jsonl", "--lang", "fr,de",
+                   "--lora_target_modules", "q_proj,k_proj,v_proj,o_proj", "--train_on_inputs", "False",
+                   "--group_by_length", "--batch_size", "64", "--learning_rate", "1e-4")
+    assert config.data_path == ["a.jsonl", "b.jsonl"]
+    assert config.lang == ["fr", "de"]
+    assert config.lora_target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert config.train_on_inputs is False and config.group_by_length is True
+    assert config.batch_size == 64 and config.learning_rate == 1e-4
+
+
+def test_yaml_config_with_flags_overriding(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("base_model: some/model\nlora_r: 64\nlora_target_modules: [q_proj, v_proj]\n"
+                      "data_path: x.jsonl\ncutoff_len: 768\n")
+    config = parse("--config", str(recipe), "--lora_r", "16")
+    assert config.lora_r == 16 and config.cutoff_len == 768 and config.base_model == "some/model"
+    assert config.lora_target_modules == ["q_proj", "v_proj"] and config.data_path == ["x.jsonl"]
+
+
+def test_bad_config_files_are_clear_errors(tmp_path):
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("lora_rank: 8\n")
+    with pytest.raises(ConfigError, match="unknown.yaml: unknown option.*lora_rank"):
+        parse("--config", str(unknown))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("lora_r: [1,\n")
+    with pytest.raises(ConfigError, match="broken.yaml: line"):
+        parse("--config", str(broken))
+    wrong_type = tmp_path / "wrong.yaml"
+    wrong_type.write_text("lora_r: many\n")
+    with pytest.raises(ConfigError, match="option lora_r"):
+        parse("--config", str(wrong_type))
+
+
+def test_help_describes_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = capsys.readouterr().out
+    for name in FinetuneConfig.__dataclass_fields__:
+        assert f"--{name}" in text
+
+
+def test_errors_exit_2_with_a_message(capsys, tmp_path):
+    assert main(["finetune", "--data_path", str(tmp_path / "missing.jsonl"), "--base_model",
+                 str(tmp_path)]) == 2
+    assert "bactrian finetune: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", ["bactrian-x-multilingual-7b.yaml", "bactrian-x-monolingual-7b.yaml",
+                                    "cpu-demo.yaml"])
+def test_shipped_recipes_parse(recipe):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / recipe
+    config = parse("--config", str(path))
+    assert config.data_path

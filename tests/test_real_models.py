@@ -1,0 +1,52 @@
+"""Real behaviour on the embedded default (Gemma 3 270M): slow, run with -m slow."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bactrian.train.config import FinetuneConfig
+from bactrian.train.trainer import finetune
+from conftest import needs_shared_data
+
+pytestmark = pytest.mark.slow
+
+
+def test_finetune_default_on_real_multilingual_data_learns_and_loads_in_peft(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    data = needs_shared_data("instructions", "multialpaca")
+    out = tmp_path / "gemma-lora"
+    metrics = finetune(FinetuneConfig(
+        base_model="default", data_path=[str(data)], lang=["es", "ja"], output_dir=str(out), batch_size=8,
+        micro_batch_size=8, max_steps=8, learning_rate=1e-3, cutoff_len=128, val_set_size=16, lora_r=8,
+        lora_target_modules=["q_proj", "v_proj"], train_on_inputs=False, warmup_steps=1, eval_steps=0,
+        save_steps=0, packing=True))
+    assert metrics["eval_loss"] < metrics["eval_loss_at_start"]
+    assert set(metrics["eval_loss_per_lang"]) == {"es", "ja"}
+    manifest = json.loads((out / "bactrian.json").read_text())
+    base_path = manifest["base_model"]
+    assert base_path["spec"] == "default" and base_path["gguf_sha256"]
+    from bactrian.models import resolve
+
+    base = AutoModelForCausalLM.from_pretrained(resolve("default").path)
+    tuned = PeftModel.from_pretrained(base, out)
+    ids = torch.tensor([[2, 10354, 13065, 236787, 107]])
+    with torch.no_grad():
+        with tuned.disable_adapter():
+            before = tuned(ids).logits
+        after = tuned(ids).logits
+    assert not torch.allclose(before, after)
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bactrian", "demo", "--output_dir", str(tmp_path / "demo"),
+                             "--max_steps", "6", "--max_new_tokens", "8"], capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("  tuned: ") == 6 and result.stdout.count("  base : ") == 6
+    assert "Next, try:" in result.stdout
+    assert (tmp_path / "demo" / "adapter" / "adapter_model.safetensors").is_file()
