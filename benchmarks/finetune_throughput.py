@@ -4,7 +4,7 @@ DataCollatorForSeq2Seq padding, group_by_length) and TRL's SFTTrainer with packi
 Same data (../shared/data/instructions/multialpaca, es/ja/pt), same LoRA settings, same global batch of
 examples, cutoff and steps. Each way runs in its own process (so peak RSS is its own) and reports
 non-padding tokens per second over the training steps, peak RSS, and the final eval loss, computed the same
-way for all three (token-weighted cross-entropy of the outputs of 48 held-out examples).
+way for all three after peak RSS is taken (token-weighted cross-entropy of the outputs of 48 held-out examples).
 
     python benchmarks/finetune_throughput.py                 # tiny model and Gemma 3 270M
     python benchmarks/finetune_throughput.py --models tiny   # a quick run
@@ -97,6 +97,11 @@ def eval_loss(model, tokenizer, val_records, cutoff_len: int) -> float:
     return total / count
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (taken right after training, before the shared eval)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class CountingCollator:
     """Wraps a collator and counts the non-padding tokens of every training batch it builds."""
 
@@ -126,12 +131,13 @@ def run_bactrian(name, settings, train, val, work: Path) -> dict:
         lora_target_modules=LORA["target_modules"], train_on_inputs=False, warmup_steps=WARMUP, logging_steps=0,
         eval_steps=0, save_steps=0, packing=True)
     metrics = finetune(config)
+    peak = peak_rss_mb()
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(config.base_model)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(config.base_model), config.output_dir)
-    return {"tokens_per_second": metrics["train_tokens_per_second"],
+    return {"tokens_per_second": metrics["train_tokens_per_second"], "peak_rss_mb": peak,
             "eval_loss": eval_loss(model, tokenizer, val, settings["cutoff_len"])}
 
 
@@ -180,7 +186,7 @@ def run_original(name, settings, train, val, work: Path) -> dict:
     started = time.perf_counter()
     trainer.train()
     elapsed = time.perf_counter() - started
-    return {"tokens_per_second": collator.tokens / elapsed,
+    return {"tokens_per_second": collator.tokens / elapsed, "peak_rss_mb": peak_rss_mb(),
             "eval_loss": eval_loss(model, tokenizer, val, settings["cutoff_len"])}
 
 
@@ -207,7 +213,7 @@ def run_trl(name, settings, train, val, work: Path) -> dict:
     started = time.perf_counter()
     trainer.train()
     elapsed = time.perf_counter() - started
-    return {"tokens_per_second": collator.tokens / elapsed,
+    return {"tokens_per_second": collator.tokens / elapsed, "peak_rss_mb": peak_rss_mb(),
             "eval_loss": eval_loss(trainer.model, tokenizer, val, settings["cutoff_len"]),
             "note": f"{rows_per_step} packed rows of <= {settings['cutoff_len']} tokens per step "
                     f"(~{settings['batch_size']} examples)"}
@@ -221,7 +227,6 @@ def child(way: str, name: str) -> None:
     work.mkdir(parents=True, exist_ok=True)
     result = {"run_bactrian": run_bactrian, "run_original": run_original, "run_trl": run_trl}[f"run_{way}"](
         name, settings, train, val, work)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
 

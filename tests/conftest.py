@@ -103,3 +103,33 @@ def needs_shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (../shared/data is not beside this checkout)")
     return path
+
+
+def make_adapter(base: Path, folder: Path, languages: list[str], seed: int, r: int = 4,
+                 targets: tuple[str, ...] = ("q_proj", "v_proj")) -> Path:
+    """A PEFT LoRA adapter with random non-zero weights and a bactrian.json naming its languages."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from bactrian.manifest import write_manifest
+    from bactrian.prompts import load_template
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.5)
+    model.save_pretrained(folder)
+    write_manifest(folder, "adapter", {"base_model": str(base)}, template=load_template("bactrian").to_dict(),
+                   languages=languages)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny_llama, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return {lang: make_adapter(tiny_llama, root / lang, [lang], seed)
+            for seed, lang in enumerate(("fr", "de"), start=1)}

@@ -136,6 +136,29 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(build_config(DemoConfig, args))
 
 
+def _generate(args: argparse.Namespace) -> None:
+    from .infer.config import GenerateConfig
+    from .infer.generate import generate_file
+
+    config = build_config(GenerateConfig, args)
+    written = generate_file(config)
+    print(f"Wrote {written} rows to {config.output_file}")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from .infer.config import ServeConfig
+    from .infer.server import serve
+
+    serve(build_config(ServeConfig, args))
+
+
+def _chat(args: argparse.Namespace) -> None:
+    from .infer.chat import launch
+    from .infer.config import ChatConfig
+
+    launch(build_config(ChatConfig, args))
+
+
 def _languages(args: argparse.Namespace) -> None:
     from .languages import LANGUAGES
 
@@ -146,6 +169,7 @@ def _languages(args: argparse.Namespace) -> None:
 
 def _verbs() -> list[tuple[str, str, Callable, type | None]]:
     from .demo import DemoConfig
+    from .infer.config import ChatConfig, GenerateConfig, ServeConfig
     from .train.config import FinetuneConfig
 
     return [
@@ -153,6 +177,10 @@ def _verbs() -> list[tuple[str, str, Callable, type | None]]:
          _finetune, FinetuneConfig),
         ("demo", "Fine-tune the embedded default model on the bundled multilingual set and compare answers.",
          _demo, DemoConfig),
+        ("chat", "A Gradio app to talk to a model and its adapters (the original generate.py).", _chat,
+         ChatConfig),
+        ("generate", "Answer every instruction of a file, in batches, resumable.", _generate, GenerateConfig),
+        ("serve", "An OpenAI-compatible HTTP server over a base model and many adapters.", _serve, ServeConfig),
         ("languages", "List the 52 Bactrian-X languages and their codes.", _languages, None),
     ]
 

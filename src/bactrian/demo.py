@@ -9,12 +9,8 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-import torch
-
-from .prompts import load_template
 from .records import Record, load_records, write_jsonl
 from .train.config import FinetuneConfig, option
-from .train.trainer import finetune
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +40,8 @@ def split_held_out(records: list[Record]) -> tuple[list[Record], list[Record]]:
 
 
 def run_demo(config: DemoConfig) -> None:
+    from .train.trainer import finetune
+
     output_dir = Path(config.output_dir)
     records = load_records([str(demo_data_dir())])
     train, held_out = split_held_out(records)
@@ -74,30 +72,19 @@ def run_demo(config: DemoConfig) -> None:
 
 
 def compare_answers(config: DemoConfig, adapter_dir: str, held_out: list[Record]) -> None:
-    from peft import PeftModel
+    """Each held-out prompt answered greedily by the base model and by the tuned adapter, in one batch."""
+    from .infer.engine import BASE, Engine, Request, SamplingParams
 
-    from .models import load_model
-
-    loaded = load_model(config.base_model)
-    model = PeftModel.from_pretrained(loaded.model, adapter_dir).eval()
-    template = load_template("bactrian")
+    engine = Engine(config.base_model, [f"tuned={adapter_dir}"])
+    params = SamplingParams(max_new_tokens=config.max_new_tokens)
+    requests = [Request(engine.render(name, record.instruction, record.input), params, name)
+                for record in held_out for name in (BASE, "tuned")]
+    answers = iter(text for text, _, _ in engine.generate(requests))
     for record in held_out:
-        prompt = template.render(record.instruction, record.input)
-        with model.disable_adapter():
-            base = _generate(model, loaded.tokenizer, prompt, config.max_new_tokens)
-        tuned = _generate(model, loaded.tokenizer, prompt, config.max_new_tokens)
         print(f"[{record.lang}] {record.instruction} {record.input}".strip())
-        print(f"  base : {_one_line(base)}")
-        print(f"  tuned: {_one_line(tuned)}")
+        print(f"  base : {_one_line(next(answers))}")
+        print(f"  tuned: {_one_line(next(answers))}")
         print(f"  (reference: {_one_line(record.output)})\n")
-
-
-@torch.no_grad()
-def _generate(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
-    inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
-    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                            repetition_penalty=1.1, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def _one_line(text: str, width: int = 110) -> str:

@@ -179,6 +179,8 @@ def load_model(base_model: str, load_8bit: bool = False, load_4bit: bool = False
         raise ModelError(f"{base_model}: could not load the model ({exc}).") from exc
     if quant is None:
         model.to(device)
+    if "hub_id" in source.identity:
+        source.identity["revision"] = getattr(model.config, "_commit_hash", None)
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

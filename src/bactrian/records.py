@@ -265,3 +265,31 @@ def write_jsonl(path: Path, records: Iterable[Record]) -> None:
 
     lines = (json.dumps(record.to_dict(), ensure_ascii=False) for record in records)
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """A row to answer: `instruction`, optional `input`, `lang` and `id`."""
+
+    id: str
+    lang: str | None
+    instruction: str
+    input: str
+
+
+def read_instructions(path: Path) -> list[Instruction]:
+    """Rows of a JSON, JSONL or Parquet file to generate answers for; errors name the file, line and field."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file.")
+    rows: list[Instruction] = []
+    for index, where, row in _raw_rows(path):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: {where}: expected an object with an instruction, found {type(row).__name__}.")
+        instruction = _text_field(row, "instruction", path, where, required=True)
+        lang = row.get("lang")
+        if lang is not None and not languages.is_known(str(lang)):
+            raise DataError(f"{path}: {where}: field 'lang' has unknown language {lang!r}.")
+        rows.append(Instruction(str(row.get("id") or f"{path.stem}-{index}"),
+                                languages.get(str(lang)).code if lang else None, instruction,
+                                _text_field(row, "input", path, where, required=False)))
+    return rows

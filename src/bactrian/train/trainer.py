@@ -370,12 +370,17 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
 def save_adapter(trainer: Trainer, loaded: LoadedModel, train: list[ds.Example], val: list[ds.Example],
                  metrics: dict[str, Any]) -> None:
     config, output_dir = trainer.config, trainer.output_dir
-    trainer.model.save_pretrained(output_dir)
-    saved = load_file(str(output_dir / ADAPTER_FILE))
+    staging = output_dir / ".adapter.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    trainer.model.save_pretrained(staging)
+    saved = load_file(str(staging / ADAPTER_FILE))
     expected = sum(1 for name, param in trainer.model.named_parameters() if param.requires_grad)
-    if len(saved) != expected or not saved:
-        raise ConfigError(f"{output_dir / ADAPTER_FILE}: saved {len(saved)} tensors, expected {expected}.")
-    loaded.tokenizer.save_pretrained(output_dir)
+    if len(saved) != expected or not saved:  # the original's 443-byte empty adapters
+        raise ConfigError(f"{staging / ADAPTER_FILE}: saved {len(saved)} tensors, expected {expected}.")
+    loaded.tokenizer.save_pretrained(staging)
+    for path in staging.iterdir():  # whole files move into place; none is ever half-written
+        path.replace(output_dir / path.name)
+    staging.rmdir()
     atomic_write_json(output_dir / STATE_FILE, asdict(trainer.state))
     template = load_template(config.prompt_template_name)
     write_manifest(output_dir, "adapter", config,

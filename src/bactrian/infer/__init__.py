@@ -1,0 +1,1 @@
+"""Inference: one engine (batched, streaming, many adapters) behind chat, generate and serve."""

@@ -1,0 +1,90 @@
+"""`bactrian chat`: the original generate.py Gradio app (same controls and defaults), plus an adapter picker
+with `auto` (showing the detected language) and a multi-turn chat tab. Concurrent users share the batcher."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from .batcher import Batcher
+from .config import ChatConfig
+from .engine import AUTO, BASE, Engine, Request, SamplingParams, build_engine
+
+log = logging.getLogger(__name__)
+
+
+def _params(temperature: float, top_p: float, top_k: int, beams: int, max_tokens: int) -> SamplingParams:
+    return SamplingParams(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
+                          num_beams=int(beams), max_new_tokens=int(max_tokens))
+
+
+def _route_note(adapter: str, detected: str | None) -> str:
+    return f"Answered by: {adapter}" + (f" (detected language: {detected})" if detected else "")
+
+
+def build_app(engine: Engine, batcher: Batcher | None = None) -> Any:
+    import gradio as gr
+
+    batcher = batcher or Batcher(engine)
+    choices = [AUTO, *engine.adapters, BASE] if engine.adapters else [BASE]
+
+    async def answer(instruction: str, input: str, temperature: float, top_p: float, top_k: int, beams: int,
+                     max_tokens: int, stream: bool, adapter: str) -> AsyncIterator[tuple[str, str]]:
+        name, detected = engine.resolve_adapter(adapter, f"{instruction}\n{input}")
+        note = _route_note(name, detected)
+        request = Request(engine.render(name, instruction, input),
+                          _params(temperature, top_p, top_k, beams, max_tokens), name)
+        text = ""
+        async for delta in batcher.stream(request):
+            text += delta.text
+            if stream:
+                yield text, note
+        yield text, note
+
+    async def converse(message: str, history: list[dict[str, str]], adapter: str, temperature: float,
+                       max_tokens: int) -> AsyncIterator[tuple[list[dict[str, str]], str, str]]:
+        name, detected = engine.resolve_adapter(adapter, message)
+        messages = [{"role": m["role"], "content": m["content"]} for m in history] + [
+            {"role": "user", "content": message}]
+        request = Request(engine.encode_chat(name, messages), _params(temperature, 1.0, 0, 1, max_tokens), name)
+        reply = ""
+        async for delta in batcher.stream(request):
+            reply += delta.text
+            yield messages + [{"role": "assistant", "content": reply}], "", _route_note(name, detected)
+
+    with gr.Blocks(title="bactrian") as app:
+        gr.Markdown(f"# bactrian\nBase model: `{engine.loaded.source.spec}`; adapters: "
+                    f"{', '.join(engine.adapters) or 'none'}.")
+        adapter = gr.Dropdown(choices, value=choices[0], label="Adapter (auto picks by the input's language)")
+        with gr.Tab("Instruction"):
+            instruction = gr.Textbox(lines=2, label="Instruction", placeholder="Tell me about alpacas.",
+                                     elem_id="instruction")
+            input_box = gr.Textbox(lines=2, label="Input", placeholder="none", elem_id="input")
+            temperature = gr.Slider(0, 1, value=0.1, label="Temperature")
+            top_p = gr.Slider(0, 1, value=0.75, label="Top p")
+            top_k = gr.Slider(0, 100, step=1, value=40, label="Top k")
+            beams = gr.Slider(1, 4, step=1, value=4, label="Beams (above 1: beam search, no streaming)")
+            max_tokens = gr.Slider(1, 2000, step=1, value=128, label="Max tokens")
+            stream = gr.Checkbox(label="Stream output", value=True)
+            submit = gr.Button("Submit", variant="primary", elem_id="submit")
+            output = gr.Textbox(lines=5, label="Output", elem_id="output")
+            routed = gr.Markdown(elem_id="routed")
+            submit.click(answer, [instruction, input_box, temperature, top_p, top_k, beams, max_tokens, stream,
+                                  adapter], [output, routed], api_name="answer")
+        with gr.Tab("Chat"):
+            chatbot = gr.Chatbot(label="Conversation")
+            message = gr.Textbox(label="Message", elem_id="message")
+            chat_temperature = gr.Slider(0, 1, value=0.0, label="Temperature")
+            chat_tokens = gr.Slider(1, 2000, step=1, value=128, label="Max tokens")
+            chat_routed = gr.Markdown()
+            message.submit(converse, [message, chatbot, adapter, chat_temperature, chat_tokens],
+                           [chatbot, message, chat_routed], api_name="chat")
+    return app
+
+
+def launch(config: ChatConfig) -> None:
+    engine = build_engine(config)
+    app = build_app(engine)
+    log.info("Chat UI on http://%s:%d", config.server_name, config.server_port)
+    app.queue().launch(server_name=config.server_name, server_port=config.server_port, share=config.share_gradio)

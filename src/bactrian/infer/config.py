@@ -1,0 +1,54 @@
+"""Options of the verbs that load the engine (chat, generate, serve). Kept free of heavy imports so that
+`bactrian --help` stays fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..train.config import option
+
+
+@dataclass
+class EngineConfig:
+    base_model: str = option("default", "Base model: 'default' (embedded Gemma 3 270M), a hub id, a local "
+                                        "folder or a .gguf file.")
+    lora_weights: list[str] = option([], "An adapter folder, as name=path or a bare path (named after its "
+                                         "folder). Repeatable.", repeat=True)
+    adapters_dir: str = option("", "Load every adapter folder below this folder, named by folder.")
+    prompt_template_name: str = option("bactrian", "Template for adapters without a bactrian.json (and the base).")
+    load_8bit: bool = option(False, "Load the base model in 8-bit (bitsandbytes, CUDA only).")
+    load_4bit: bool = option(False, "Load the base model in 4-bit NF4 (bitsandbytes, CUDA only).")
+
+
+@dataclass
+class GenerateConfig(EngineConfig):
+    input_file: str = option("", "Instructions to answer: JSON, JSONL or Parquet with instruction, input, "
+                                 "optional lang and id.")
+    output_file: str = option("", "JSONL to write (appended to and resumed if it exists).")
+    adapter: list[str] = option([], "Which model answers: base, an adapter name, auto, or a comma list "
+                                    "(each row is answered by each). Default: auto when adapters are loaded.")
+    batch_size: int = option(8, "Rows decoded together.")
+    temperature: float = option(0.0, "Sampling temperature (0: greedy).")
+    top_p: float = option(1.0, "Nucleus sampling probability.")
+    top_k: int = option(0, "Top-k sampling (0: off).")
+    num_beams: int = option(1, "Beam search width (1: off).")
+    max_new_tokens: int = option(128, "Most tokens generated per answer.")
+    stop: list[str] = option([], "Stop strings, repeatable.", repeat=True)
+    seed: int = option(42, "Seed; each row gets seed + row number, so results do not depend on batching.")
+
+
+@dataclass
+class ServeConfig(EngineConfig):
+    host: str = option("127.0.0.1", "Address to bind (127.0.0.1: this machine only).")
+    port: int = option(8000, "Port to listen on.")
+    api_key: str = option("", "Require 'Authorization: Bearer KEY' on /v1/ (default: no key). Also read from "
+                              "$BACTRIAN_API_KEY.")
+    max_batch: int = option(64, "Most requests decoded together.")
+    batch_wait_ms: float = option(5.0, "How long a request waits for company before its batch starts.")
+
+
+@dataclass
+class ChatConfig(EngineConfig):
+    server_name: str = option("127.0.0.1", "Address to bind (0.0.0.0 to reach it from other machines).")
+    server_port: int = option(7860, "Port to listen on.")
+    share_gradio: bool = option(False, "Ask Gradio for a public share link.")

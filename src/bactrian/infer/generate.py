@@ -1,0 +1,90 @@
+"""`bactrian generate`: answer every instruction of a file with one or more adapters (or `auto`), in batches,
+writing JSONL. Rerunning with the same output file resumes: rows already written are skipped, never repeated,
+and a last line cut short by a crash is dropped before appending."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from ..records import Instruction, read_instructions
+from .config import GenerateConfig
+from .engine import AUTO, BASE, Engine, Request, SamplingParams, build_engine
+
+log = logging.getLogger(__name__)
+
+
+def existing_keys(path: Path) -> set[tuple[str, str]]:
+    """(id, model) of every complete row of a previous run; a torn last line is cut off."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        log.warning("%s: dropping an incomplete last line left by an interrupted run.", path)
+        with open(path, "r+b") as handle:
+            handle.truncate(len(complete))
+    keys = set()
+    for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
+        try:
+            row = json.loads(line)
+            keys.add((str(row["id"]), str(row["model"])))
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise ConfigError(f"{path}: line {number}: not a row written by bactrian generate ({exc}).") from exc
+    return keys
+
+
+def generate_file(config: GenerateConfig) -> int:
+    """Answer every row not answered yet; returns how many rows were written."""
+    if not config.input_file or not config.output_file:
+        raise ConfigError("--input_file and --output_file are required.")
+    rows = read_instructions(Path(config.input_file))
+    engine = build_engine(config)
+    models = config.adapter or ([AUTO] if engine.adapters else [BASE])
+    for name in models:
+        if name not in engine.model_names:
+            raise ConfigError(f"--adapter {name}: not loaded. Loaded: {', '.join(engine.model_names)}.")
+    output = Path(config.output_file)
+    done = existing_keys(output)
+    todo = [(number, row, model) for number, row in enumerate(rows) for model in models
+            if (row.id, model) not in done]
+    if done:
+        log.info("%s: %d rows already written; %d to go.", output, len(done), len(todo))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(todo), desc="generate", unit="row", disable=not sys.stderr.isatty())
+    with open(output, "a", encoding="utf-8") as handle:
+        for start in range(0, len(todo), config.batch_size):
+            batch = todo[start:start + config.batch_size]
+            lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in answer(engine, config, batch)]
+            handle.write("".join(lines))
+            handle.flush()
+            os.fsync(handle.fileno())
+            bar.update(len(batch))
+    bar.close()
+    return len(todo)
+
+
+def answer(engine: Engine, config: GenerateConfig, batch: list[tuple[int, Instruction, str]]) -> list[dict[str, Any]]:
+    requests, routed = [], []
+    for number, row, model in batch:
+        adapter, detected = engine.resolve_adapter(model, f"{row.instruction}\n{row.input}")
+        params = SamplingParams(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+                                max_new_tokens=config.max_new_tokens, stop=list(config.stop),
+                                seed=config.seed + number, num_beams=config.num_beams)
+        requests.append(Request(engine.render(adapter, row.instruction, row.input), params, adapter))
+        routed.append((adapter, detected))
+    results = engine.generate(requests)
+    settings = {key: getattr(config, key) for key in ("temperature", "top_p", "top_k", "num_beams",
+                                                      "max_new_tokens", "stop")}
+    return [{**asdict(row), "model": model, "adapter": adapter, "detected_lang": detected, "output": text,
+             "finish_reason": reason, "completion_tokens": tokens, "generation": {**settings, "seed": request.params.seed}}
+            for (_, row, model), (adapter, detected), (text, reason, tokens), request
+            in zip(batch, routed, results, requests)]

@@ -1,0 +1,91 @@
+"""`bactrian generate`: batched answers over a file, resumable without duplicates."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bactrian.errors import ConfigError, DataError
+from bactrian.infer.config import GenerateConfig
+from bactrian.infer.generate import generate_file
+from conftest import write_jsonl
+
+
+@pytest.fixture()
+def questions(tmp_path):
+    rows = [{"id": f"q{i}", "instruction": f"Question number {i}?", "input": "" if i % 2 else "context"}
+            for i in range(7)]
+    return write_jsonl(tmp_path / "questions.jsonl", rows)
+
+
+def config(tiny_llama, tiny_adapters, questions, output, **extra):
+    return GenerateConfig(base_model=str(tiny_llama), lora_weights=[f"fr={tiny_adapters['fr']}",
+                          f"de={tiny_adapters['de']}"], input_file=str(questions), output_file=str(output),
+                          adapter=["fr", "de"], batch_size=3, max_new_tokens=6, **extra)
+
+
+def rows_of(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_every_row_with_every_adapter_then_nothing_twice(tiny_llama, tiny_adapters, questions, tmp_path):
+    output = tmp_path / "out.jsonl"
+    assert generate_file(config(tiny_llama, tiny_adapters, questions, output)) == 14
+    rows = rows_of(output)
+    assert sorted((r["id"], r["model"]) for r in rows) == sorted((f"q{i}", m) for i in range(7) for m in ("fr", "de"))
+    assert all(r["finish_reason"] in ("stop", "length") and r["generation"]["max_new_tokens"] == 6 for r in rows)
+    assert generate_file(config(tiny_llama, tiny_adapters, questions, output)) == 0
+    assert rows_of(output) == rows
+    whole = output.read_bytes()
+    output.write_bytes(whole[:-25])  # a crash in the middle of the last line
+    assert generate_file(config(tiny_llama, tiny_adapters, questions, output)) == 1
+    assert rows_of(output) == rows
+
+
+def test_results_do_not_depend_on_batch_size(tiny_llama, tiny_adapters, questions, tmp_path):
+    one = tmp_path / "one.jsonl"
+    generate_file(config(tiny_llama, tiny_adapters, questions, one, temperature=0.8))
+    many = tmp_path / "many.jsonl"
+    cfg = config(tiny_llama, tiny_adapters, questions, many, temperature=0.8)
+    cfg.batch_size = 7
+    generate_file(cfg)
+    assert sorted(map(json.dumps, rows_of(one))) == sorted(map(json.dumps, rows_of(many)))
+
+
+def test_bad_input_is_named(tiny_llama, tiny_adapters, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "ok"}\n{"input": "no instruction"}\n')
+    with pytest.raises(DataError, match="bad.jsonl: line 2: field 'instruction' is missing"):
+        generate_file(config(tiny_llama, tiny_adapters, bad, tmp_path / "o.jsonl"))
+    good = write_jsonl(tmp_path / "good.jsonl", [{"instruction": "x"}])
+    with pytest.raises(ConfigError, match="--adapter it: not loaded"):
+        generate_file(GenerateConfig(base_model=str(tiny_llama), input_file=str(good),
+                                     output_file=str(tmp_path / "o.jsonl"), adapter=["it"]))
+
+
+def test_resume_after_sigkill(tiny_llama, tiny_adapters, tmp_path):
+    rows = [{"id": f"r{i}", "instruction": f"Write item {i}."} for i in range(60)]
+    questions = write_jsonl(tmp_path / "many.jsonl", rows)
+    reference = tmp_path / "reference.jsonl"
+    generate_file(config(tiny_llama, tiny_adapters, questions, reference))
+    output = tmp_path / "killed.jsonl"
+    args = [sys.executable, "-m", "bactrian", "generate", "--base_model", str(tiny_llama), "--lora_weights",
+            f"fr={tiny_adapters['fr']}", "--lora_weights", f"de={tiny_adapters['de']}", "--input_file",
+            str(questions), "--output_file", str(output), "--adapter", "fr,de", "--batch_size", "3",
+            "--max_new_tokens", "6"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while (not output.exists() or output.stat().st_size == 0) and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    partial = len(output.read_text().splitlines())
+    assert 0 < partial < 120
+    assert subprocess.run(args, capture_output=True).returncode == 0
+    key = lambda r: (r["id"], r["model"])  # noqa: E731
+    final = rows_of(output)
+    assert len(final) == 120 and len({key(r) for r in final}) == 120
+    assert {key(r): r["output"] for r in final} == {key(r): r["output"] for r in rows_of(reference)}

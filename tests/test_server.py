@@ -1,0 +1,154 @@
+"""`bactrian serve` with its real consumer, the official openai client, over loopback."""
+
+import concurrent.futures
+import json
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from bactrian.infer.engine import BASE, Engine, Request, SamplingParams
+from bactrian.infer.server import create_app
+
+KEY = "sk-test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    def __init__(self, app):
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama, tiny_adapters):
+    return Engine(str(tiny_llama), [f"fr={tiny_adapters['fr']}", f"de={tiny_adapters['de']}"])
+
+
+@pytest.fixture(scope="module")
+def url(engine):
+    with LiveServer(create_app(engine, api_key=KEY)) as address:
+        yield address
+
+
+@pytest.fixture()
+def client(url):
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+
+
+def expected(engine, adapter, messages, max_tokens):
+    ids = engine.encode_chat(adapter, messages)
+    return engine.generate([Request(ids, SamplingParams(max_new_tokens=max_tokens), adapter)])[0]
+
+
+def test_chat_completion_matches_the_engine(client, engine):
+    messages = [{"role": "user", "content": "Nomme une couleur."}]
+    reply = client.chat.completions.create(model="fr", messages=messages, max_tokens=8, temperature=0)
+    text, reason, tokens = expected(engine, "fr", messages, 8)
+    assert reply.choices[0].message.content == text and reply.choices[0].finish_reason == reason
+    assert reply.usage.completion_tokens == tokens
+    assert reply.usage.prompt_tokens == len(engine.encode_chat("fr", messages))
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + tokens
+    assert reply.model == "fr" and reply.object == "chat.completion"
+
+
+def test_streamed_chat_completion(client, engine):
+    messages = [{"role": "user", "content": "Add the numbers."}]
+    chunks = list(client.chat.completions.create(model="de", messages=messages, max_tokens=10, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    text, reason, tokens = expected(engine, "de", messages, 10)
+    assert content == text and finish == [reason]
+    assert chunks[-1].usage.completion_tokens == tokens
+
+
+def test_completion_and_stop(client, engine):
+    reply = client.completions.create(model="base", prompt="Red is", max_tokens=6, temperature=0)
+    full = engine.generate([Request(engine.encode("Red is"), SamplingParams(max_new_tokens=6))])[0][0]
+    assert reply.choices[0].text == full and reply.choices[0].finish_reason == "length"
+    stop = full[2:4]
+    stopped = client.completions.create(model="base", prompt="Red is", max_tokens=6, temperature=0, stop=[stop])
+    assert stopped.choices[0].text == full[: full.find(stop)] and stopped.choices[0].finish_reason == "stop"
+
+
+def test_models_listing_and_adapter_selection(client):
+    assert [m.id for m in client.models.list().data] == ["base", "fr", "de", "auto"]
+    answers = {name: client.chat.completions.create(model=name, max_tokens=8, temperature=0,
+                                                    messages=[{"role": "user", "content": "Hi"}]).choices[0]
+               .message.content for name in ("base", "fr", "de")}
+    assert len(set(answers.values())) == 3
+
+
+def test_errors_in_openai_format(client, url):
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="xx", messages=[{"role": "user", "content": "hi"}])
+    assert missing.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.chat.completions.create(model="base", messages=[{"role": "user", "content": "hi"}],
+                                       max_tokens=100000)
+    with pytest.raises(openai.BadRequestError, match="n > 1"):
+        client.chat.completions.create(model="base", messages=[{"role": "user", "content": "hi"}], n=2)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+    for body in ({"model": "base"}, {"model": "base", "messages": "hi"}, {"model": "base", "messages": [],
+                 "temperature": "hot"}, {"messages": [{"role": "user", "content": "x"}]}):
+        response = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+        assert response.status_code == 400 and response.json()["error"]["message"]
+    broken = httpx.post(f"{url}/v1/chat/completions", content=b"{not json",
+                        headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"})
+    assert broken.status_code == 400
+    assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+
+
+def test_32_concurrent_clients_are_all_answered_correctly(client, engine):
+    jobs = [(["base", "fr", "de"][i % 3], f"Question {i}: name a colour.") for i in range(32)]
+    truth = {job: expected(engine, job[0], [{"role": "user", "content": job[1]}], 8)[0] for job in jobs}
+
+    def ask(job):
+        reply = client.chat.completions.create(model=job[0], messages=[{"role": "user", "content": job[1]}],
+                                               max_tokens=8, temperature=0)
+        return job, reply.choices[0].message.content
+
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        answers = dict(pool.map(ask, jobs))
+    assert answers == truth
+
+
+def test_a_client_that_disconnects_mid_stream_does_not_disturb_others(client, url):
+    with httpx.stream("POST", f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                      json={"model": "fr", "stream": True, "max_tokens": 200,
+                            "messages": [{"role": "user", "content": "Talk"}]}) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                assert json.loads(line[6:])["object"] == "chat.completion.chunk"
+                break
+    reply = client.chat.completions.create(model="de", messages=[{"role": "user", "content": "ok"}], max_tokens=4)
+    assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_server_binds_loopback_by_default():
+    from bactrian.infer.config import ServeConfig
+
+    assert ServeConfig().host == "127.0.0.1"
