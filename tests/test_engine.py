@@ -101,3 +101,19 @@ def test_52_adapters_add_only_their_own_size(tiny_gemma, tmp_path):
 def _bytes(model) -> int:
     tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
     return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+@pytest.mark.parametrize("text, adapter, lang", [
+    ("Bonjour, pouvez-vous me dire quelle heure il est maintenant ?", "fr", "fr"),
+    ("Guten Morgen, kannst du mir bitte sagen, wie spät es ist?", "de", "de"),
+    ("Good morning, could you please tell me what time it is?", "base", "en"),
+])
+def test_auto_routes_by_detected_language(engine, text, adapter, lang):
+    assert engine.resolve_adapter("auto", text) == (adapter, lang)
+
+
+def test_auto_falls_back_to_a_multilingual_adapter(tiny_llama, tiny_adapters, tmp_path):
+    multi = make_adapter(tiny_llama, tmp_path / "multi", ["en", "fr", "de", "es"], seed=9)
+    engine = Engine(str(tiny_llama), [f"fr={tiny_adapters['fr']}", f"multi={multi}"])
+    assert engine.resolve_adapter("auto", "Good morning, could you please tell me the time?") == ("multi", "en")
+    assert engine.resolve_adapter("auto", "Bonjour, pouvez-vous me dire quelle heure il est ?")[0] == "fr"

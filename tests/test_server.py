@@ -152,3 +152,9 @@ def test_server_binds_loopback_by_default():
     from bactrian.infer.config import ServeConfig
 
     assert ServeConfig().host == "127.0.0.1"
+
+
+def test_auto_model_routes_by_language(client):
+    reply = client.chat.completions.create(model="auto", max_tokens=4, temperature=0, messages=[
+        {"role": "user", "content": "Guten Morgen, kannst du mir bitte sagen, wie spät es ist?"}])
+    assert reply.model == "de"

@@ -23,6 +23,13 @@ def _route_note(adapter: str, detected: str | None) -> str:
     return f"Answered by: {adapter}" + (f" (detected language: {detected})" if detected else "")
 
 
+def _plain_text(content: Any) -> str:
+    """Gradio 6 keeps a chat message's content as a list of parts; the engine wants its text."""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+
+
 def build_app(engine: Engine, batcher: Batcher | None = None) -> Any:
     import gradio as gr
 
@@ -45,7 +52,7 @@ def build_app(engine: Engine, batcher: Batcher | None = None) -> Any:
     async def converse(message: str, history: list[dict[str, str]], adapter: str, temperature: float,
                        max_tokens: int) -> AsyncIterator[tuple[list[dict[str, str]], str, str]]:
         name, detected = engine.resolve_adapter(adapter, message)
-        messages = [{"role": m["role"], "content": m["content"]} for m in history] + [
+        messages = [{"role": m["role"], "content": _plain_text(m["content"])} for m in history] + [
             {"role": "user", "content": message}]
         request = Request(engine.encode_chat(name, messages), _params(temperature, 1.0, 0, 1, max_tokens), name)
         reply = ""

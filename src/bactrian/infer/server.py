@@ -153,7 +153,7 @@ async def _respond(batcher: Batcher, body: _Common, request: Request, kind: str)
         finish, completion_tokens = delta.finish_reason, delta.completion_tokens
     choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
               if kind == "chat.completion" else {"index": 0, "text": text, "finish_reason": finish, "logprobs": None})
-    return {"id": ident, "object": kind, "created": int(time.time()), "model": body.model, "choices": [choice],
+    return {"id": ident, "object": kind, "created": int(time.time()), "model": request.adapter, "choices": [choice],
             "usage": {**usage, "completion_tokens": completion_tokens,
                       "total_tokens": usage["prompt_tokens"] + completion_tokens}}
 
@@ -165,20 +165,23 @@ async def _sse(batcher: Batcher, body: _Common, request: Request, kind: str, ide
     created = int(time.time())
 
     def chunk(choice: dict[str, Any], **extra: Any) -> str:
-        return "data: " + json.dumps({"id": ident, "object": chunk_kind, "created": created, "model": body.model,
+        return "data: " + json.dumps({"id": ident, "object": chunk_kind, "created": created, "model": request.adapter,
                                       "choices": [choice], **extra}, ensure_ascii=False) + "\n\n"
 
     if chat:
         yield chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
     completion_tokens = 0
-    async for delta in batcher.stream(request):
-        completion_tokens = delta.completion_tokens
-        content = {"delta": {"content": delta.text} if delta.text else {}} if chat else {"text": delta.text}
-        yield chunk({"index": 0, **content, "finish_reason": delta.finish_reason})
+    try:
+        async for delta in batcher.stream(request):
+            completion_tokens = delta.completion_tokens
+            content = {"delta": {"content": delta.text} if delta.text else {}} if chat else {"text": delta.text}
+            yield chunk({"index": 0, **content, "finish_reason": delta.finish_reason})
+    finally:  # the client went away (or we are done): stop decoding this request
+        request.cancelled.set()
     if (body.stream_options or {}).get("include_usage"):
         total = {**usage, "completion_tokens": completion_tokens,
                  "total_tokens": usage["prompt_tokens"] + completion_tokens}
-        yield "data: " + json.dumps({"id": ident, "object": chunk_kind, "created": created, "model": body.model,
+        yield "data: " + json.dumps({"id": ident, "object": chunk_kind, "created": created, "model": request.adapter,
                                      "choices": [], "usage": total}) + "\n\n"
     yield "data: [DONE]\n\n"
 

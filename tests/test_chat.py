@@ -1,0 +1,93 @@
+"""`bactrian chat`: the Gradio app through gradio_client, and in a real browser (headless Chromium)."""
+
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from bactrian.infer.chat import build_app
+from bactrian.infer.engine import Engine, Request, SamplingParams
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama, tiny_adapters):
+    return Engine(str(tiny_llama), [f"fr={tiny_adapters['fr']}", f"de={tiny_adapters['de']}"])
+
+
+@pytest.fixture(scope="module")
+def url(engine):
+    app = build_app(engine)
+    port = free_port()
+    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+def expected(engine, adapter, instruction, beams=1, max_tokens=12):
+    request = Request(engine.render(adapter, instruction), SamplingParams(max_new_tokens=max_tokens,
+                                                                          num_beams=beams), adapter)
+    return engine.generate([request])[0][0]
+
+
+def test_answer_through_gradio_client(url, engine):
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    text, note = client.predict("Nenne eine Farbe.", "", 0, 0.75, 40, 1, 12, False, "de", api_name="/answer")
+    assert text == expected(engine, "de", "Nenne eine Farbe.")
+    assert note == "Answered by: de"
+    text, note = client.predict("Bonjour, pouvez-vous me dire quelle heure il est maintenant ?", "", 0, 0.75, 40,
+                                2, 8, True, "auto", api_name="/answer")
+    assert note == "Answered by: fr (detected language: fr)"
+    assert text == expected(engine, "fr", "Bonjour, pouvez-vous me dire quelle heure il est maintenant ?", 2, 8)
+
+
+def test_multi_turn_chat_through_gradio_client(url):
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    history, cleared, note = client.predict("Hello", [], "base", 0, 6, api_name="/chat")
+    assert cleared == "" and note == "Answered by: base"
+    assert [m["role"] for m in history] == ["user", "assistant"]
+    history, _, _ = client.predict("And then?", history, "base", 0, 6, api_name="/chat")
+    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+
+
+@pytest.mark.skipif(not shutil.which("chromium") or not shutil.which("chromedriver"),
+                    reason="Debian's chromium and chromium-driver are not installed")
+def test_question_typed_in_a_real_browser(url, engine):
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1280,1600"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
+    try:
+        driver.get(url)
+        wait = WebDriverWait(driver, 60)
+        box = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#instruction textarea"))
+        box.send_keys("Name a primary colour.")
+        driver.find_element(By.CSS_SELECTOR, "#submit").click()
+        # the page's defaults: adapter auto (English -> base model), Beams 4, Max tokens 128
+        answer = expected(engine, "base", "Name a primary colour.", beams=4, max_tokens=128)
+        wait.until(lambda d: "Answered by" in d.find_element(By.CSS_SELECTOR, "#routed").text)
+        shown = driver.find_element(By.CSS_SELECTOR, "#output textarea").get_attribute("value")
+        ARTIFACTS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "chat.png"))
+        assert shown == answer
+        assert "detected language: en" in driver.find_element(By.CSS_SELECTOR, "#routed").text
+    finally:
+        driver.quit()
