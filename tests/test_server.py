@@ -158,3 +158,30 @@ def test_auto_model_routes_by_language(client):
     reply = client.chat.completions.create(model="auto", max_tokens=4, temperature=0, messages=[
         {"role": "user", "content": "Guten Morgen, kannst du mir bitte sagen, wie spät es ist?"}])
     assert reply.model == "de"
+
+
+def test_bactrian_serve_command_with_api_key(tiny_llama, tiny_adapters):
+    import os
+    import subprocess
+    import sys
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "bactrian", "serve", "--base_model", str(tiny_llama),
+                                "--adapters_dir", str(tiny_adapters["fr"].parent), "--port", str(port)],
+                               env={**os.environ, "BACTRIAN_API_KEY": KEY}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["base", "de", "fr", "auto"]
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
