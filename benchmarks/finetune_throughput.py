@@ -242,7 +242,7 @@ def parent(models: list[str]) -> None:
             print(f"running {way} on {name} ...", flush=True)
             process = subprocess.run([sys.executable, __file__, "--child", way, "--models", name],
                                      capture_output=True, text=True)
-            line = next((l for l in process.stdout.splitlines() if l.startswith("RESULT ")), None)
+            line = next((out for out in process.stdout.splitlines() if out.startswith("RESULT ")), None)
             if line is None:
                 sys.exit(f"{way} on {name} failed:\n{process.stderr[-4000:]}")
             results.append({"model": name, "way": way, **SETTINGS[name], **json.loads(line[7:])})

@@ -1,21 +1,15 @@
 """`bactrian chat`: the Gradio app through gradio_client, and in a real browser (headless Chromium)."""
 
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 
 from bactrian.infer.chat import build_app
 from bactrian.infer.engine import Engine, Request, SamplingParams
+from test_server import free_port
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

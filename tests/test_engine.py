@@ -1,13 +1,12 @@
 """The generation engine: batching invariance, adapters per request, stops, streaming, memory, routing."""
 
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
 from bactrian.errors import ConfigError
 from bactrian.infer.engine import BASE, Engine, Request, SamplingParams, parse_adapter_specs
+
 from conftest import make_adapter
 
 PROMPTS = ["Name a primary colour.", "Nenne das Gegenteil von heiß und erkläre warum.", "Add", "Écris"]
@@ -58,7 +57,8 @@ def test_streaming_deltas_add_up_to_the_answer(engine):
     request = greedy(engine, PROMPTS[0], "de", max_new_tokens=10)
     deltas = list(engine.stream([request]))
     assert len(deltas) > 1 and deltas[-1].finish_reason
-    assert "".join(d.text for d in deltas) == engine.generate([greedy(engine, PROMPTS[0], "de", max_new_tokens=10)])[0][0]
+    whole = engine.generate([greedy(engine, PROMPTS[0], "de", max_new_tokens=10)])[0][0]
+    assert "".join(d.text for d in deltas) == whole
 
 
 def test_beam_search(engine):

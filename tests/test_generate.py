@@ -11,6 +11,7 @@ import pytest
 from bactrian.errors import ConfigError, DataError
 from bactrian.infer.config import GenerateConfig
 from bactrian.infer.generate import generate_file
+
 from conftest import write_jsonl
 
 
@@ -85,7 +86,10 @@ def test_resume_after_sigkill(tiny_llama, tiny_adapters, tmp_path):
     partial = len(output.read_text().splitlines())
     assert 0 < partial < 120
     assert subprocess.run(args, capture_output=True).returncode == 0
-    key = lambda r: (r["id"], r["model"])  # noqa: E731
     final = rows_of(output)
-    assert len(final) == 120 and len({key(r) for r in final}) == 120
-    assert {key(r): r["output"] for r in final} == {key(r): r["output"] for r in rows_of(reference)}
+    assert len(final) == 120 and len({(r["id"], r["model"]) for r in final}) == 120
+    assert outputs_by_key(final) == outputs_by_key(rows_of(reference))
+
+
+def outputs_by_key(rows):
+    return {(r["id"], r["model"]): r["output"] for r in rows}

@@ -9,6 +9,7 @@ import torch
 
 from bactrian.train.config import FinetuneConfig
 from bactrian.train.trainer import finetune
+
 from conftest import needs_shared_data
 
 pytestmark = pytest.mark.slow

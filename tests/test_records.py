@@ -4,6 +4,7 @@ import pytest
 
 from bactrian.errors import DataError
 from bactrian.records import load_records
+
 from conftest import needs_shared_data, sample_rows, write_jsonl
 
 
@@ -60,11 +61,14 @@ def test_lang_from_field_or_single_lang_flag(tmp_path):
     assert {r.lang for r in load_records(str(plain), ["en"])} == {"en"}
 
 
+TWO = '{"instruction": "a", "output": "x"}\n'
+
+
 @pytest.mark.parametrize("content, message", [
-    ('{"instruction": "a", "output": "x"}\n{"instruction": "b", "output": 3}\n', r"line 2: field 'output' must be a string"),
-    ('{"instruction": "a", "output": "x"}\n{"output": "y"}\n', r"line 2: field 'instruction' is missing"),
-    ('{"instruction": "a", "output": "x"}\n{"instruction": "", "output": "y"}\n', r"line 2: field 'instruction' is empty"),
-    ('{"instruction": "a", "output": "x"}\n\n{"instruction": "b",\n', r"line 3: not valid JSON"),
+    (TWO + '{"instruction": "b", "output": 3}\n', r"line 2: field 'output' must be a string"),
+    (TWO + '{"output": "y"}\n', r"line 2: field 'instruction' is missing"),
+    (TWO + '{"instruction": "", "output": "y"}\n', r"line 2: field 'instruction' is empty"),
+    (TWO + '\n{"instruction": "b",\n', r"line 3: not valid JSON"),
     ('["not", "an", "object"]\n', r"line 1: expected an object"),
 ])
 def test_malformed_jsonl_names_file_line_and_field(tmp_path, content, message):

@@ -11,7 +11,7 @@ import openai
 import pytest
 import uvicorn
 
-from bactrian.infer.engine import BASE, Engine, Request, SamplingParams
+from bactrian.infer.engine import Engine, Request, SamplingParams
 from bactrian.infer.server import create_app
 
 KEY = "sk-test-key"

@@ -120,9 +120,11 @@ def _finetune(args: argparse.Namespace) -> None:
 
     config = build_config(FinetuneConfig, args)
     metrics = finetune(config)
-    if _is_main_process():
+    if _is_main_process() and not config.per_language:
         print(f"Adapter saved to {config.output_dir}")
         print(f"Final metrics: {metrics}")
+    elif _is_main_process():
+        print(f"Adapters saved to {config.output_dir}/<lang>/; summary in {config.output_dir}/summary.json")
 
 
 def _is_main_process() -> bool:

@@ -85,6 +85,7 @@ def answer(engine: Engine, config: GenerateConfig, batch: list[tuple[int, Instru
     settings = {key: getattr(config, key) for key in ("temperature", "top_p", "top_k", "num_beams",
                                                       "max_new_tokens", "stop")}
     return [{**asdict(row), "model": model, "adapter": adapter, "detected_lang": detected, "output": text,
-             "finish_reason": reason, "completion_tokens": tokens, "generation": {**settings, "seed": request.params.seed}}
+             "finish_reason": reason, "completion_tokens": tokens,
+             "generation": {**settings, "seed": request.params.seed}}
             for (_, row, model), (adapter, detected), (text, reason, tokens), request
             in zip(batch, routed, results, requests)]

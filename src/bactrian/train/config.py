@@ -59,3 +59,5 @@ class FinetuneConfig:
                             choices=("none", "tensorboard", "wandb"))
     wandb_project: str = option("", "Weights & Biases project (with --report_to wandb).")
     wandb_run_name: str = option("", "Weights & Biases run name (with --report_to wandb).")
+    per_language: bool = option(False, "Train one adapter per language of --lang (or of the data) into "
+                                       "OUTPUT_DIR/<lang>/; finished languages are skipped on a rerun.")

@@ -7,6 +7,7 @@ exactly where the interrupted one stopped."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ from . import dataset as ds
 from .config import FinetuneConfig
 from .distributed import DistributedContext
 from .loss import token_losses
+from .model_card import write_model_card
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +347,9 @@ def prepare_examples(config: FinetuneConfig, tokenizer: Any) -> tuple[list[ds.Ex
 
 
 def finetune(config: FinetuneConfig) -> dict[str, Any]:
-    """Train a LoRA adapter into config.output_dir; returns the final metrics."""
+    """Train a LoRA adapter into config.output_dir (one per language with --per_language); returns metrics."""
+    if config.per_language:
+        return finetune_per_language(config)
     context = DistributedContext.from_env()
     validate(config, context.world_size)
     load_template(config.prompt_template_name)  # an unknown template fails before the model loads
@@ -383,10 +387,44 @@ def save_adapter(trainer: Trainer, loaded: LoadedModel, train: list[ds.Example],
     staging.rmdir()
     atomic_write_json(output_dir / STATE_FILE, asdict(trainer.state))
     template = load_template(config.prompt_template_name)
-    write_manifest(output_dir, "adapter", config,
+    langs = sorted({example.lang for example in train})
+    examples = {"train": ds.language_counts(train), "validation": ds.language_counts(val)}
+    write_model_card(output_dir, config, langs, examples, metrics)
+    write_manifest(output_dir, "adapter", config,  # written last: its presence marks a finished adapter
                    base_model={"spec": config.base_model, **loaded.source.identity},
-                   template=template.to_dict(),
-                   languages=sorted({example.lang for example in train}),
-                   data=fingerprint_inputs(config.data_path),
-                   examples={"train": ds.language_counts(train), "validation": ds.language_counts(val)},
-                   metrics=metrics)
+                   template=template.to_dict(), languages=langs, data=fingerprint_inputs(config.data_path),
+                   examples=examples, metrics=metrics)
+
+
+def finetune_per_language(config: FinetuneConfig) -> dict[str, Any]:
+    """One adapter per language into OUTPUT_DIR/<lang>/. Finished languages (with a manifest) are skipped and
+    an interrupted one resumes from its last checkpoint, so rerunning the same command continues the set."""
+    langs = languages.parse_langs(config.lang) or sorted({r.lang for r in load_records(config.data_path)})
+    root = Path(config.output_dir)
+    results: dict[str, Any] = {}
+    for lang in langs:
+        folder = root / lang
+        manifest = folder / "bactrian.json"
+        if manifest.is_file():
+            log.info("%s: already trained, skipped.", folder)
+            results[lang] = json.loads(manifest.read_text())["metrics"]
+            continue
+        results[lang] = finetune(dataclasses.replace(config, lang=[lang], output_dir=str(folder), per_language=False,
+                                                     resume_from_checkpoint="auto"))
+    if DistributedContext.from_env().is_main:
+        atomic_write_json(root / "summary.json", {"languages": results})
+        print(summary_table(results))
+    return {"languages": results}
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    lines = [f"{'lang':<6} {'eval loss':>10} {'at start':>10} {'train loss':>11} {'steps':>6}"]
+    for lang, metrics in results.items():
+        lines.append(f"{lang:<6} {_number(metrics.get('eval_loss')):>10} "
+                     f"{_number(metrics.get('eval_loss_at_start')):>10} "
+                     f"{_number(metrics.get('train_loss')):>11} {metrics.get('steps', '-'):>6}")
+    return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
