@@ -7,6 +7,7 @@ import pytest
 
 from bactrian.infer.chat import build_app
 from bactrian.infer.engine import Engine, Request, SamplingParams
+
 from test_server import free_port
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
