@@ -86,7 +86,7 @@ def test_bad_adapter_specs(tiny_adapters, tmp_path):
 
 def test_52_adapters_add_only_their_own_size(tiny_gemma, tmp_path):
     base = Engine(str(tiny_gemma))
-    base_bytes = _bytes(base.model)
+    base_bytes = parameter_bytes(base.model)
     specs = []
     for seed in range(52):
         folder = make_adapter(tiny_gemma, tmp_path / f"a{seed}", ["en"], seed, r=16,
@@ -94,11 +94,11 @@ def test_52_adapters_add_only_their_own_size(tiny_gemma, tmp_path):
         specs.append(f"a{seed}={folder}")
     many = Engine(str(tiny_gemma), specs)
     adapter_bytes = sum((tmp_path / f"a{seed}" / "adapter_model.safetensors").stat().st_size for seed in range(52))
-    added = _bytes(many.model) - base_bytes
+    added = parameter_bytes(many.model) - base_bytes
     assert 0 < added <= adapter_bytes
 
 
-def _bytes(model) -> int:
+def parameter_bytes(model) -> int:
     tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
     return sum(t.numel() * t.element_size() for t in tensors.values())
 

@@ -11,6 +11,7 @@ from bactrian.train.config import FinetuneConfig
 from bactrian.train.trainer import finetune
 
 from conftest import needs_shared_data
+from test_engine import parameter_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -51,3 +52,27 @@ def test_demo_runs_end_to_end(tmp_path):
     assert result.stdout.count("  tuned: ") == 6 and result.stdout.count("  base : ") == 6
     assert "Next, try:" in result.stdout
     assert (tmp_path / "demo" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_52_rank16_adapters_on_the_default_add_only_their_own_size(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from bactrian.infer.engine import Engine
+    from bactrian.models import resolve
+
+    names = [f"a{i}" for i in range(52)]
+    config = LoraConfig(r=16, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                        task_type="CAUSAL_LM")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(resolve("default").path), config,
+                           adapter_name=names[0])
+    for name in names[1:]:
+        model.add_adapter(name, config)
+    model.save_pretrained(tmp_path)  # each adapter in tmp_path/<name>/
+    del model
+    base = Engine("default")
+    base_bytes = parameter_bytes(base.model)
+    del base
+    many = Engine("default", [f"{name}={tmp_path / name}" for name in names])
+    adapter_bytes = sum((tmp_path / name / "adapter_model.safetensors").stat().st_size for name in names)
+    assert 0 < parameter_bytes(many.model) - base_bytes <= adapter_bytes
