@@ -55,18 +55,20 @@ def _build_tokenizer(folder: Path) -> None:
     fast.save_pretrained(folder)
 
 
-def _build_model(folder: Path, arch: str) -> Path:
+def _build_model(folder: Path, arch: str, hidden: int = 32, initializer_range: float = 0.02,
+                 tie: bool | None = None) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig
 
     _build_tokenizer(folder)
-    common = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, pad_token_id=0, eos_token_id=1,
-                  bos_token_id=2, max_position_embeddings=512)
+    common = dict(vocab_size=400, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, pad_token_id=0,
+                  eos_token_id=1, bos_token_id=2, max_position_embeddings=512, initializer_range=initializer_range)
     if arch == "llama":
-        config = LlamaConfig(**common, tie_word_embeddings=False)
+        config = LlamaConfig(**common, tie_word_embeddings=bool(tie))
     else:
-        config = Gemma3TextConfig(**common, sliding_window=64, query_pre_attn_scalar=8)
+        config = Gemma3TextConfig(**common, sliding_window=64, query_pre_attn_scalar=hidden // 4,
+                                  tie_word_embeddings=True if tie is None else tie)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(folder)

@@ -44,11 +44,15 @@ def test_bad_config_files_are_clear_errors(tmp_path):
         parse("--config", str(wrong_type))
 
 
-def test_help_describes_every_option(capsys):
+@pytest.mark.parametrize("verb", ["finetune", "demo", "chat", "generate", "serve", "export"])
+def test_help_describes_every_option(capsys, verb):
+    from bactrian.cli import _verbs
+
+    config_cls = next(cls for name, _, _, cls in _verbs() if name == verb)
     with pytest.raises(SystemExit):
-        main(["finetune", "--help"])
+        main([verb, "--help"])
     text = capsys.readouterr().out
-    for name in FinetuneConfig.__dataclass_fields__:
+    for name in config_cls.__dataclass_fields__:
         assert f"--{name}" in text
 
 

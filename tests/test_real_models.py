@@ -76,3 +76,35 @@ def test_52_rank16_adapters_on_the_default_add_only_their_own_size(tmp_path):
     many = Engine("default", [f"{name}={tmp_path / name}" for name in names])
     adapter_bytes = sum((tmp_path / name / "adapter_model.safetensors").stat().st_size for name in names)
     assert 0 < parameter_bytes(many.model) - base_bytes <= adapter_bytes
+
+
+def test_gguf_round_trip_through_llama_cpp_on_the_default(tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from transformers import AutoModelForCausalLM
+
+    from bactrian.demo import demo_data_dir
+    from bactrian.export.config import ExportConfig
+    from bactrian.export.run import export
+
+    adapter = tmp_path / "adapter"
+    finetune(FinetuneConfig(base_model="default", data_path=[str(demo_data_dir())], output_dir=str(adapter),
+                            batch_size=8, micro_batch_size=8, max_steps=4, learning_rate=2e-3, val_set_size=0,
+                            lora_r=8, lora_target_modules=["q_proj", "v_proj"], warmup_steps=1, save_steps=0,
+                            packing=True, train_on_inputs=False))
+    out = export(ExportConfig(base_model="default", lora_weights=str(adapter), output_dir=str(tmp_path / "gguf"),
+                              format="gguf", gguf_type="f32"))
+    merged = AutoModelForCausalLM.from_pretrained(
+        export(ExportConfig(base_model="default", lora_weights=str(adapter), output_dir=str(tmp_path / "hf"))))
+    llm = llama_cpp.Llama(str(next(out.glob("*.gguf"))), n_ctx=256, verbose=False, seed=0)
+    prompts = ["### Input:\nNenne drei Farben.\n\n### Output:\n", "### Input:\n法国的首都是哪里？\n\n### Output:\n",
+               "### Input:\nWhat is water made of?\n\n### Output:\n"]
+    for prompt in prompts:
+        ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+        expected = merged.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, eos_token_id=None,
+                                   pad_token_id=0)[0, len(ids):].tolist()
+        got = []
+        for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+            got.append(token)
+            if len(got) == 8:
+                break
+        assert got == expected, prompt

@@ -161,6 +161,13 @@ def _chat(args: argparse.Namespace) -> None:
     launch(build_config(ChatConfig, args))
 
 
+def _export(args: argparse.Namespace) -> None:
+    from .export.config import ExportConfig
+    from .export.run import export
+
+    print(f"Wrote {export(build_config(ExportConfig, args))}")
+
+
 def _languages(args: argparse.Namespace) -> None:
     from .languages import LANGUAGES
 
@@ -171,6 +178,7 @@ def _languages(args: argparse.Namespace) -> None:
 
 def _verbs() -> list[tuple[str, str, Callable, type | None]]:
     from .demo import DemoConfig
+    from .export.config import ExportConfig
     from .infer.config import ChatConfig, GenerateConfig, ServeConfig
     from .train.config import FinetuneConfig
 
@@ -183,6 +191,8 @@ def _verbs() -> list[tuple[str, str, Callable, type | None]]:
          ChatConfig),
         ("generate", "Answer every instruction of a file, in batches, resumable.", _generate, GenerateConfig),
         ("serve", "An OpenAI-compatible HTTP server over a base model and many adapters.", _serve, ServeConfig),
+        ("export", "Merge an adapter and write a Hugging Face folder, a Meta state_dict or GGUF for llama.cpp.",
+         _export, ExportConfig),
         ("languages", "List the 52 Bactrian-X languages and their codes.", _languages, None),
     ]
 

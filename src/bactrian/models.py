@@ -44,7 +44,8 @@ def resolve(base_model: str) -> ModelSource:
         if not local.is_file():
             raise ModelError(f"{base_model}: GGUF file not found.")
         digest = file_sha256(local)
-        return ModelSource(base_model, str(_cached_gguf_conversion(local, digest)), {"gguf_sha256": digest})
+        return ModelSource(base_model, str(_cached_gguf_conversion(local, digest)),
+                           {"gguf_file": str(local.resolve()), "gguf_sha256": digest})
     if local.is_dir():
         if not (local / "config.json").is_file():
             raise ModelError(f"{base_model}: folder has no config.json; is it a Hugging Face model folder?")
@@ -63,11 +64,13 @@ def _embedded_default() -> ModelSource:
         ) from exc
     digest = package.EXPECTED_SHA256
     folder = bactrian_home() / "models" / f"gemma-3-270m-{digest[:12]}"
+    gguf_path = Path(package.default_output_path())  # assembled from the package's chunks on first use
+    if not gguf_path.is_file():
+        gguf_path = Path(package.assemble())
     if not (folder / "config.json").is_file():
-        gguf_path = package.assemble()
-        _convert_gguf(Path(gguf_path), folder)
+        _convert_gguf(gguf_path, folder)
     return ModelSource(DEFAULT_MODEL, str(folder), {"name": "gemma-3-270m (Q4_K_M GGUF, dequantized)",
-                                                      "gguf_sha256": digest})
+                                                      "gguf_file": str(gguf_path), "gguf_sha256": digest})
 
 
 def _cached_gguf_conversion(gguf_path: Path, digest: str) -> Path:

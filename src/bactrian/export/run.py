@@ -1,0 +1,103 @@
+"""`bactrian export`: check everything first, write into a staging folder, move it into place at the end, so a
+failure leaves no partial output behind."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+from ..fileio import file_sha256
+from ..manifest import read_manifest, write_manifest
+from ..models import resolve
+from .config import ExportConfig
+from .weights import ADAPTER_WEIGHTS, Adapter, BaseWeights
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+
+
+def export(config: ExportConfig) -> Path:
+    out = _check_output(config)
+    if config.format in ("state_dict", "gguf_adapter") and not config.lora_weights:
+        raise ConfigError(f"--format {config.format} needs --lora_weights.")
+    source = resolve(config.base_model)
+    base = BaseWeights(_local_folder(source.path))
+    adapter = _load_adapter(config, base) if config.lora_weights else None
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        _write(config, base, adapter, staging, source.identity.get("gguf_file"))
+        write_manifest(staging, "export", config, base_model={"spec": config.base_model, **source.identity},
+                       adapter=_adapter_identity(adapter))
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _check_output(config: ExportConfig) -> Path:
+    if not config.output_dir:
+        raise ConfigError("--output_dir is required.")
+    out = Path(config.output_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not config.overwrite:
+        raise ConfigError(f"--output_dir {out} is not empty; pass --overwrite to replace it.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _local_folder(path: str) -> Path:
+    if Path(path).is_dir():
+        return Path(path)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.jinja"]))
+
+
+def _load_adapter(config: ExportConfig, base: BaseWeights) -> Adapter:
+    adapter = Adapter(Path(config.lora_weights))
+    adapter.check_fits(base)
+    adapter.check_changes_something()
+    trained = (read_manifest(adapter.folder) or {}).get("config", {})
+    if trained.get("load_8bit") or trained.get("load_4bit"):
+        log.info("The adapter was trained on a quantized base; the merge uses the full-precision base weights.")
+    return adapter
+
+
+def _adapter_identity(adapter: Adapter | None) -> dict[str, str] | None:
+    if adapter is None:
+        return None
+    return {"path": str(adapter.folder), "sha256": file_sha256(adapter.folder / ADAPTER_WEIGHTS)}
+
+
+def _write(config: ExportConfig, base: BaseWeights, adapter: Adapter | None, staging: Path,
+           source_gguf: str | None) -> None:
+    dtype = DTYPES[config.dtype]
+    name = Path(config.output_dir).name
+    tokenizer_folder = adapter.folder if adapter and (adapter.folder / "tokenizer.json").is_file() else base.folder
+    if config.format == "hf":
+        from .hf import write_hf
+
+        write_hf(base, adapter, staging, dtype, config.max_shard_size_mb * 1_000_000)
+    elif config.format == "state_dict":
+        from .hf import copy_tokenizer
+        from .state_dict import write_state_dict
+
+        write_state_dict(base, adapter, staging, dtype)
+        copy_tokenizer(tokenizer_folder, base.folder, staging)
+    elif config.format == "gguf":
+        from .gguf_file import write_gguf
+
+        write_gguf(base, adapter, staging / f"{name}-{config.gguf_type}.gguf", config.gguf_type, tokenizer_folder,
+                   Path(source_gguf) if source_gguf else None, name)
+    else:
+        from .gguf_file import write_gguf_adapter
+
+        write_gguf_adapter(base, adapter, staging / f"{name}-lora.gguf", name)

@@ -1,0 +1,180 @@
+"""`bactrian export`: each format proven with the program that reads it (transformers, torch, llama.cpp)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from bactrian.errors import BactrianError, ModelError
+from bactrian.export.config import ExportConfig
+from bactrian.export.run import export
+from bactrian.export.state_dict import meta_name, permute
+
+from conftest import _build_model, make_adapter
+
+PROMPTS = [[2, 45, 120, 33, 78], [2, 300, 12], [2, 7, 7, 7, 250, 19, 88, 140], [2, 99]]
+
+
+@pytest.fixture(scope="module")
+def peaked(tmp_path_factory):
+    """Tiny llama and gemma3 with larger random weights, so greedy choices are not near-ties."""
+    root = tmp_path_factory.mktemp("peaked")
+    models = {arch: _build_model(root / arch, arch, hidden=64, initializer_range=0.2, tie=False)
+              for arch in ("llama", "gemma3")}
+    adapters = {arch: make_adapter(models[arch], root / f"{arch}-lora", ["en"], seed=3, r=8,
+                                   targets=("q_proj", "k_proj", "v_proj", "o_proj", "up_proj"))
+                for arch in models}
+    return models, adapters
+
+
+def run_export(tmp_path, base, adapter, fmt, **extra) -> Path:
+    out = tmp_path / f"{fmt}-{extra.get('gguf_type', extra.get('dtype', 'x'))}"
+    return export(ExportConfig(base_model=str(base), lora_weights=str(adapter) if adapter else "",
+                               output_dir=str(out), format=fmt, **extra))
+
+
+def reference(base, adapter):
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).eval()
+    return model
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_hf_merge_equals_base_plus_adapter(peaked, tmp_path, arch):
+    models, adapters = peaked
+    out = run_export(tmp_path, models[arch], adapters[arch], "hf", max_shard_size_mb=0)
+    assert (out / "model.safetensors.index.json").is_file()  # one tensor per shard at this limit
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    tuned = reference(models[arch], adapters[arch])
+    ids = torch.tensor([PROMPTS[2]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, tuned(ids).logits, atol=1e-4)
+        assert not torch.allclose(merged(ids).logits, AutoModelForCausalLM.from_pretrained(models[arch])(ids).logits,
+                                  atol=1e-3)
+    assert AutoTokenizer.from_pretrained(out).pad_token == "<pad>"
+    assert (out / "generation_config.json").is_file()
+    manifest = json.loads((out / "bactrian.json").read_text())
+    assert manifest["kind"] == "export" and len(manifest["adapter"]["sha256"]) == 64
+
+
+def test_hf_half_precision(peaked, tmp_path):
+    models, adapters = peaked
+    out = run_export(tmp_path, models["llama"], adapters["llama"], "hf", dtype="bf16")
+    assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.bfloat16
+
+
+def test_state_dict_maps_back_to_the_merged_weights_exactly(peaked, tmp_path):
+    models, adapters = peaked
+    merged_dir = run_export(tmp_path, models["llama"], adapters["llama"], "hf")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).state_dict()
+    out = run_export(tmp_path, models["llama"], adapters["llama"], "state_dict")
+    state = torch.load(out / "consolidated.00.pth", weights_only=True)
+    params = json.loads((out / "params.json").read_text())
+    assert params == {"dim": 64, "n_heads": 4, "n_kv_heads": 2, "n_layers": 2, "norm_eps": 1e-6, "vocab_size": 400,
+                      "hidden_dim": 128, "rope_theta": 10000.0}
+    for name, tensor in merged.items():
+        meta = state[meta_name(name)]
+        if name.endswith("q_proj.weight"):
+            meta = permute(meta, params["n_heads"])
+        elif name.endswith("k_proj.weight"):
+            meta = permute(meta, params["n_kv_heads"])
+        assert torch.equal(meta, tensor), name
+
+
+def greedy_transformers(model, prompt, steps=8):
+    with torch.no_grad():
+        output = model.generate(torch.tensor([prompt]), max_new_tokens=steps, do_sample=False, pad_token_id=0,
+                                eos_token_id=None)
+    return output[0, len(prompt):].tolist()
+
+
+def llama_cpp(path: Path, lora: Path | None = None):
+    import llama_cpp as lc
+
+    return lc.Llama(str(path), n_ctx=128, verbose=False, seed=0, lora_path=str(lora) if lora else None,
+                    logits_all=True)
+
+
+def greedy_llama_cpp(llm, prompt, steps=8):
+    llm.reset()
+    out = []
+    for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+        out.append(token)
+        if len(out) == steps:
+            return out
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+@pytest.mark.parametrize("gguf_type", ["f32", "f16"])
+def test_gguf_greedy_tokens_match_transformers(peaked, tmp_path, arch, gguf_type):
+    pytest.importorskip("llama_cpp")
+    models, adapters = peaked
+    out = run_export(tmp_path, models[arch], adapters[arch], "gguf", gguf_type=gguf_type)
+    hf = AutoModelForCausalLM.from_pretrained(run_export(tmp_path, models[arch], adapters[arch], "hf")).eval()
+    base = AutoModelForCausalLM.from_pretrained(models[arch]).eval()
+    llm = llama_cpp(next(out.glob("*.gguf")))
+    for prompt in PROMPTS:
+        tokens = greedy_llama_cpp(llm, prompt)
+        assert tokens == greedy_transformers(hf, prompt), prompt
+        assert len(set(tokens)) > 3 and tokens != greedy_transformers(base, prompt)  # a real, tuned answer
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_gguf_q8_0_stays_close(peaked, tmp_path, arch):
+    pytest.importorskip("llama_cpp")
+    models, adapters = peaked
+    out = run_export(tmp_path, models[arch], adapters[arch], "gguf", gguf_type="q8_0")
+    hf = AutoModelForCausalLM.from_pretrained(run_export(tmp_path, models[arch], adapters[arch], "hf")).eval()
+    llm = llama_cpp(next(out.glob("*.gguf")))
+    for prompt in PROMPTS:
+        llm.reset()
+        llm.eval(prompt)
+        quantized = torch.tensor(llm.scores[len(prompt) - 1])
+        with torch.no_grad():
+            exact = hf(torch.tensor([prompt])).logits[0, -1]
+        assert int(quantized.argmax()) == int(exact.argmax())
+        assert float((quantized - exact).abs().max()) < 0.05 * float(exact.max() - exact.min())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_gguf_lora_adapter_applied_by_llama_cpp(peaked, tmp_path, arch):
+    pytest.importorskip("llama_cpp")
+    models, adapters = peaked
+    base_gguf = next(run_export(tmp_path, models[arch], None, "gguf", gguf_type="f32").glob("*.gguf"))
+    lora_gguf = next(run_export(tmp_path, models[arch], adapters[arch], "gguf_adapter").glob("*.gguf"))
+    tuned = reference(models[arch], adapters[arch])
+    llm = llama_cpp(base_gguf, lora_gguf)
+    for prompt in PROMPTS:
+        assert greedy_llama_cpp(llm, prompt) == greedy_transformers(tuned, prompt), prompt
+
+
+def test_errors_leave_nothing_behind(peaked, tmp_path, tiny_llama):
+    models, adapters = peaked
+    zero = tmp_path / "zero"
+    from peft import LoraConfig, get_peft_model
+
+    get_peft_model(AutoModelForCausalLM.from_pretrained(models["llama"]),
+                   LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(zero)
+    cases = [
+        (dict(lora_weights=str(zero)), "changes nothing"),
+        (dict(lora_weights=str(adapters["llama"]), base_model=str(tiny_llama)), "trained on another base"),
+        (dict(lora_weights=str(tmp_path / "nowhere")), "adapter_config.json is missing"),
+        (dict(lora_weights=str(adapters["gemma3"]), base_model=str(models["gemma3"]), format="state_dict"),
+         "Meta LLaMA layout"),
+    ]
+    for overrides, message in cases:
+        settings = dict(base_model=str(models["llama"]), output_dir=str(tmp_path / "out"), format="hf")
+        with pytest.raises(ModelError, match=message):
+            export(ExportConfig(**{**settings, **overrides}))
+        assert not (tmp_path / "out").exists()
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    with pytest.raises(BactrianError, match="not empty"):
+        export(ExportConfig(base_model=str(models["llama"]), lora_weights=str(adapters["llama"]),
+                            output_dir=str(full)))
+    assert (full / "keep.txt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
