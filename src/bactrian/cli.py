@@ -168,6 +168,16 @@ def _export(args: argparse.Namespace) -> None:
     print(f"Wrote {export(build_config(ExportConfig, args))}")
 
 
+def _eval(args: argparse.Namespace) -> None:
+    from .eval.report import markdown
+    from .eval.run import evaluate
+    from .infer.config import EvalConfig
+
+    config = build_config(EvalConfig, args)
+    print(markdown(evaluate(config)))
+    print(f"Reports in {config.output_dir} (results.json, report.md, one PNG chart per task)")
+
+
 def _languages(args: argparse.Namespace) -> None:
     from .languages import LANGUAGES
 
@@ -179,7 +189,7 @@ def _languages(args: argparse.Namespace) -> None:
 def _verbs() -> list[tuple[str, str, Callable, type | None]]:
     from .demo import DemoConfig
     from .export.config import ExportConfig
-    from .infer.config import ChatConfig, GenerateConfig, ServeConfig
+    from .infer.config import ChatConfig, EvalConfig, GenerateConfig, ServeConfig
     from .train.config import FinetuneConfig
 
     return [
@@ -193,6 +203,8 @@ def _verbs() -> list[tuple[str, str, Callable, type | None]]:
         ("serve", "An OpenAI-compatible HTTP server over a base model and many adapters.", _serve, ServeConfig),
         ("export", "Merge an adapter and write a Hugging Face folder, a Meta state_dict or GGUF for llama.cpp.",
          _export, ExportConfig),
+        ("eval", "Zero-shot multiple-choice evaluation per language (XCOPA, XStoryCloze, XWinograd, SIB-200, your "
+                 "own), base and adapters side by side.", _eval, EvalConfig),
         ("languages", "List the 52 Bactrian-X languages and their codes.", _languages, None),
     ]
 

@@ -52,3 +52,15 @@ class ChatConfig(EngineConfig):
     server_name: str = option("127.0.0.1", "Address to bind (0.0.0.0 to reach it from other machines).")
     server_port: int = option(7860, "Port to listen on.")
     share_gradio: bool = option(False, "Ask Gradio for a public share link.")
+
+
+@dataclass
+class EvalConfig(EngineConfig):
+    tasks: list[str] = option(["xcopa"], "Tasks, comma separated: xcopa, xstorycloze, xwinograd, sib200, or a "
+                                         ".jsonl/.yaml file of {context, choices, label} items.")
+    data_dir: str = option("", "Folder with the tasks' files as published (xcopa/val.LANG.jsonl, sib-200/CODE/"
+                               "dev.tsv, ...); without it, tasks load from the hub.")
+    langs: list[str] = option([], "Languages to evaluate (default: all the task has).")
+    output_dir: str = option("./eval-report", "Where results.json, report.md and the charts go.")
+    batch_size: int = option(8, "Packed rows scored per forward pass.")
+    limit: int = option(0, "Evaluate only the first N items per language (0: all).")

@@ -1,0 +1,1 @@
+"""Evaluation: zero-shot multiple choice by log-likelihood, per language, side by side for several models."""
