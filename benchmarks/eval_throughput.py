@@ -27,7 +27,7 @@ def run_bactrian(langs: list[str]) -> dict:
     from bactrian.infer.config import EvalConfig
 
     config = EvalConfig(base_model="default", tasks=["xcopa"], data_dir=str(XCOPA.parent), langs=langs,
-                        output_dir=str(OUT / "eval-report"), batch_size=8)
+                        output_dir=str(OUT / "eval-report"))
     from bactrian.models import resolve
 
     resolve("default")

@@ -44,7 +44,7 @@ def test_bad_config_files_are_clear_errors(tmp_path):
         parse("--config", str(wrong_type))
 
 
-@pytest.mark.parametrize("verb", ["finetune", "demo", "chat", "generate", "serve", "export"])
+@pytest.mark.parametrize("verb", ["finetune", "demo", "chat", "generate", "serve", "export", "eval"])
 def test_help_describes_every_option(capsys, verb):
     from bactrian.cli import _verbs
 

@@ -12,7 +12,8 @@ from ..train import dataset as ds
 from ..train.loss import token_losses
 from .tasks import Item
 
-ROW_TOKENS = 1024  # packed row length
+ROW_TOKENS = 128  # packed row length: short rows keep the (dense) attention over a packed row cheap
+MAX_LENGTH = 2048  # longer pairs are left-truncated, as lm-eval does at the model's length
 
 
 def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -37,14 +38,14 @@ def to_examples(items: list[Item], tokenizer: Any, max_length: int) -> list[ds.E
 
 
 @torch.no_grad()
-def loglikelihoods(model: Any, tokenizer: Any, items: list[Item], rows_per_batch: int = 8,
-                   max_length: int = ROW_TOKENS) -> list[list[float]]:
+def loglikelihoods(model: Any, tokenizer: Any, items: list[Item], rows_per_batch: int = 16,
+                   max_length: int = MAX_LENGTH) -> list[list[float]]:
     """For each item, the summed log-likelihood of each of its choices."""
     model.eval()
     examples = to_examples(items, tokenizer, max_length)
     totals: dict[str, float] = {}
     for micro in ds.micro_batches(examples, rows_per_batch, tokenizer.pad_token_id, packing=True,
-                                  cutoff_len=max(ROW_TOKENS, max_length), group_by_length=False):
+                                  cutoff_len=ROW_TOKENS, group_by_length=False):
         losses, owners = token_losses(model, micro)
         sums = torch.zeros(len(micro.examples), dtype=torch.float64).index_add_(0, owners.cpu(),
                                                                                  losses.double().cpu())
