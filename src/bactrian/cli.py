@@ -178,6 +178,15 @@ def _eval(args: argparse.Namespace) -> None:
     print(f"Reports in {config.output_dir} (results.json, report.md, one PNG chart per task)")
 
 
+def _judge(args: argparse.Namespace) -> None:
+    from .eval.judge import judge, markdown
+    from .infer.config import JudgeConfig
+
+    config = build_config(JudgeConfig, args)
+    print(markdown(judge(config)))
+    print(f"Report in {config.output_dir} (judge.json, judge.md; answers.jsonl and the request cache resume a rerun)")
+
+
 def _languages(args: argparse.Namespace) -> None:
     from .languages import LANGUAGES
 
@@ -189,7 +198,7 @@ def _languages(args: argparse.Namespace) -> None:
 def _verbs() -> list[tuple[str, str, Callable, type | None]]:
     from .demo import DemoConfig
     from .export.config import ExportConfig
-    from .infer.config import ChatConfig, EvalConfig, GenerateConfig, ServeConfig
+    from .infer.config import ChatConfig, EvalConfig, GenerateConfig, JudgeConfig, ServeConfig
     from .train.config import FinetuneConfig
 
     return [
@@ -205,6 +214,8 @@ def _verbs() -> list[tuple[str, str, Callable, type | None]]:
          _export, ExportConfig),
         ("eval", "Zero-shot multiple-choice evaluation per language (XCOPA, XStoryCloze, XWinograd, SIB-200, your "
                  "own), base and adapters side by side.", _eval, EvalConfig),
+        ("eval-judge", "(bactrian eval judge) Two models answer multilingual questions; a judge on any "
+                       "OpenAI-compatible endpoint scores them pairwise, both orders.", _judge, JudgeConfig),
         ("languages", "List the 52 Bactrian-X languages and their codes.", _languages, None),
     ]
 
@@ -215,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for name, help_text, func, config_cls in _verbs():
-        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        prog = "bactrian eval judge" if name == "eval-judge" else None
+        sub = subparsers.add_parser(name, help=help_text, description=help_text, prog=prog)
         if config_cls is not None:
             add_config_arguments(sub, config_cls)
         sub.set_defaults(func=func)
@@ -224,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["eval", "judge"]:
+        argv = ["eval-judge", *argv[2:]]
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level if _is_main_process() else logging.WARNING,

@@ -261,9 +261,13 @@ def _read_hub_dataset(dataset_id: str, langs: list[str] | None) -> list[Record]:
 
 
 def write_jsonl(path: Path, records: Iterable[Record]) -> None:
+    write_jsonl_rows(path, (record.to_dict() for record in records))
+
+
+def write_jsonl_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     from .fileio import atomic_write_bytes
 
-    lines = (json.dumps(record.to_dict(), ensure_ascii=False) for record in records)
+    lines = (json.dumps(row, ensure_ascii=False) for row in rows)
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
 
 

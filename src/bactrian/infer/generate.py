@@ -42,12 +42,12 @@ def existing_keys(path: Path) -> set[tuple[str, str]]:
     return keys
 
 
-def generate_file(config: GenerateConfig) -> int:
-    """Answer every row not answered yet; returns how many rows were written."""
+def generate_file(config: GenerateConfig, engine: Engine | None = None) -> int:
+    """Answer every row not answered yet (with `engine`, or one built from the config); returns rows written."""
     if not config.input_file or not config.output_file:
         raise ConfigError("--input_file and --output_file are required.")
     rows = read_instructions(Path(config.input_file))
-    engine = build_engine(config)
+    engine = engine or build_engine(config)
     models = config.adapter or ([AUTO] if engine.adapters else [BASE])
     for name in models:
         if name not in engine.model_names:
