@@ -187,6 +187,28 @@ def _judge(args: argparse.Namespace) -> None:
     print(f"Report in {config.output_dir} (judge.json, judge.md; answers.jsonl and the request cache resume a rerun)")
 
 
+def _data(name: str):
+    """A `bactrian data <name>` verb: build its config, run it, print its summary as JSON."""
+
+    def run(args: argparse.Namespace) -> None:
+        import json
+
+        from .data import generate, pipeline, stats, translate
+
+        verbs = {"translate": (translate.TranslateConfig, translate.translate),
+                 "generate": (generate.DataGenerateConfig, generate.generate),
+                 "filter": (pipeline.FilterConfig, pipeline.filter_dataset),
+                 "stats": (stats.StatsConfig, stats.stats)}
+        if name == "build":
+            result = pipeline.build(args.config)
+        else:
+            config_cls, function = verbs[name]
+            result = function(build_config(config_cls, args))
+        print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+
+    return run
+
+
 def _languages(args: argparse.Namespace) -> None:
     from .languages import LANGUAGES
 
@@ -196,6 +218,10 @@ def _languages(args: argparse.Namespace) -> None:
 
 
 def _verbs() -> list[tuple[str, str, Callable, type | None]]:
+    from .data.generate import DataGenerateConfig
+    from .data.pipeline import FilterConfig
+    from .data.stats import StatsConfig
+    from .data.translate import TranslateConfig
     from .demo import DemoConfig
     from .export.config import ExportConfig
     from .infer.config import ChatConfig, EvalConfig, GenerateConfig, JudgeConfig, ServeConfig
@@ -216,6 +242,16 @@ def _verbs() -> list[tuple[str, str, Callable, type | None]]:
                  "own), base and adapters side by side.", _eval, EvalConfig),
         ("eval-judge", "(bactrian eval judge) Two models answer multilingual questions; a judge on any "
                        "OpenAI-compatible endpoint scores them pairwise, both orders.", _judge, JudgeConfig),
+        ("data-translate", "(bactrian data translate) Translate instruction data into other languages.",
+         _data("translate"), TranslateConfig),
+        ("data-generate", "(bactrian data generate) A teacher answers every row in the row's language.",
+         _data("generate"), DataGenerateConfig),
+        ("data-filter", "(bactrian data filter) Drop or flag wrong-language, empty, truncated, refused, duplicate "
+                        "and out-of-bounds rows; write a report.", _data("filter"), FilterConfig),
+        ("data-build", "(bactrian data build --config recipe.yaml) Translate, generate and filter, then write the "
+                       "dataset (Parquet per language and a dataset card).", _data("build"), None),
+        ("data-stats", "(bactrian data stats) Rows and mean tokens per language, and a chart.", _data("stats"),
+         StatsConfig),
         ("languages", "List the 52 Bactrian-X languages and their codes.", _languages, None),
     ]
 
@@ -226,10 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for name, help_text, func, config_cls in _verbs():
-        prog = "bactrian eval judge" if name == "eval-judge" else None
+        prog = f"bactrian {name.replace('-', ' ')}"
         sub = subparsers.add_parser(name, help=help_text, description=help_text, prog=prog)
         if config_cls is not None:
             add_config_arguments(sub, config_cls)
+        elif name == "data-build":
+            sub.add_argument("--config", required=True, help="The recipe (YAML).")
         sub.set_defaults(func=func)
     return parser
 
@@ -237,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:2] == ["eval", "judge"]:
-        argv = ["eval-judge", *argv[2:]]
+    if len(argv) >= 2 and f"{argv[0]}-{argv[1]}" in {name for name, *_ in _verbs()}:
+        argv = [f"{argv[0]}-{argv[1]}", *argv[2:]]  # `bactrian eval judge`, `bactrian data build`, ...
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level if _is_main_process() else logging.WARNING,

@@ -297,3 +297,29 @@ def read_instructions(path: Path) -> list[Instruction]:
                                 languages.get(str(lang)).code if lang else None, instruction,
                                 _text_field(row, "input", path, where, required=False)))
     return rows
+
+
+def read_rows(path: str) -> list[dict[str, Any]]:
+    """Raw rows (all their fields) of a JSON/JSONL/Parquet file or a folder of per-language files (named by
+    language code; other files there, such as reports, are ignored); each gets
+    `lang` (from the row, else the file name) and `id` (from the row, else <file>-<row>)."""
+    local = Path(path)
+    files = sorted(p for p in local.iterdir() if p.suffix in DATA_SUFFIXES and languages.is_known(p.stem)) \
+        if local.is_dir() else [local]
+    if not files or not all(file.is_file() for file in files):
+        raise DataError(f"{path}: no .json, .jsonl or .parquet data here.")
+    rows = []
+    for file in files:
+        stem_lang = languages.get(file.stem).code if languages.is_known(file.stem) else None
+        for index, where, row in _raw_rows(file):
+            if not isinstance(row, dict):
+                raise DataError(f"{file}: {where}: expected an object, found {type(row).__name__}.")
+            _text_field(row, "instruction", file, where, required=True)
+            _text_field(row, "input", file, where, required=False)
+            lang = row.get("lang") or stem_lang
+            if not lang or not languages.is_known(str(lang)):
+                raise DataError(f"{file}: {where}: field 'lang' is missing or unknown ({lang!r}); name the file "
+                                "after its language or add a 'lang' field.")
+            rows.append({**row, "id": str(row.get("id") or f"{file.stem}-{index}"),
+                         "lang": languages.get(str(lang)).code, "input": row.get("input") or ""})
+    return rows

@@ -21,7 +21,7 @@ from ..fileio import atomic_write_bytes, atomic_write_json
 from ..infer.config import GenerateConfig, JudgeConfig
 from ..infer.engine import build_engine
 from ..infer.generate import generate_file
-from ..infer.langid import detect_language
+from ..langid import detect_language
 from ..records import write_jsonl_rows
 
 SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."

@@ -143,7 +143,7 @@ class Engine:
 
     def route(self, text: str) -> tuple[str, str | None]:
         """auto: the adapter for the input's language, else a multilingual one, else the base model."""
-        from .langid import detect_language
+        from ..langid import detect_language
 
         lang = detect_language(text)
         for name, adapter in self.adapters.items():

@@ -1,0 +1,97 @@
+"""Quality filters for generated data: wrong language, empty or truncated output, refusals, exact and near
+duplicates (MinHash), length bounds. Each row gets the list of reasons it fails; a report counts them."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from ..langid import written_in
+
+REFUSALS = re.compile("|".join([
+    r"\bas an ai\b", r"\bi(?:'m| am) (?:sorry|unable|not able)\b", r"\bi can(?:'t|not) (?:help|assist|provide)\b",
+    r"\ben tant qu'(?:ia|intelligence artificielle)\b", r"\bals (?:ki|künstliche intelligenz)\b",
+    r"\bcomo (?:una )?(?:ia|inteligencia artificial)\b", r"作为一个?(?:人工智能|ai)", r"aiとして",
+    r"\bкак (?:ии|искусственный интеллект)\b",
+]), re.IGNORECASE)
+
+
+@dataclass
+class FilterSettings:
+    min_chars: int = 1
+    max_chars: int = 20000
+    near_duplicate_threshold: float = 0.9  # Jaccard similarity of output shingles (MinHash estimate)
+
+
+def reasons_for(row: dict[str, Any], settings: FilterSettings) -> list[str]:
+    """The single-row checks (duplicates need the whole set: see `filter_rows`)."""
+    output = (row.get("output") or "").strip()
+    if not output:
+        return ["empty"]
+    reasons = []
+    if row.get("finish_reason") == "length":
+        reasons.append("truncated")
+    if not settings.min_chars <= len(output) <= settings.max_chars:
+        reasons.append("length")
+    if REFUSALS.search(output):
+        reasons.append("refusal")
+    if not written_in(output, row["lang"]):
+        reasons.append("wrong_language")
+    return reasons
+
+
+def _shingles(text: str, size: int = 5) -> set[str]:
+    flat = " ".join(text.lower().split())
+    return {flat[i:i + size] for i in range(max(1, len(flat) - size + 1))}
+
+
+def filter_rows(rows: list[dict[str, Any]], settings: FilterSettings) -> list[list[str]]:
+    """Reasons for every row, duplicates included: the first of a group of exact or near duplicates (per
+    language, on instruction + input + output) is kept, the others are flagged."""
+    from datasketch import MinHash, MinHashLSH
+
+    reasons = [reasons_for(row, settings) for row in rows]
+    seen_exact: set[tuple[str, str]] = set()
+    indexes: dict[str, Any] = defaultdict(lambda: MinHashLSH(threshold=settings.near_duplicate_threshold,
+                                                             num_perm=64))
+    for index, row in enumerate(rows):
+        if "empty" in reasons[index]:
+            continue
+        text = f"{row.get('instruction', '')}\n{row.get('input', '')}\n{row.get('output', '')}"
+        digest = hashlib.sha256(" ".join(text.lower().split()).encode()).hexdigest()
+        if (row["lang"], digest) in seen_exact:
+            reasons[index].append("duplicate")
+            continue
+        seen_exact.add((row["lang"], digest))
+        signature = MinHash(num_perm=64, seed=1)
+        signature.update_batch([shingle.encode() for shingle in _shingles(text)])
+        if indexes[row["lang"]].query(signature):
+            reasons[index].append("near_duplicate")
+        else:
+            indexes[row["lang"]].insert(str(index), signature)
+    return reasons
+
+
+def report(rows: list[dict[str, Any]], reasons: list[list[str]]) -> dict[str, Any]:
+    per_lang: dict[str, dict[str, Any]] = {}
+    for row, row_reasons in zip(rows, reasons):
+        entry = per_lang.setdefault(row["lang"], {"total": 0, "kept": 0, "dropped": Counter()})
+        entry["total"] += 1
+        if row_reasons:
+            entry["dropped"].update(row_reasons)
+        else:
+            entry["kept"] += 1
+    return {lang: {**entry, "dropped": dict(entry["dropped"])} for lang, entry in sorted(per_lang.items())}
+
+
+def report_markdown(summary: dict[str, Any]) -> str:
+    reasons = sorted({reason for entry in summary.values() for reason in entry["dropped"]})
+    lines = ["| language | rows | kept | " + " | ".join(reasons) + " |",
+             "| --- | ---: | ---: |" + " ---: |" * len(reasons)]
+    for lang, entry in summary.items():
+        cells = [str(entry["dropped"].get(reason, 0)) for reason in reasons]
+        lines.append(f"| {lang} | {entry['total']} | {entry['kept']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

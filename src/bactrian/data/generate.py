@@ -1,0 +1,55 @@
+"""`bactrian data generate --engine openai`: the teacher answers every row in the row's language, through any
+OpenAI-compatible endpoint (async, cached, rate-limited, retried)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import languages
+from ..records import read_rows
+from ..train.config import option
+from .jobs import EndpointConfig, client_params, dry_run_report, make_client, run_all, write_by_language
+
+
+@dataclass
+class DataGenerateConfig(EndpointConfig):
+    input: str = option("", "Rows to answer (instruction, input, lang): a file or a folder of per-language files.")
+    engine: str = option("openai", "Teacher engine (this release: openai, any OpenAI-compatible endpoint).",
+                         choices=("openai",))
+    max_tokens: int = option(1024, "Most tokens per answer; answers cut there are marked finish_reason=length.")
+
+
+def answer_messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    name = languages.get(row["lang"]).name
+    question = f"{row['instruction']}\n\n{row['input']}" if row.get("input") else row["instruction"]
+    return [{"role": "system", "content": f"You are a helpful assistant. Always answer in {name}, the language of "
+                                          "the question."},
+            {"role": "user", "content": question}]
+
+
+def generate(config: DataGenerateConfig) -> dict[str, Any]:
+    rows = read_rows(config.input)
+    client = make_client(config)
+    if config.dry_run:
+        return dry_run_report(client, config.model, [answer_messages(row) for row in rows], config.max_tokens,
+                              config.price_per_1m_tokens)
+    replies = asyncio.run(_answer_all(client, config, rows))
+    out_rows = [{**row, "output": reply["content"].strip(), "finish_reason": reply["finish_reason"],
+                 "generate_engine": config.engine, "generate_model": config.model,
+                 "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                for row, reply in zip(rows, replies) if reply is not None]
+    counts = write_by_language(Path(config.output_dir), out_rows)
+    return {"rows": counts, "failed": len(rows) - len(out_rows), "usage": vars(client.usage)}
+
+
+async def _answer_all(client, config: DataGenerateConfig, rows: list[dict[str, Any]]) -> list:
+    try:
+        return await run_all([lambda row=row: client.chat(config.model, answer_messages(row),
+                                                          **client_params(config.max_tokens)) for row in rows],
+                             "generate")
+    finally:
+        await client.close()
