@@ -1,20 +1,29 @@
-"""Chat requests to any OpenAI-compatible endpoint through the official async client: cached, a bounded number
-in flight, requests- and tokens-per-minute limits, retries with exponential backoff and jitter for 429, 5xx,
-timeouts and dropped connections (honouring Retry-After). A request that still fails is recorded, not fatal."""
+"""Requests to remote endpoints for jobs of many of them: cached, a bounded number in flight, requests- and
+tokens-per-minute limits, retries with exponential backoff and jitter for 429, 5xx, timeouts and dropped
+connections (honouring Retry-After). A request that still fails is recorded, not fatal. `ChatClient` speaks
+OpenAI's chat API through the official async client; `Requester` serves any other API (Google, DeepL)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from ..errors import BactrianError
 from .cache import RequestCache, request_key
 
 log = logging.getLogger(__name__)
+
+
+class EndpointError(BactrianError):
+    """The endpoint cannot be used at all (unreachable, key refused): raised before anything is spent."""
 
 
 @dataclass
@@ -34,6 +43,7 @@ class Usage:
     failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    characters: int = 0
 
 
 class _MinuteWindow:
@@ -55,41 +65,52 @@ class _MinuteWindow:
             await asyncio.sleep(60 - (now - self.events[0][0]) + 0.01)
 
 
+def retry_delay(exc: Exception, attempt: int, limits: Limits) -> float | None:
+    """Seconds to wait before retrying, or None when the error is not worth retrying."""
+    import httpx
+    import openai
+
+    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
+    transient = isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError, httpx.TransportError))
+    if not transient and not (status == 429 or (status is not None and status >= 500)):
+        return None
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    retry_after = headers.get("retry-after")
+    if retry_after:
+        try:
+            return min(float(retry_after), limits.max_delay)
+        except ValueError:
+            pass
+    return min(limits.max_delay, limits.base_delay * 2 ** attempt) * (0.5 + random.random() / 2)
+
+
 @dataclass
-class ChatClient:
-    base_url: str
-    api_key: str
+class Requester:
+    """Cached, limited, retried execution of any request: `run(key, send, estimate)`."""
+
     cache: RequestCache
     limits: Limits = field(default_factory=Limits)
-    timeout: float = 600.0
     usage: Usage = field(default_factory=Usage)
 
     def __post_init__(self) -> None:
-        import openai
-
-        self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key or "none", max_retries=0,
-                                         timeout=self.timeout)
         self.slots = asyncio.Semaphore(self.limits.concurrency)
         self.rpm = _MinuteWindow(self.limits.requests_per_minute)
         self.tpm = _MinuteWindow(self.limits.tokens_per_minute)
 
-    async def chat(self, model: str, messages: list[dict[str, str]], **params: Any) -> dict[str, Any] | None:
-        """The reply as {"content", "finish_reason", "usage"}, from the cache when stored; None if it failed."""
-        key = request_key(engine="openai-chat", base_url=self.base_url, model=model, messages=messages, params=params)
+    async def run(self, key: str, send: Callable[[], Awaitable[dict[str, Any]]], estimate: int) -> dict | None:
         cached = self.cache.get(key)
         if cached is not None:
             self.usage.cached += 1
             return cached
         async with self.slots:
-            estimate = sum(len(m["content"]) for m in messages) // 3 + int(params.get("max_tokens") or 256)
             for attempt in range(self.limits.max_retries + 1):
                 await self.rpm.take()
                 await self.tpm.take(estimate)
                 try:
                     self.usage.requests_sent += 1
-                    reply = await self.client.chat.completions.create(model=model, messages=messages, **params)
-                except Exception as exc:  # noqa: BLE001 - classified below; anything unexpected is not retried
-                    delay = self._retry_delay(exc, attempt)
+                    result = await send()
+                except Exception as exc:  # noqa: BLE001 - classified by retry_delay; others fail this request
+                    delay = retry_delay(exc, attempt, self.limits)
                     if delay is None or attempt == self.limits.max_retries:
                         self.usage.failed += 1
                         self.cache.fail(key, f"{type(exc).__name__}: {exc}")
@@ -97,32 +118,84 @@ class ChatClient:
                         return None
                     await asyncio.sleep(delay)
                     continue
-                result = {"content": reply.choices[0].message.content or "",
-                          "finish_reason": reply.choices[0].finish_reason,
-                          "usage": reply.usage.model_dump() if reply.usage else {}}
-                self.usage.prompt_tokens += result["usage"].get("prompt_tokens", 0)
-                self.usage.completion_tokens += result["usage"].get("completion_tokens", 0)
                 self.cache.put(key, result)
                 return result
         return None
 
-    def _retry_delay(self, exc: Exception, attempt: int) -> float | None:
+
+class ChatClient(Requester):
+    def __init__(self, base_url: str, api_key: str, cache: RequestCache, limits: Limits | None = None,
+                 timeout: float = 600.0):
         import openai
 
-        retryable = isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
-                                     openai.InternalServerError)) or \
-            (isinstance(exc, openai.APIStatusError) and exc.status_code >= 500)
-        if not retryable:
+        super().__init__(cache, limits or Limits())
+        self.base_url = base_url
+        self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0,
+                                         timeout=timeout)
+
+    def key(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
+        return request_key(engine="openai-chat", base_url=self.base_url, model=model, messages=messages,
+                           params=params)
+
+    async def check(self) -> None:
+        """Fail fast, before spending anything, on an endpoint that cannot be reached or refuses the key."""
+        import openai
+
+        try:
+            await self.client.models.list()
+        except openai.AuthenticationError as exc:
+            raise EndpointError(f"{self.base_url} refused the API key ({exc}).") from exc
+        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+            raise EndpointError(f"{self.base_url} cannot be reached ({exc}).") from exc
+        except openai.APIStatusError:
+            pass  # some servers have no /models; they answer, which is what matters here
+
+    async def chat(self, model: str, messages: list[dict[str, str]], **params: Any) -> dict[str, Any] | None:
+        """The reply as {"content", "finish_reason", "usage"}, from the cache when stored; None if it failed."""
+
+        async def send() -> dict[str, Any]:
+            reply = await self.client.chat.completions.create(model=model, messages=messages, **params)
+            return {"content": reply.choices[0].message.content or "",
+                    "finish_reason": reply.choices[0].finish_reason,
+                    "usage": reply.usage.model_dump() if reply.usage else {}}
+
+        estimate = sum(len(m["content"]) for m in messages) // 3 + int(params.get("max_tokens") or 256)
+        sent_before = self.usage.requests_sent
+        result = await self.run(self.key(model, messages, params), send, estimate)
+        if result is not None and self.usage.requests_sent > sent_before:
+            self.usage.prompt_tokens += result["usage"].get("prompt_tokens", 0)
+            self.usage.completion_tokens += result["usage"].get("completion_tokens", 0)
+        return result
+
+    def batch_line(self, model: str, messages: list[dict[str, str]], **params: Any) -> str | None:
+        """A request in the OpenAI Batch API format (also vLLM's run-batch), or None if its answer is stored."""
+        key = self.key(model, messages, params)
+        if self.cache.get(key) is not None:
             return None
-        headers = getattr(getattr(exc, "response", None), "headers", None) or {}
-        retry_after = headers.get("retry-after")
-        if retry_after:
+        return json.dumps({"custom_id": key, "method": "POST", "url": "/v1/chat/completions",
+                           "body": {"model": model, "messages": messages, **params}}, ensure_ascii=False)
+
+    def store_batch_results(self, path: Path) -> int:
+        """Read a Batch API results file into the cache; returns how many answers it held."""
+        stored = 0
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
             try:
-                return min(float(retry_after), self.limits.max_delay)
-            except ValueError:
-                pass
-        backoff = min(self.limits.max_delay, self.limits.base_delay * 2 ** attempt)
-        return backoff * (0.5 + random.random() / 2)
+                row = json.loads(line)
+                response = row.get("response") or {}
+                if row.get("error") or response.get("status_code") != 200:
+                    self.cache.fail(row["custom_id"], json.dumps(row.get("error") or response))
+                    continue
+                body = response["body"]
+                choice = body["choices"][0]
+                self.cache.put(row["custom_id"], {"content": choice["message"]["content"] or "",
+                                                  "finish_reason": choice.get("finish_reason"),
+                                                  "usage": body.get("usage") or {}})
+                stored += 1
+            except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+                raise BactrianError(f"{path}: line {number}: not a Batch API result ({exc}).") from exc
+        return stored
 
     async def close(self) -> None:
         await self.client.close()

@@ -3,7 +3,6 @@ OpenAI-compatible endpoint (async, cached, rate-limited, retried)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 from .. import languages
 from ..records import read_rows
 from ..train.config import option
-from .jobs import EndpointConfig, client_params, dry_run_report, make_client, run_all, write_by_language
+from .jobs import EndpointConfig, make_client, run_chats, write_by_language
 
 
 @dataclass
@@ -34,22 +33,12 @@ def answer_messages(row: dict[str, Any]) -> list[dict[str, str]]:
 def generate(config: DataGenerateConfig) -> dict[str, Any]:
     rows = read_rows(config.input)
     client = make_client(config)
-    if config.dry_run:
-        return dry_run_report(client, config.model, [answer_messages(row) for row in rows], config.max_tokens,
-                              config.price_per_1m_tokens)
-    replies = asyncio.run(_answer_all(client, config, rows))
+    replies = run_chats(client, config, [answer_messages(row) for row in rows], config.max_tokens, "generate")
+    if isinstance(replies, dict):  # --dry_run or --batch_file
+        return replies
     out_rows = [{**row, "output": reply["content"].strip(), "finish_reason": reply["finish_reason"],
                  "generate_engine": config.engine, "generate_model": config.model,
                  "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
                 for row, reply in zip(rows, replies) if reply is not None]
     counts = write_by_language(Path(config.output_dir), out_rows)
     return {"rows": counts, "failed": len(rows) - len(out_rows), "usage": vars(client.usage)}
-
-
-async def _answer_all(client, config: DataGenerateConfig, rows: list[dict[str, Any]]) -> list:
-    try:
-        return await run_all([lambda row=row: client.chat(config.model, answer_messages(row),
-                                                          **client_params(config.max_tokens)) for row in rows],
-                             "generate")
-    finally:
-        await client.close()

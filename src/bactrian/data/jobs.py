@@ -28,41 +28,75 @@ log = logging.getLogger(__name__)
 @dataclass
 class EndpointConfig:
     model: str = option("", "Model name at the endpoint.")
-    base_url: str = option("", "OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp's server, Ollama, bactrian serve).")
-    api_key: str = option("", "API key (default: $OPENAI_API_KEY).")
+    base_url: str = option("", "The endpoint: OpenAI-compatible for llm/openai engines (OpenAI, vLLM, llama.cpp's "
+                               "server, Ollama, bactrian serve); for google / deepl, their API root (defaults).")
+    api_key: str = option("", "API key (default: $OPENAI_API_KEY, $GOOGLE_API_KEY or $DEEPL_AUTH_KEY by engine).")
     concurrency: int = option(16, "Requests in flight.")
     requests_per_minute: int = option(0, "Requests per minute (0: no limit).")
     tokens_per_minute: int = option(0, "Tokens per minute, estimated (0: no limit).")
-    price_per_1m_tokens: float = option(0.0, "Price of 1M tokens, for --dry_run and the final report.")
+    price_per_1m_tokens: float = option(0.0, "Price of 1M tokens (of 1M characters for google / deepl), for "
+                                             "--dry_run and the final report.")
     dry_run: bool = option(False, "Print what the job would send and cost, send nothing.")
+    batch_file: str = option("", "Instead of sending, write the requests not answered yet in the OpenAI Batch API "
+                                 "format (also read by vLLM's run-batch) to this file.")
+    batch_results: str = option("", "Read a Batch API results file first; its answers are used like cached ones.")
     output_dir: str = option("", "Where the per-language JSONL files, the request cache and the report go.")
+
+
+def limits_of(config: EndpointConfig) -> Limits:
+    return Limits(concurrency=config.concurrency, requests_per_minute=config.requests_per_minute,
+                  tokens_per_minute=config.tokens_per_minute)
+
+
+def request_cache(config: EndpointConfig) -> RequestCache:
+    if not config.output_dir:
+        raise ConfigError("--output_dir is required.")
+    return RequestCache(Path(config.output_dir) / "requests.sqlite")
 
 
 def make_client(config: EndpointConfig) -> ChatClient:
     if not config.base_url or not config.model:
         raise ConfigError("--base_url and --model are required.")
     api_key = config.api_key or os.environ.get("OPENAI_API_KEY", "")
-    limits = Limits(concurrency=config.concurrency, requests_per_minute=config.requests_per_minute,
-                    tokens_per_minute=config.tokens_per_minute)
-    return ChatClient(config.base_url, api_key, RequestCache(Path(config.output_dir) / "requests.sqlite"), limits)
+    if "api.openai.com" in config.base_url and not api_key:
+        raise ConfigError("No API key: pass --api_key or set OPENAI_API_KEY.")
+    return ChatClient(config.base_url, api_key, request_cache(config), limits_of(config))
 
 
-def dry_run_report(client: ChatClient, model: str, requests: list[list[dict[str, str]]], max_tokens: int,
-                   price: float) -> dict[str, Any]:
-    """Requests not in the cache yet, their characters and estimated tokens (4 characters a token), and cost."""
-    from .cache import request_key
-
-    todo = [messages for messages in requests
-            if client.cache.get(request_key(engine="openai-chat", base_url=client.base_url, model=model,
-                                            messages=messages, params=client_params(max_tokens))) is None]
-    characters = sum(len(m["content"]) for messages in todo for m in messages)
-    tokens = characters // 4 + max_tokens * len(todo)
-    return {"requests": len(todo), "cached": len(requests) - len(todo), "characters": characters,
-            "estimated_tokens": tokens, "estimated_cost": tokens * price / 1e6}
-
-
-def client_params(max_tokens: int) -> dict[str, Any]:
+def chat_params(max_tokens: int) -> dict[str, Any]:
     return {"temperature": 0, "max_tokens": max_tokens}
+
+
+def run_chats(client: ChatClient, config: EndpointConfig, requests: list[list[dict[str, str]]], max_tokens: int,
+              description: str) -> list[dict[str, Any] | None] | dict[str, Any]:
+    """Answers to every request (None where one failed for good); or, for --dry_run / --batch_file, a summary
+    of what would be sent."""
+    params = chat_params(max_tokens)
+    if config.batch_results:
+        stored = client.store_batch_results(Path(config.batch_results))
+        log.info("%d answers read from %s", stored, config.batch_results)
+    todo = [messages for messages in requests if client.cache.get(client.key(config.model, messages, params)) is None]
+    if config.dry_run:
+        characters = sum(len(m["content"]) for messages in todo for m in messages)
+        tokens = characters // 4 + max_tokens * len(todo)
+        return {"requests": len(todo), "cached": len(requests) - len(todo), "characters": characters,
+                "estimated_tokens": tokens, "estimated_cost": tokens * config.price_per_1m_tokens / 1e6}
+    if config.batch_file:
+        lines = {client.batch_line(config.model, messages, **params) for messages in todo}
+        atomic_write_bytes(Path(config.batch_file), "".join(f"{line}\n" for line in sorted(lines)).encode("utf-8"))
+        return {"batch_file": config.batch_file, "requests": len(lines)}
+    return asyncio.run(_run(client, config.model, requests, params, description, bool(todo)))
+
+
+async def _run(client: ChatClient, model: str, requests: list, params: dict, description: str,
+               check_first: bool) -> list:
+    try:
+        if check_first:
+            await client.check()
+        return await run_all([lambda m=messages: client.chat(model, m, **params) for messages in requests],
+                             description)
+    finally:
+        await client.close()
 
 
 async def run_all(jobs: list[Callable[[], Awaitable[Any]]], description: str) -> list[Any]:

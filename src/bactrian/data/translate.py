@@ -1,11 +1,12 @@
-"""`bactrian data translate --engine llm`: instruction and input (and output with --translate_output) into each
-target language through any OpenAI-compatible chat endpoint. Code blocks, inline code, URLs and {{placeholders}}
-are swapped for markers before translation and put back after; programming instructions (keyword rule, as the
-paper) are kept in English or skipped."""
+"""`bactrian data translate`: instruction and input (and output with --translate_output) into each target
+language, with an LLM (any OpenAI-compatible chat endpoint), Google Cloud Translation v2 or DeepL. Code blocks,
+inline code, URLs and {{placeholders}} are swapped for markers before translation and put back after;
+programming instructions (keyword rule, as the paper) are kept in English or skipped."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -16,7 +17,9 @@ from .. import languages
 from ..errors import ConfigError
 from ..records import read_rows
 from ..train.config import option
-from .jobs import EndpointConfig, client_params, dry_run_report, make_client, run_all, write_by_language
+from .cache import request_key
+from .client import Requester
+from .jobs import EndpointConfig, limits_of, make_client, request_cache, run_all, run_chats, write_by_language
 
 PROTECTED = re.compile(r"```.*?```|`[^`\n]+`|https?://\S+|\{\{[^}]*\}\}", re.DOTALL)
 CODE_KEYWORDS = re.compile(r"\b(code|program|programming|function|python|java|javascript|c\+\+|sql|html|css|"
@@ -28,12 +31,20 @@ MARKER = "⟦{}⟧"
 class TranslateConfig(EndpointConfig):
     input: str = option("", "English rows: a JSON/JSONL/Parquet file or a folder of them.")
     langs: list[str] = option(["all"], "Target languages, comma separated, or all.")
-    engine: str = option("llm", "Translation engine (this release: llm, any OpenAI-compatible chat model).",
-                         choices=("llm",))
+    engine: str = option("llm", "llm (any OpenAI-compatible chat model), google (Cloud Translation v2, API key) "
+                                "or deepl.", choices=("llm", "google", "deepl"))
     translate_output: bool = option(False, "Translate the output too (the paper regenerated it instead).")
     code_instructions: str = option("keep", "Programming instructions: keep them in English, or skip them.",
                                     choices=("keep", "skip"))
-    max_tokens: int = option(1024, "Most tokens per translation.")
+    max_tokens: int = option(1024, "Most tokens per LLM translation.")
+
+
+GOOGLE_URL, DEEPL_URL = "https://translation.googleapis.com", "https://api.deepl.com"
+GOOGLE_SEGMENTS, DEEPL_TEXTS = 128, 50  # most segments per request, per the APIs' documentation
+GOOGLE_CODES = {"zh": "zh-CN", "he": "iw"}
+DEEPL_CODES = {code: code.upper() for code in ("ar", "cs", "de", "es", "et", "fi", "fr", "id", "it", "ja", "ko",
+                                                 "lt", "lv", "nl", "pl", "ro", "ru", "sl", "sv", "tr", "uk")}
+DEEPL_CODES.update({"pt": "PT-PT", "zh": "ZH-HANS"})
 
 
 def protect(text: str) -> tuple[str, list[str]]:
@@ -47,7 +58,7 @@ def protect(text: str) -> tuple[str, list[str]]:
 
 
 def restore(text: str, spans: list[str]) -> str | None:
-    """The translation with the protected spans back; None if the model lost or duplicated a marker."""
+    """The translation with the protected spans back; None if it lost or duplicated a marker."""
     for number, span in enumerate(spans):
         if text.count(MARKER.format(number)) != 1:
             return None
@@ -71,40 +82,98 @@ def translate(config: TranslateConfig) -> dict[str, Any]:
     targets = [lang for lang in languages.parse_langs(config.langs) if lang != "en"]
     if not targets:
         raise ConfigError("--langs: no target language besides English.")
-    client = make_client(config)
     fields = ("instruction", "input", "output") if config.translate_output else ("instruction", "input")
     todo = [(row, lang) for row in rows for lang in targets
             if not (config.code_instructions == "skip" and is_code_instruction(row))]
-    texts = {(row["id"], lang, field): row.get(field) or "" for row, lang in todo for field in fields}
-    if config.dry_run:
-        requests = [translation_messages(protect(text)[0], lang) for (_, lang, _), text in texts.items() if text]
-        return dry_run_report(client, config.model, requests, config.max_tokens, config.price_per_1m_tokens)
-    results = asyncio.run(_translate_all(client, config, texts, rows))
+    texts = {(row["id"], lang, field): row.get(field) or "" for row, lang in todo for field in fields
+             if not (config.code_instructions == "keep" and is_code_instruction(row))}
+    translated = (_llm(config, texts) if config.engine == "llm" else _machine_translation(config, texts, targets))
+    if "requests" in translated or "batch_file" in translated:  # --dry_run / --batch_file summary
+        return translated
     out_rows, failed = [], 0
     for row, lang in todo:
-        keep_english = config.code_instructions == "keep" and is_code_instruction(row)
-        translated = {field: row.get(field) or "" if keep_english else results[(row["id"], lang, field)]
-                      for field in fields}
-        if any(value is None for value in translated.values()):
+        values = {field: translated.get((row["id"], lang, field), row.get(field) or "") for field in fields}
+        if any(value is None for value in values.values()):
             failed += 1
             continue
-        out_rows.append({**row, **translated, "lang": lang, "source_lang": "en", "translate_engine": config.engine,
-                         "translate_model": config.model, "translated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        out_rows.append({**row, **values, "lang": lang, "source_lang": "en", "translate_engine": config.engine,
+                         "translate_model": config.model or config.engine,
+                         "translated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     counts = write_by_language(Path(config.output_dir), out_rows)
-    return {"rows": counts, "failed": failed, "usage": vars(client.usage)}
+    return {"rows": counts, "failed": failed, "usage": translated.pop("__usage__", {})}
 
 
-async def _translate_all(client, config: TranslateConfig, texts: dict, rows) -> dict:
-    async def one(key, text):
-        if not text:
-            return key, ""
-        protected, spans = protect(text)
-        reply = await client.chat(config.model, translation_messages(protected, key[1]),
-                                  **client_params(config.max_tokens))
-        return key, restore(reply["content"].strip(), spans) if reply else None
+def _llm(config: TranslateConfig, texts: dict) -> dict:
+    keys = [key for key, text in texts.items() if text]
+    protected = {key: protect(texts[key]) for key in keys}
+    client = make_client(config)
+    replies = run_chats(client, config, [translation_messages(protected[key][0], key[1]) for key in keys],
+                        config.max_tokens, "translate")
+    if isinstance(replies, dict):
+        return replies
+    result: dict = {key: "" for key, text in texts.items() if not text}
+    for key, reply in zip(keys, replies):
+        result[key] = restore(reply["content"].strip(), protected[key][1]) if reply else None
+    result["__usage__"] = vars(client.usage)
+    return result
 
-    try:
-        pairs = await run_all([lambda k=key, t=text: one(k, t) for key, text in texts.items()], "translate")
-    finally:
-        await client.close()
-    return dict(pairs)
+
+def _machine_translation(config: TranslateConfig, texts: dict, targets: list[str]) -> dict:
+    """Google v2 (format=text, at most 128 segments a request) or DeepL (at most 50 texts a request)."""
+    google = config.engine == "google"
+    codes = GOOGLE_CODES if google else DEEPL_CODES
+    if not google:
+        unsupported = [lang for lang in targets if lang not in DEEPL_CODES]
+        if unsupported:
+            raise ConfigError(f"DeepL does not translate into {', '.join(unsupported)}; use --engine google or llm.")
+    api_key = config.api_key or os.environ.get("GOOGLE_API_KEY" if google else "DEEPL_AUTH_KEY", "")
+    if not api_key:
+        raise ConfigError(f"No API key for {config.engine}: pass --api_key or set "
+                          f"{'GOOGLE_API_KEY' if google else 'DEEPL_AUTH_KEY'}.")
+    base_url = (config.base_url or (GOOGLE_URL if google else DEEPL_URL)).rstrip("/")
+    size = GOOGLE_SEGMENTS if google else DEEPL_TEXTS
+    chunks = []
+    for lang in targets:
+        keys = [key for key, text in texts.items() if key[1] == lang and text]
+        chunks += [(lang, keys[start:start + size]) for start in range(0, len(keys), size)]
+    protected = {key: protect(texts[key]) for _, keys in chunks for key in keys}
+    if config.dry_run:
+        characters = sum(len(protected[key][0]) for key in protected)
+        return {"requests": len(chunks), "characters": characters,
+                "estimated_cost": characters * config.price_per_1m_tokens / 1e6}
+    requester = Requester(request_cache(config), limits_of(config))
+    results = asyncio.run(_send_chunks(requester, base_url, api_key, google, codes, chunks, protected))
+    translated: dict = {key: "" for key, text in texts.items() if not text}
+    for (lang, keys), reply in zip(chunks, results):
+        for index, key in enumerate(keys):
+            translated[key] = restore(reply["translations"][index], protected[key][1]) if reply else None
+    translated["__usage__"] = {**vars(requester.usage), "characters": sum(len(p[0]) for p in protected.values())}
+    return translated
+
+
+async def _send_chunks(requester: Requester, base_url: str, api_key: str, google: bool, codes: dict,
+                       chunks: list, protected: dict) -> list:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=120) as http:
+        def sender(lang: str, segments: list[str]):
+            async def send() -> dict[str, Any]:
+                if google:
+                    response = await http.post(f"{base_url}/language/translate/v2", params={"key": api_key},
+                                               json={"q": segments, "target": codes.get(lang, lang), "source": "en",
+                                                     "format": "text"})
+                    response.raise_for_status()
+                    return {"translations": [t["translatedText"] for t in response.json()["data"]["translations"]]}
+                response = await http.post(f"{base_url}/v2/translate",
+                                           headers={"Authorization": f"DeepL-Auth-Key {api_key}"},
+                                           json={"text": segments, "target_lang": codes[lang], "source_lang": "EN"})
+                response.raise_for_status()
+                return {"translations": [t["text"] for t in response.json()["translations"]]}
+            return send
+
+        jobs = []
+        for lang, keys in chunks:
+            segments = [protected[key][0] for key in keys]
+            key = request_key(engine="google" if google else "deepl", base_url=base_url, target=lang, q=segments)
+            jobs.append(lambda k=key, s=sender(lang, segments), n=sum(map(len, segments)): requester.run(k, s, n))
+        return await run_all(jobs, "translate")
