@@ -9,6 +9,7 @@ import pytest
 from bactrian.data.filters import FilterSettings, filter_rows
 from bactrian.data.pipeline import build
 from bactrian.data.translate import TranslateConfig, is_code_instruction, protect, restore, translate
+from bactrian.errors import BactrianError
 from bactrian.infer.engine import Engine
 from bactrian.infer.server import create_app
 
@@ -114,3 +115,181 @@ def test_build_with_a_real_teacher_gives_a_dataset_for_datasets_and_finetune(tin
                                       output_dir=str(tmp_path / "adapter"), batch_size=2, micro_batch_size=2,
                                       max_steps=2, val_set_size=0, warmup_steps=1, save_steps=0))
     assert metrics["steps"] == 2
+
+
+def mt_app(kind: str, seen: list):
+    """A loopback server that checks each request against the documented API and answers in its format."""
+    from fastapi import FastAPI, HTTPException, Request
+
+    app = FastAPI()
+
+    @app.post("/language/translate/v2")
+    async def google(request: Request):
+        body = await request.json()
+        if request.query_params.get("key") != "g-key" or body.get("format") != "text" or body.get("source") != "en":
+            raise HTTPException(400, "bad request")
+        if not 1 <= len(body["q"]) <= 128 or not isinstance(body["target"], str):
+            raise HTTPException(400, "too many segments")
+        seen.append(body)
+        return {"data": {"translations": [{"translatedText": f"<{body['target']}> {q}",
+                                           "detectedSourceLanguage": "en"} for q in body["q"]]}}
+
+    @app.post("/v2/translate")
+    async def deepl(request: Request):
+        body = await request.json()
+        if request.headers.get("authorization") != "DeepL-Auth-Key d-key" or body.get("source_lang") != "EN":
+            raise HTTPException(403, "forbidden")
+        if not 1 <= len(body["text"]) <= 50 or body["target_lang"] != body["target_lang"].upper():
+            raise HTTPException(400, "bad request")
+        seen.append(body)
+        return {"translations": [{"detected_source_language": "EN", "text": f"<{body['target_lang']}> {t}"}
+                                 for t in body["text"]]}
+
+    return app
+
+
+@pytest.mark.parametrize("engine, key, expected_target, per_request", [
+    ("google", "g-key", "zh-CN", 128), ("deepl", "d-key", "ZH-HANS", 50)])
+def test_google_and_deepl_against_their_documented_apis(tmp_path, engine, key, expected_target, per_request):
+    rows = [{"id": f"r{i}", "instruction": f"Say {i} with `ls -l` at https://x.org/{i}.", "input": ""}
+            for i in range(130)]
+    source = write_jsonl(tmp_path / "en.jsonl", rows)
+    seen: list = []
+    with LiveServer(mt_app(engine, seen)) as url:
+        result = translate(TranslateConfig(input=str(source), langs=["zh", "de"], engine=engine, api_key=key,
+                                           base_url=url, output_dir=str(tmp_path / "out")))
+    assert result["rows"] == {"de": 130, "zh": 130} and result["failed"] == 0
+    assert len(seen) == 2 * -(-130 // per_request)
+    zh = [json.loads(line) for line in (tmp_path / "out" / "zh.jsonl").open()]
+    assert zh[5]["instruction"] == f"<{expected_target}> Say 5 with `ls -l` at https://x.org/5."
+    assert all("⟦" not in row["instruction"] for row in zh)
+
+
+def test_machine_translation_input_errors(tmp_path):
+    source = write_jsonl(tmp_path / "en.jsonl", [{"instruction": "Hi"}])
+    with pytest.raises(BactrianError, match="DeepL does not translate into km"):
+        translate(TranslateConfig(input=str(source), langs=["km"], engine="deepl", api_key="k",
+                                  output_dir=str(tmp_path)))
+    with pytest.raises(BactrianError, match="No API key for google"):
+        translate(TranslateConfig(input=str(source), langs=["fr"], engine="google", output_dir=str(tmp_path)))
+
+
+def test_unreachable_endpoint_fails_before_spending(tmp_path):
+    from bactrian.data.generate import DataGenerateConfig, generate
+
+    from test_server import free_port
+
+    source = write_jsonl(tmp_path / "fr.jsonl", [{"instruction": "Bonjour"}])
+    with pytest.raises(BactrianError, match="cannot be reached"):
+        generate(DataGenerateConfig(input=str(source), model="m", base_url=f"http://127.0.0.1:{free_port()}/v1",
+                                    output_dir=str(tmp_path / "out")))
+
+
+def test_batch_file_then_batch_results(tiny_server, tmp_path):
+    from bactrian.data.generate import DataGenerateConfig, generate
+
+    source = write_jsonl(tmp_path / "de.jsonl", [{"id": f"q{i}", "instruction": f"Frage {i}?"} for i in range(3)])
+    config = DataGenerateConfig(input=str(source), model="base", base_url=tiny_server, max_tokens=4,
+                                output_dir=str(tmp_path / "out"), batch_file=str(tmp_path / "batch.jsonl"))
+    assert generate(config)["requests"] == 3
+    requests = [json.loads(line) for line in (tmp_path / "batch.jsonl").open()]
+    assert {r["url"] for r in requests} == {"/v1/chat/completions"} and requests[0]["body"]["model"] == "base"
+    results = [{"id": f"b{i}", "custom_id": r["custom_id"], "error": None, "response": {
+        "status_code": 200, "request_id": "x", "body": {"id": "c", "object": "chat.completion", "model": "base",
+                                                        "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                                                            "role": "assistant", "content": f"Antwort {i}"}}],
+                                                        "usage": {"prompt_tokens": 5, "completion_tokens": 2}}}}
+               for i, r in enumerate(requests)]
+    write_jsonl(tmp_path / "results.jsonl", results)
+    done = generate(DataGenerateConfig(**{**vars(config), "batch_file": "",
+                                          "batch_results": str(tmp_path / "results.jsonl")}))
+    assert done["usage"]["requests_sent"] == 0 and done["usage"]["cached"] == 3 and done["rows"] == {"de": 3}
+    outputs = {json.loads(line)["output"] for line in (tmp_path / "out" / "de.jsonl").open()}
+    assert outputs == {"Antwort 0", "Antwort 1", "Antwort 2"}
+
+
+def counting_app(inner, counter: dict, fault_share: float = 0.0):
+    """`inner` behind a loopback proxy that counts chat requests and answers a share of them (seeded) with 429
+    (Retry-After), 500 or a dropped connection."""
+    import random
+
+    import httpx
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, Response
+
+    app = FastAPI()
+    transport = httpx.ASGITransport(app=inner)
+    rng = random.Random(0)
+
+    @app.api_route("/v1/{path:path}", methods=["GET", "POST"])
+    async def forward(path: str, request: Request):
+        if path == "chat/completions":
+            counter["requests"] = counter.get("requests", 0) + 1
+            fault = rng.choice(["429", "500", "drop"]) if rng.random() < fault_share else "ok"
+            if fault == "429":
+                return JSONResponse({"error": {"message": "slow down"}}, status_code=429,
+                                    headers={"Retry-After": "0.1"})
+            if fault == "500":
+                return JSONResponse({"error": {"message": "boom"}}, status_code=500)
+            if fault == "drop":
+                raise ConnectionResetError
+        async with httpx.AsyncClient(transport=transport, base_url="http://inner") as client:
+            reply = await client.request(request.method, f"/v1/{path}", content=await request.body(),
+                                         headers={"content-type": "application/json"})
+        return Response(reply.content, status_code=reply.status_code, media_type="application/json")
+
+    return app
+
+
+def test_generate_through_faults_completes_every_row(tiny_llama, tmp_path):
+    from bactrian.data.generate import DataGenerateConfig, generate
+
+    source = write_jsonl(tmp_path / "fr.jsonl", [{"id": f"q{i}", "instruction": f"Question {i} ?"}
+                                                 for i in range(12)])
+    counter: dict = {}
+    inner = create_app(Engine(str(tiny_llama)))
+    with LiveServer(counting_app(inner, counter, fault_share=0.3)) as url:
+        result = generate(DataGenerateConfig(input=str(source), model="base", base_url=f"{url}/v1", max_tokens=4,
+                                             concurrency=4, output_dir=str(tmp_path / "out")))
+    assert result["rows"] == {"fr": 12} and result["failed"] == 0
+    assert counter["requests"] > 12 and result["usage"]["requests_sent"] == counter["requests"]
+
+
+def test_sigkill_mid_generate_then_resume_resends_only_what_was_in_flight(tiny_llama, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from bactrian.data.generate import DataGenerateConfig, generate
+
+    rows = [{"id": f"q{i}", "instruction": f"Question numéro {i} ?"} for i in range(40)]
+    source = write_jsonl(tmp_path / "fr.jsonl", rows)
+    counter: dict = {}
+    with LiveServer(counting_app(create_app(Engine(str(tiny_llama))), counter)) as url:
+        reference = generate(DataGenerateConfig(input=str(source), model="base", base_url=f"{url}/v1", max_tokens=6,
+                                                output_dir=str(tmp_path / "reference")))
+        counter["requests"] = 0
+        out = tmp_path / "killed"
+        command = [sys.executable, "-m", "bactrian", "data", "generate", "--input", str(source), "--model", "base",
+                   "--base_url", f"{url}/v1", "--max_tokens", "6", "--concurrency", "4", "--output_dir", str(out)]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while counter.get("requests", 0) < 12 and time.time() < deadline:
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        sent_before = counter["requests"]
+        from bactrian.data.cache import RequestCache
+
+        stored = len(RequestCache(out / "requests.sqlite").connection.execute("SELECT key FROM results").fetchall())
+        assert 0 < stored < 40
+        resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert counter["requests"] - sent_before == 40 - stored  # the rerun sent only what had no stored answer
+    assert sent_before - stored <= 4  # lost to the kill: no more than were in flight (concurrency 4)
+    assert reference["rows"] == {"fr": 40}
+    final = {json.loads(line)["id"]: json.loads(line)["output"] for line in (out / "fr.jsonl").open()}
+    expected = {json.loads(line)["id"]: json.loads(line)["output"]
+                for line in (tmp_path / "reference" / "fr.jsonl").open()}
+    assert final == expected
