@@ -1,0 +1,101 @@
+"""Request machinery throughput: `ChatClient` (cache, limits, retries; what `bactrian data` and the judge use)
+against a loopback OpenAI-compatible server that answers every chat request after a fixed latency. Reports
+requests/s at 1 to 256 requests in flight against the ideal (in flight / latency), the client's CPU time per
+request, and a rerun on the warm cache, which must send nothing.
+
+    python benchmarks/pipeline_throughput.py [--latency 1.0]
+
+Prints a table and writes bench-out/pipeline_throughput.json."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench-out"
+LEVELS = (1, 4, 16, 64, 128, 256)
+
+SERVER = """
+import asyncio, sys, uvicorn
+from fastapi import FastAPI
+app = FastAPI()
+LATENCY = float(sys.argv[2])
+@app.get("/v1/models")
+async def models():
+    return {"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "x"}]}
+@app.post("/v1/chat/completions")
+async def chat(body: dict):
+    await asyncio.sleep(LATENCY)
+    return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "ok"}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="error", backlog=4096)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def drive(url: str, cache_path: Path, in_flight: int, count: int, salt: str) -> dict:
+    from bactrian.data.cache import RequestCache
+    from bactrian.data.client import ChatClient, Limits
+
+    client = ChatClient(url, "none", RequestCache(cache_path), Limits(concurrency=in_flight))
+    messages = [[{"role": "user", "content": f"{salt} question {i}"}] for i in range(count)]
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        await asyncio.gather(*(client.chat("m", m, max_tokens=4) for m in messages))
+    finally:
+        await client.close()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"requests": count, "sent": client.usage.requests_sent, "cached": client.usage.cached,
+            "seconds": wall, "cpu_ms_per_request": 1000 * cpu / count}
+
+
+def main(latency: float) -> None:
+    OUT.mkdir(exist_ok=True)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(latency)])
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        time.sleep(3)
+        cache = Path(tempfile.mkdtemp()) / "requests.sqlite"
+        rows = []
+        for in_flight in LEVELS:
+            count = max(8, 8 * in_flight)
+            result = asyncio.run(drive(url, cache, in_flight, count, f"level{in_flight}"))
+            ideal = in_flight / latency
+            rows.append({"in_flight": in_flight, **result, "requests_per_second": count / result["seconds"],
+                         "ideal": ideal, "share_of_ideal": count / result["seconds"] / ideal})
+        warm = asyncio.run(drive(url, cache, 256, 4 * 256, "level256"))
+    finally:
+        server.terminate()
+        server.wait()
+    print(f"\nserver latency {latency:.2f} s per request\n")
+    print(f"{'in flight':>9} {'requests':>8} {'req/s':>8} {'ideal':>8} {'of ideal':>8} {'client CPU ms/req':>18}")
+    for row in rows:
+        print(f"{row['in_flight']:>9} {row['requests']:>8} {row['requests_per_second']:>8.1f} {row['ideal']:>8.1f} "
+              f"{100 * row['share_of_ideal']:>7.1f}% {row['cpu_ms_per_request']:>18.2f}")
+    print(f"\nwarm-cache rerun of the 256 level: {warm['sent']} requests sent, {warm['cached']} from cache, "
+          f"{warm['seconds']:.2f} s")
+    (OUT / "pipeline_throughput.json").write_text(json.dumps({"latency": latency, "rows": rows, "warm": warm},
+                                                             indent=2) + "\n")
+    print(f"wrote {OUT / 'pipeline_throughput.json'}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--latency", type=float, default=1.0)
+    main(parser.parse_args().latency)
