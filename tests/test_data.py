@@ -293,3 +293,65 @@ def test_sigkill_mid_generate_then_resume_resends_only_what_was_in_flight(tiny_l
     expected = {json.loads(line)["id"]: json.loads(line)["output"]
                 for line in (tmp_path / "reference" / "fr.jsonl").open()}
     assert final == expected
+
+
+@pytest.fixture(scope="module")
+def tiny_nllb(tmp_path_factory):
+    """A 1-layer M2M100 model with an NLLB tokenizer (our tiny BPE plus NLLB's 200+ language codes)."""
+    from transformers import M2M100Config, M2M100ForConditionalGeneration, NllbTokenizerFast
+
+    from conftest import _build_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-nllb")
+    _build_tokenizer(folder)
+    tokenizer = NllbTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), src_lang="eng_Latn")
+    config = M2M100Config(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+                          encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                          max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.eos_token_id)
+    M2M100ForConditionalGeneration(config).save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "model")
+    return folder / "model"
+
+
+def test_language_codes_of_local_translation_models():
+    from bactrian.data.local import target_token
+
+    assert target_token("nllb", "zh") == "zho_Hans" and target_token("nllb", "mn") == "khk_Cyrl"
+    assert target_token("m2m100", "fr") == "__fr__" and target_token("mbart50", "fr") == "fr_XX"
+
+
+def test_hf_translation_engine_forces_the_target_language(tiny_nllb, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer, M2M100ForConditionalGeneration
+
+    forced = []
+    original = M2M100ForConditionalGeneration.generate
+
+    def spy(self, *args, **kwargs):
+        forced.append(kwargs["forced_bos_token_id"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(M2M100ForConditionalGeneration, "generate", spy)
+    source = write_jsonl(tmp_path / "en.jsonl", [{"id": f"r{i}", "instruction": f"Name colour {i}.", "input": ""}
+                                                 for i in range(3)])
+    config = TranslateConfig(input=str(source), langs=["fr", "zh"], engine="hf", model=str(tiny_nllb),
+                             output_dir=str(tmp_path / "out"), max_tokens=6)
+    result = translate(config)
+    assert result["rows"] == {"fr": 3, "zh": 3}
+    tokenizer = AutoTokenizer.from_pretrained(tiny_nllb)
+    assert sorted(set(forced)) == sorted({tokenizer.convert_tokens_to_ids("fra_Latn"),
+                                          tokenizer.convert_tokens_to_ids("zho_Hans")})
+    calls = len(forced)
+    again = translate(config)
+    assert again["rows"] == result["rows"] and len(forced) == calls  # everything came from the cache
+
+
+def test_hf_generation_engine(tiny_llama, tmp_path):
+    from bactrian.data.generate import DataGenerateConfig, generate
+
+    source = write_jsonl(tmp_path / "de.jsonl", [{"id": f"q{i}", "instruction": f"Frage {i}?"} for i in range(3)])
+    config = DataGenerateConfig(input=str(source), engine="hf", model=str(tiny_llama), max_tokens=5,
+                                output_dir=str(tmp_path / "out"))
+    assert generate(config)["rows"] == {"de": 3}
+    rows = [json.loads(line) for line in (tmp_path / "out" / "de.jsonl").open()]
+    assert all(row["finish_reason"] in ("stop", "length") and row["generate_engine"] == "hf" for row in rows)

@@ -17,8 +17,9 @@ from .jobs import EndpointConfig, make_client, run_chats, write_by_language
 @dataclass
 class DataGenerateConfig(EndpointConfig):
     input: str = option("", "Rows to answer (instruction, input, lang): a file or a folder of per-language files.")
-    engine: str = option("openai", "Teacher engine (this release: openai, any OpenAI-compatible endpoint).",
-                         choices=("openai",))
+    engine: str = option("openai", "Teacher engine: openai (any OpenAI-compatible endpoint) or hf (a local "
+                                   "model named by --model, in batches).", choices=("openai", "hf"))
+    batch_size: int = option(8, "Rows answered together by --engine hf.")
     max_tokens: int = option(1024, "Most tokens per answer; answers cut there are marked finish_reason=length.")
 
 
@@ -32,13 +33,23 @@ def answer_messages(row: dict[str, Any]) -> list[dict[str, str]]:
 
 def generate(config: DataGenerateConfig) -> dict[str, Any]:
     rows = read_rows(config.input)
-    client = make_client(config)
-    replies = run_chats(client, config, [answer_messages(row) for row in rows], config.max_tokens, "generate")
-    if isinstance(replies, dict):  # --dry_run or --batch_file
-        return replies
+    conversations = [answer_messages(row) for row in rows]
+    if config.engine == "hf":
+        from .jobs import request_cache
+        from .local import generate_locally
+
+        replies = generate_locally(config.model, conversations, request_cache(config), config.batch_size,
+                                   config.max_tokens)
+        usage = {"generated": len(replies)}
+    else:
+        client = make_client(config)
+        replies = run_chats(client, config, conversations, config.max_tokens, "generate")
+        if isinstance(replies, dict):  # --dry_run or --batch_file
+            return replies
+        usage = vars(client.usage)
     out_rows = [{**row, "output": reply["content"].strip(), "finish_reason": reply["finish_reason"],
                  "generate_engine": config.engine, "generate_model": config.model,
                  "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
                 for row, reply in zip(rows, replies) if reply is not None]
     counts = write_by_language(Path(config.output_dir), out_rows)
-    return {"rows": counts, "failed": len(rows) - len(out_rows), "usage": vars(client.usage)}
+    return {"rows": counts, "failed": len(rows) - len(out_rows), "usage": usage}

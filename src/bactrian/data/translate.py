@@ -31,8 +31,10 @@ MARKER = "⟦{}⟧"
 class TranslateConfig(EndpointConfig):
     input: str = option("", "English rows: a JSON/JSONL/Parquet file or a folder of them.")
     langs: list[str] = option(["all"], "Target languages, comma separated, or all.")
-    engine: str = option("llm", "llm (any OpenAI-compatible chat model), google (Cloud Translation v2, API key) "
-                                "or deepl.", choices=("llm", "google", "deepl"))
+    engine: str = option("llm", "llm (any OpenAI-compatible chat model), google (Cloud Translation v2, API key), "
+                                "deepl, or hf (a local NLLB-200 / M2M100 / mBART-50 model named by --model).",
+                         choices=("llm", "google", "deepl", "hf"))
+    batch_size: int = option(16, "Segments translated together by --engine hf.")
     translate_output: bool = option(False, "Translate the output too (the paper regenerated it instead).")
     code_instructions: str = option("keep", "Programming instructions: keep them in English, or skip them.",
                                     choices=("keep", "skip"))
@@ -87,7 +89,10 @@ def translate(config: TranslateConfig) -> dict[str, Any]:
             if not (config.code_instructions == "skip" and is_code_instruction(row))]
     texts = {(row["id"], lang, field): row.get(field) or "" for row, lang in todo for field in fields
              if not (config.code_instructions == "keep" and is_code_instruction(row))}
-    translated = (_llm(config, texts) if config.engine == "llm" else _machine_translation(config, texts, targets))
+    engines = {"llm": lambda: _llm(config, texts), "hf": lambda: _local(config, texts),
+               "google": lambda: _machine_translation(config, texts, targets),
+               "deepl": lambda: _machine_translation(config, texts, targets)}
+    translated = engines[config.engine]()
     if "requests" in translated or "batch_file" in translated:  # --dry_run / --batch_file summary
         return translated
     out_rows, failed = [], 0
@@ -116,6 +121,26 @@ def _llm(config: TranslateConfig, texts: dict) -> dict:
         result[key] = restore(reply["content"].strip(), protected[key][1]) if reply else None
     result["__usage__"] = vars(client.usage)
     return result
+
+
+def _local(config: TranslateConfig, texts: dict) -> dict:
+    from .local import translate_locally
+
+    if not config.model:
+        raise ConfigError("--engine hf needs --model: a translation model folder or hub id (e.g. an NLLB-200 one).")
+    protected = {key: protect(text) for key, text in texts.items() if text}
+    segments: dict[str, list[str]] = {}
+    for (_, lang, _), (text, _) in protected.items():
+        segments.setdefault(lang, []).append(text)
+    if config.dry_run:
+        return {"requests": sum(map(len, segments.values())), "characters": sum(len(p[0]) for p in protected.values()),
+                "estimated_cost": 0.0}
+    done = translate_locally(config.model, segments, request_cache(config), config.batch_size, config.max_tokens)
+    translated: dict = {key: "" for key, text in texts.items() if not text}
+    for key, (text, spans) in protected.items():
+        translated[key] = restore(done[(key[1], text)], spans)
+    translated["__usage__"] = {"segments": len(protected)}
+    return translated
 
 
 def _machine_translation(config: TranslateConfig, texts: dict, targets: list[str]) -> dict:
