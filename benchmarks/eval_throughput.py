@@ -42,20 +42,15 @@ def run_lm_eval(langs: list[str]) -> dict:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    from bactrian.eval.lm_eval_tasks import write_local_xcopa_tasks
     from bactrian.models import resolve
 
     folder = Path(tempfile.mkdtemp())
-    (folder / "utils.py").write_text("from lm_eval.tasks.xcopa.utils import *  # noqa\n")
-    for lang in langs:
-        (folder / f"local_xcopa_{lang}.yaml").write_text(
-            f"task: local_xcopa_{lang}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
-            f"    validation: {XCOPA / f'val.{lang}.jsonl'}\noutput_type: multiple_choice\n"
-            f"validation_split: validation\ndoc_to_text: !function utils.doc_to_text_{lang}\n"
-            "doc_to_target: label\ndoc_to_choice: !function utils.doc_to_choice\nmetric_list:\n  - metric: acc\n")
+    names = write_local_xcopa_tasks(folder, XCOPA, langs)
     path = resolve("default").path
     started = time.perf_counter()
     results = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={path},dtype=float32",
-                                      tasks=[f"local_xcopa_{lang}" for lang in langs], device="cpu", batch_size=8,
+                                      tasks=names, device="cpu", batch_size=8,
                                       task_manager=TaskManager(include_path=str(folder)))["results"]
     elapsed = time.perf_counter() - started
     accuracy = {lang: results[f"local_xcopa_{lang}"]["acc,none"] for lang in langs}

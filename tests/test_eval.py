@@ -9,6 +9,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bactrian.errors import DataError
+from bactrian.eval.lm_eval_tasks import write_local_xcopa_tasks
 from bactrian.eval.report import wilson_interval
 from bactrian.eval.run import evaluate
 from bactrian.eval.scoring import encode_pair, loglikelihoods
@@ -54,18 +55,11 @@ def test_xcopa_accuracy_equals_lm_evaluation_harness(tiny_llama, tmp_path, monke
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     langs = ["et", "id", "zh"]
     tasks_dir = tmp_path / "lm_eval_tasks"
-    tasks_dir.mkdir()
-    (tasks_dir / "utils.py").write_text("from lm_eval.tasks.xcopa.utils import *  # noqa\n")
-    for lang in langs:
-        (tasks_dir / f"local_xcopa_{lang}.yaml").write_text(
-            f"task: local_xcopa_{lang}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
-            f"    validation: {xcopa / f'val.{lang}.jsonl'}\noutput_type: multiple_choice\n"
-            f"validation_split: validation\ndoc_to_text: !function utils.doc_to_text_{lang}\n"
-            "doc_to_target: label\ndoc_to_choice: !function utils.doc_to_choice\nmetric_list:\n  - metric: acc\n")
+    names = write_local_xcopa_tasks(tasks_dir, xcopa, langs)
     from lm_eval.tasks import TaskManager
 
     theirs = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={tiny_llama},dtype=float32",
-                                     tasks=[f"local_xcopa_{lang}" for lang in langs], device="cpu", batch_size=16,
+                                     tasks=names, device="cpu", batch_size=16,
                                      task_manager=TaskManager(include_path=str(tasks_dir)))["results"]
     ours = evaluate(EvalConfig(base_model=str(tiny_llama), tasks=["xcopa"], data_dir=str(xcopa.parent), langs=langs,
                                output_dir=str(tmp_path / "report")))["tasks"]["xcopa"]["base"]

@@ -23,6 +23,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_ready(url: str, timeout: float = 120) -> None:
+    """Poll `url` until it answers 200 (a server started in another process)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not come up in {timeout} s")
+
+
 class LiveServer:
     def __init__(self, app):
         self.port = free_port()
@@ -172,13 +185,7 @@ def test_bactrian_serve_command_with_api_key(tiny_llama, tiny_adapters):
                                stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_until_ready(f"{url}/health")
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
         assert [m.id for m in client.models.list().data] == ["base", "de", "fr", "auto"]
         assert httpx.get(f"{url}/v1/models").status_code == 401

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..charts import figure_and_axes, save_png
 from ..fileio import atomic_write_bytes, atomic_write_json
 from ..records import read_rows
 from ..train.config import option
@@ -44,13 +44,8 @@ def stats(config: StatsConfig) -> dict[str, Any]:
 
 
 def _chart(table: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     langs = list(table)
-    figure, axes = plt.subplots(figsize=(max(6, 0.5 * len(langs) + 2), 4))
+    figure, axes = figure_and_axes(max(6, 0.5 * len(langs) + 2))
     bottom = [0.0] * len(langs)
     for field in ("instruction", "input", "output"):
         values = [table[lang][f"mean_{field}_tokens"] for lang in langs]
@@ -59,8 +54,4 @@ def _chart(table: dict[str, Any], path: Path) -> None:
     axes.set_ylabel("mean tokens per example")
     axes.set_title("Mean tokens per example by language")
     axes.legend()
-    figure.tight_layout()
-    tmp = path.with_suffix(".partial.png")
-    figure.savefig(tmp, dpi=110)
-    plt.close(figure)
-    os.replace(tmp, path)
+    save_png(figure, path)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+from ..charts import figure_and_axes, save_png
 from ..fileio import atomic_write_bytes, atomic_write_json
 
 
@@ -52,15 +52,10 @@ def _cell(summary: dict[str, Any] | None) -> str:
 
 
 def bar_chart(task: str, by_model: dict[str, dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     models = list(by_model)
     langs = sorted({lang for per_lang in by_model.values() for lang in per_lang})
     width = 0.8 / len(models)
-    figure, axes = plt.subplots(figsize=(max(6, 0.6 * len(langs) * len(models) + 2), 4))
+    figure, axes = figure_and_axes(max(6, 0.6 * len(langs) * len(models) + 2))
     for number, model in enumerate(models):
         values = [100 * by_model[model][lang]["acc"] if lang in by_model[model] else 0 for lang in langs]
         errors = [[100 * (by_model[model][lang]["acc"] - by_model[model][lang]["acc_ci95"][0]) for lang in langs],
@@ -71,11 +66,7 @@ def bar_chart(task: str, by_model: dict[str, dict[str, Any]], path: Path) -> Non
     axes.set_ylim(0, 100)
     axes.set_title(f"{task}: accuracy per language (95% interval)")
     axes.legend()
-    figure.tight_layout()
-    tmp = path.with_suffix(".partial.png")
-    figure.savefig(tmp, dpi=110)
-    plt.close(figure)
-    os.replace(tmp, path)
+    save_png(figure, path)
 
 
 def write_reports(results: dict[str, Any], output_dir: Path) -> None:
