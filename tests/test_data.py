@@ -418,3 +418,30 @@ def test_tokens_per_minute_window_holds_requests_back():
         await asyncio.wait_for(window.take(4), timeout=0.3)  # 10 fits
 
     asyncio.run(run())
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_what_was_done(tiny_llama, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from bactrian.data.cache import RequestCache
+
+    source = write_jsonl(tmp_path / "fr.jsonl", [{"id": f"q{i}", "instruction": f"Question {i} ?"} for i in range(40)])
+    counter: dict = {}
+    with LiveServer(counting_app(create_app(Engine(str(tiny_llama))), counter)) as url:
+        out = tmp_path / "out"
+        command = [sys.executable, "-m", "bactrian", "data", "generate", "--input", str(source), "--model", "base",
+                   "--base_url", f"{url}/v1", "--max_tokens", "6", "--concurrency", "2", "--output_dir", str(out)]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while counter.get("requests", 0) < 8 and time.time() < deadline:
+            time.sleep(0.005)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130 and "interrupted" in stderr
+        stored = len(RequestCache(out / "requests.sqlite").connection.execute("SELECT key FROM results").fetchall())
+        assert stored >= 6
+        assert subprocess.run(command, capture_output=True).returncode == 0
+    assert len((out / "fr.jsonl").read_text().splitlines()) == 40

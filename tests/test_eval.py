@@ -89,7 +89,7 @@ def test_side_by_side_models_and_reports(tiny_llama, tiny_adapters, tmp_path):
     assert (out / "sib200.png").stat().st_size > 5000
 
 
-def test_task_readers_on_published_formats(tmp_path):
+def test_task_readers_on_published_formats(tiny_llama, tmp_path):
     (tmp_path / "xstorycloze").mkdir()
     header = "InputStoryid\tInputSentence1\tInputSentence2\tInputSentence3\tInputSentence4\t" \
              "RandomFifthSentenceQuiz1\tRandomFifthSentenceQuiz2\tAnswerRightEnding\n"
@@ -106,6 +106,10 @@ def test_task_readers_on_published_formats(tmp_path):
     assert wino.contexts == ("Le trophée ne rentre pas dans la valise car le trophée",
                              "Le trophée ne rentre pas dans la valise car la valise")
     assert wino.continuations == (" est trop grand.", " est trop grand.") and wino.label == 0
+    for task, lang in (("xstorycloze", "ru"), ("xwinograd", "fr")):
+        scored = evaluate(EvalConfig(base_model=str(tiny_llama), tasks=[task], data_dir=str(tmp_path), langs=[lang],
+                                     output_dir=str(tmp_path / f"report-{task}")))["examples"][task]["base"][0]
+        assert len(scored["loglikelihoods"]) == 2 and scored["pred"] in (0, 1)
     spec = tmp_path / "mine.yaml"
     spec.write_text(yaml.safe_dump({"items": [{"context": "Q", "choices": [" a", " b", " c"], "label": 2}]}))
     assert load_task(str(spec), "", [])["und"][0].label == 2
