@@ -68,7 +68,7 @@ def run_demo(config: DemoConfig) -> None:
           bactrian chat --lora_weights {tune.output_dir}            # talk to it in a browser
           bactrian serve --lora_weights {tune.output_dir}           # OpenAI-compatible API on 127.0.0.1:8000
           bactrian export --lora_weights {tune.output_dir} --output_dir ./demo-gguf --format gguf
-          bactrian eval --lora_weights {tune.output_dir} --tasks sib200 --langs fr,de --limit 20
+          bactrian eval --lora_weights {tune.output_dir} --tasks sib200 --langs fr,de  # data from the hub or --data_dir
           bactrian finetune --base_model default --data_path YOUR_DATA --lang fr,de --output_dir ./my-adapter
         """))
 
