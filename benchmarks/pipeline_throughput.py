@@ -1,5 +1,6 @@
 """Request machinery throughput: `ChatClient` (cache, limits, retries; what `bactrian data` and the judge use)
-against a loopback OpenAI-compatible server that answers every chat request after a fixed latency. Reports
+against a minimal loopback OpenAI-compatible server (asyncio streams, another process) that answers every chat
+request after a fixed latency, 16 rounds of requests per level. Reports
 requests/s at 1 to 256 requests in flight against the ideal (in flight / latency), the client's CPU time per
 request, and a rerun on the warm cache, which must send nothing.
 
@@ -24,21 +25,41 @@ OUT = REPO / "bench-out"
 LEVELS = (1, 4, 16, 64, 128, 256)
 
 SERVER = """
-import asyncio, sys, uvicorn
-from fastapi import FastAPI
-app = FastAPI()
+# A minimal HTTP/1.1 keep-alive server on asyncio streams: it answers GET /v1/models and every POST to
+# /v1/chat/completions after a fixed latency, spending as little CPU as possible, so the client is measured.
+import asyncio, json, sys
+
 LATENCY = float(sys.argv[2])
-@app.get("/v1/models")
-async def models():
-    return {"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "x"}]}
-@app.post("/v1/chat/completions")
-async def chat(body: dict):
-    await asyncio.sleep(LATENCY)
-    return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": "ok"}}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="error", backlog=4096)
+CHAT = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                   "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
+                   "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}).encode()
+MODELS = json.dumps({"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "x"}]}).encode()
+
+async def handle(reader, writer):
+    try:
+        while True:
+            head = await reader.readuntil(b"\\r\\n\\r\\n")
+            lines = head.decode("latin-1").split("\\r\\n")
+            length = next((int(l.split(":")[1]) for l in lines if l.lower().startswith("content-length")), 0)
+            if length:
+                await reader.readexactly(length)
+            if lines[0].startswith("POST"):
+                await asyncio.sleep(LATENCY)
+                body = CHAT
+            else:
+                body = MODELS
+            writer.write(b"HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\ncontent-length: "
+                         + str(len(body)).encode() + b"\\r\\n\\r\\n" + body)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]), backlog=4096)
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
 """
 
 
@@ -74,7 +95,7 @@ def main(latency: float) -> None:
         cache = Path(tempfile.mkdtemp()) / "requests.sqlite"
         rows = []
         for in_flight in LEVELS:
-            count = max(8, 8 * in_flight)
+            count = max(8, 16 * in_flight)
             result = asyncio.run(drive(url, cache, in_flight, count, f"level{in_flight}"))
             ideal = in_flight / latency
             rows.append({"in_flight": in_flight, **result, "requests_per_second": count / result["seconds"],

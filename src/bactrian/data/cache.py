@@ -20,6 +20,9 @@ class RequestCache:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self.connection.execute("PRAGMA journal_mode=WAL")
+        # each result is its own transaction; NORMAL skips the fsync per commit and still survives a killed
+        # process (only an OS crash or power loss can drop the last commits)
+        self.connection.execute("PRAGMA synchronous=NORMAL")
         self.connection.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         self.connection.execute("CREATE TABLE IF NOT EXISTS failures (key TEXT PRIMARY KEY, error TEXT NOT NULL)")
         self.lock = threading.Lock()
