@@ -30,10 +30,12 @@ SERVER = """
 import asyncio, json, sys
 
 LATENCY = float(sys.argv[2])
+MESSAGE = {"role": "assistant", "content": "ok"}
 CHAT = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
-                   "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
+                   "choices": [{"index": 0, "finish_reason": "stop", "message": MESSAGE}],
                    "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}).encode()
-MODELS = json.dumps({"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "x"}]}).encode()
+MODEL = {"id": "m", "object": "model", "created": 0, "owned_by": "x"}
+MODELS = json.dumps({"object": "list", "data": [MODEL]}).encode()
 
 async def handle(reader, writer):
     try:
