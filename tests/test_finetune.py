@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from bactrian.errors import BactrianError, ConfigError, DataError
 from bactrian.models import load_model
+from bactrian.prompts import load_template
 from bactrian.train import dataset as ds
 from bactrian.train.config import FinetuneConfig
 from bactrian.train.loss import token_losses
@@ -55,7 +56,7 @@ def test_packed_and_unpacked_give_the_same_loss_and_gradients(request, arch, lan
     model_dir = request.getfixturevalue(arch)
     config = make_config(model_dir, lang_folder, tmp_path / "out", val_set_size=0)
     loaded = load_model(config.base_model)
-    train, _ = prepare_examples(config, loaded.tokenizer)
+    train, _ = prepare_examples(config, loaded.tokenizer, load_template(config.prompt_template_name))
     model = attach_lora(loaded, config)
     with torch.no_grad():  # make LoRA B non-zero so the adapter takes part in the gradients
         for name, param in model.named_parameters():

@@ -43,7 +43,7 @@ def predictions(items: list[Item], scores: list[list[float]]) -> list[dict[str, 
 
 
 def evaluate(config: EvalConfig) -> dict[str, Any]:
-    langs = [lang if lang == "jp" else languages.get(lang).code for lang in config.langs] if config.langs else []
+    langs = languages.parse_langs(config.langs)
     tasks = {task: load_task(task, config.data_dir, langs) for task in config.tasks}
     if config.limit:
         tasks = {task: {lang: items[: config.limit] for lang, items in per_lang.items()}

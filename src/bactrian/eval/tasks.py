@@ -17,6 +17,7 @@ XCOPA_CONNECTORS = {
     "qu": ("imataq", "chaymi"), "sw": ("kwa sababu", "kwa hiyo"), "zh": ("因为", "所以"), "ta": ("காரணமாக", "எனவே"),
     "th": ("เพราะ", "ดังนั้น"), "tr": ("çünkü", "bu yüzden"), "vi": ("bởi vì", "vì vậy"),
 }
+XWINOGRAD_NAMES = {"ja": "jp"}  # the dataset's own name for Japanese
 HUB_IDS = {"xcopa": "cambridgeltl/xcopa", "xstorycloze": "juletxara/xstory_cloze", "xwinograd": "Muennighoff/xwinograd",
            "sib200": "Davlan/sib200"}
 
@@ -137,12 +138,13 @@ def _tsv(path: Path) -> list[dict]:
 
 def _xwinograd(root: Path | None, langs: list[str]) -> dict[str, list[Item]]:
     """Partial scoring: each option fills the blank, and the shared rest of the sentence is what is scored."""
-    langs = langs or ["en", "fr", "jp", "pt", "ru", "zh"]
+    langs = langs or ["en", "fr", "ja", "pt", "ru", "zh"]
     items: dict[str, list[Item]] = {}
     for lang in langs:
-        path = _find(root, "xwinograd", [f"{lang}.jsonl", f"{lang}.parquet", f"{lang}/*.parquet"])
+        name = XWINOGRAD_NAMES.get(lang, lang)
+        path = _find(root, "xwinograd", [f"{name}.jsonl", f"{name}.parquet", f"{name}/*.parquet"])
         if path is None:
-            rows = _hub_rows("xwinograd", lang, "test")
+            rows = _hub_rows("xwinograd", name, "test")
         elif path.suffix == ".parquet":
             import pyarrow.parquet as pq
 

@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..fileio import atomic_write_json
 from ..manifest import fingerprint_inputs, write_manifest
 from ..models import LoadedModel, load_model
-from ..prompts import load_template
+from ..prompts import PromptTemplate, load_template
 from ..records import load_records
 from . import dataset as ds
 from .config import FinetuneConfig
@@ -335,8 +335,8 @@ def load_adapter_weights(model: Any, folder: Path) -> None:
         raise ConfigError(f"{folder}: adapter does not fit this model (unexpected keys: {unexpected[:3]}).")
 
 
-def prepare_examples(config: FinetuneConfig, tokenizer: Any) -> tuple[list[ds.Example], list[ds.Example]]:
-    template = load_template(config.prompt_template_name)
+def prepare_examples(config: FinetuneConfig, tokenizer: Any,
+                     template: PromptTemplate) -> tuple[list[ds.Example], list[ds.Example]]:
     records = load_records(config.data_path, languages.parse_langs(config.lang) or None)
     train_records, val_records = ds.stratified_split(records, config.val_set_size)
     train = ds.tokenize_all(train_records, tokenizer, template, config.cutoff_len, config.train_on_inputs)
@@ -352,10 +352,10 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
         return finetune_per_language(config)
     context = DistributedContext.from_env()
     validate(config, context.world_size)
-    load_template(config.prompt_template_name)  # an unknown template fails before the model loads
+    template = load_template(config.prompt_template_name)  # an unknown template fails before the model loads
     loaded = load_model(config.base_model, config.load_8bit, config.load_4bit, device=context.device())
     check_target_modules(loaded.model, config.lora_target_modules)
-    train, val = prepare_examples(config, loaded.tokenizer)
+    train, val = prepare_examples(config, loaded.tokenizer, template)
     model = attach_lora(loaded, config)
     trainer = Trainer(config, context, model, loaded.tokenizer, train, val)
     if config.resume_from_checkpoint:
@@ -365,14 +365,14 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
                  ds.language_counts(train), len(val), trainer.steps)
     metrics = trainer.run()
     if context.is_main:
-        save_adapter(trainer, loaded, train, val, metrics)
+        save_adapter(trainer, loaded, template, train, val, metrics)
     context.barrier()
     context.close()
     return metrics
 
 
-def save_adapter(trainer: Trainer, loaded: LoadedModel, train: list[ds.Example], val: list[ds.Example],
-                 metrics: dict[str, Any]) -> None:
+def save_adapter(trainer: Trainer, loaded: LoadedModel, template: PromptTemplate, train: list[ds.Example],
+                 val: list[ds.Example], metrics: dict[str, Any]) -> None:
     config, output_dir = trainer.config, trainer.output_dir
     staging = output_dir / ".adapter.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -386,7 +386,6 @@ def save_adapter(trainer: Trainer, loaded: LoadedModel, train: list[ds.Example],
         path.replace(output_dir / path.name)
     staging.rmdir()
     atomic_write_json(output_dir / STATE_FILE, asdict(trainer.state))
-    template = load_template(config.prompt_template_name)
     langs = sorted({example.lang for example in train})
     examples = {"train": ds.language_counts(train), "validation": ds.language_counts(val)}
     write_model_card(output_dir, config, langs, examples, metrics)
