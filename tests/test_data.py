@@ -363,6 +363,8 @@ def test_generate_against_llama_cpp_server_with_smollm2(tmp_path):
     import subprocess
     import sys
 
+    from native import fail_if_died
+
     from bactrian.data.generate import DataGenerateConfig, generate
 
     from test_server import free_port, wait_until_ready
@@ -373,11 +375,14 @@ def test_generate_against_llama_cpp_server_with_smollm2(tmp_path):
                                "--port", str(port), "--n_ctx", "1024", "--model_alias", "smollm2"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_until_ready(f"http://127.0.0.1:{port}/v1/models")
+        wait_until_ready(f"http://127.0.0.1:{port}/v1/models", process=server)
         source = write_jsonl(tmp_path / "en.jsonl", [{"id": "q0", "instruction": "What is the capital of France?"},
                                                      {"id": "q1", "instruction": "Name a primary colour."}])
         result = generate(DataGenerateConfig(input=str(source), model="smollm2", base_url=f"http://127.0.0.1:{port}/v1",
                                              max_tokens=32, output_dir=str(tmp_path / "out")))
+    except Exception:
+        fail_if_died(server)
+        raise
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from native import in_child
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -90,23 +91,6 @@ def greedy_transformers(model, prompt, steps=8):
     return output[0, len(prompt):].tolist()
 
 
-def llama_cpp(path: Path, lora: Path | None = None):
-    import llama_cpp as lc
-
-    return lc.Llama(str(path), n_ctx=128, verbose=False, seed=0, lora_path=str(lora) if lora else None,
-                    logits_all=True)
-
-
-def greedy_llama_cpp(llm, prompt, steps=8):
-    llm.reset()
-    out = []
-    for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
-        out.append(token)
-        if len(out) == steps:
-            return out
-    return out
-
-
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 @pytest.mark.parametrize("gguf_type", ["f32", "f16"])
 def test_gguf_greedy_tokens_match_transformers(peaked, tmp_path, arch, gguf_type):
@@ -115,9 +99,8 @@ def test_gguf_greedy_tokens_match_transformers(peaked, tmp_path, arch, gguf_type
     out = run_export(tmp_path, models[arch], adapters[arch], "gguf", gguf_type=gguf_type)
     hf = AutoModelForCausalLM.from_pretrained(run_export(tmp_path, models[arch], adapters[arch], "hf")).eval()
     base = AutoModelForCausalLM.from_pretrained(models[arch]).eval()
-    llm = llama_cpp(next(out.glob("*.gguf")))
-    for prompt in PROMPTS:
-        tokens = greedy_llama_cpp(llm, prompt)
+    answers = in_child("greedy", model=str(next(out.glob("*.gguf"))), prompts=PROMPTS)
+    for prompt, tokens in zip(PROMPTS, answers):
         assert tokens == greedy_transformers(hf, prompt), prompt
         assert len(set(tokens)) > 3 and tokens != greedy_transformers(base, prompt)  # a real, tuned answer
 
@@ -128,11 +111,9 @@ def test_gguf_q8_0_stays_close(peaked, tmp_path, arch):
     models, adapters = peaked
     out = run_export(tmp_path, models[arch], adapters[arch], "gguf", gguf_type="q8_0")
     hf = AutoModelForCausalLM.from_pretrained(run_export(tmp_path, models[arch], adapters[arch], "hf")).eval()
-    llm = llama_cpp(next(out.glob("*.gguf")))
-    for prompt in PROMPTS:
-        llm.reset()
-        llm.eval(prompt)
-        quantized = torch.tensor(llm.scores[len(prompt) - 1])
+    scores = in_child("last_logits", model=str(next(out.glob("*.gguf"))), prompts=PROMPTS)
+    for prompt, row in zip(PROMPTS, scores):
+        quantized = torch.tensor(row)
         with torch.no_grad():
             exact = hf(torch.tensor([prompt])).logits[0, -1]
         assert int(quantized.argmax()) == int(exact.argmax())
@@ -146,9 +127,9 @@ def test_gguf_lora_adapter_applied_by_llama_cpp(peaked, tmp_path, arch):
     base_gguf = next(run_export(tmp_path, models[arch], None, "gguf", gguf_type="f32").glob("*.gguf"))
     lora_gguf = next(run_export(tmp_path, models[arch], adapters[arch], "gguf_adapter").glob("*.gguf"))
     tuned = reference(models[arch], adapters[arch])
-    llm = llama_cpp(base_gguf, lora_gguf)
-    for prompt in PROMPTS:
-        assert greedy_llama_cpp(llm, prompt) == greedy_transformers(tuned, prompt), prompt
+    answers = in_child("greedy", model=str(base_gguf), prompts=PROMPTS, lora=str(lora_gguf))
+    for prompt, tokens in zip(PROMPTS, answers):
+        assert tokens == greedy_transformers(tuned, prompt), prompt
 
 
 def test_errors_leave_nothing_behind(peaked, tmp_path, tiny_llama):

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from native import in_child
 
 from bactrian.train.config import FinetuneConfig
 from bactrian.train.trainer import finetune
@@ -79,7 +80,7 @@ def test_52_rank16_adapters_on_the_default_add_only_their_own_size(tmp_path):
 
 
 def test_gguf_round_trip_through_llama_cpp_on_the_default(tmp_path):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    pytest.importorskip("llama_cpp")
     from transformers import AutoModelForCausalLM
 
     from bactrian.demo import demo_data_dir
@@ -95,16 +96,10 @@ def test_gguf_round_trip_through_llama_cpp_on_the_default(tmp_path):
                               format="gguf", gguf_type="f32"))
     merged = AutoModelForCausalLM.from_pretrained(
         export(ExportConfig(base_model="default", lora_weights=str(adapter), output_dir=str(tmp_path / "hf"))))
-    llm = llama_cpp.Llama(str(next(out.glob("*.gguf"))), n_ctx=256, verbose=False, seed=0)
     prompts = ["### Input:\nNenne drei Farben.\n\n### Output:\n", "### Input:\n法国的首都是哪里？\n\n### Output:\n",
                "### Input:\nWhat is water made of?\n\n### Output:\n"]
-    for prompt in prompts:
-        ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
-        expected = merged.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, eos_token_id=None,
-                                   pad_token_id=0)[0, len(ids):].tolist()
-        got = []
-        for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
-            got.append(token)
-            if len(got) == 8:
-                break
-        assert got == expected, prompt
+    answers = in_child("greedy_text", model=str(next(out.glob("*.gguf"))), prompts=prompts)
+    for prompt, answer in zip(prompts, answers):
+        expected = merged.generate(torch.tensor([answer["ids"]]), max_new_tokens=8, do_sample=False,
+                                   eos_token_id=None, pad_token_id=0)[0, len(answer["ids"]):].tolist()
+        assert answer["tokens"] == expected, prompt
