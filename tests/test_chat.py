@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from bactrian.infer.batcher import Batcher
 from bactrian.infer.chat import build_app
-from bactrian.infer.engine import Engine, Request, SamplingParams
+from bactrian.infer.decoding import Request, SamplingParams
+from bactrian.infer.engine import Engine
 
 from test_server import free_port
 
@@ -19,8 +21,13 @@ def engine(tiny_llama, tiny_adapters):
 
 
 @pytest.fixture(scope="module")
-def url(engine):
-    app = build_app(engine)
+def batcher(engine):
+    return Batcher(engine)
+
+
+@pytest.fixture(scope="module")
+def url(engine, batcher):
+    app = build_app(engine, batcher)
     port = free_port()
     app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
@@ -42,7 +49,8 @@ def test_answer_through_gradio_client(url, engine):
     assert note == "Answered by: de"
     text, note = client.predict("Bonjour, pouvez-vous me dire quelle heure il est maintenant ?", "", 0, 0.75, 40,
                                 2, 8, True, "auto", api_name="/answer")
-    assert note == "Answered by: fr (detected language: fr)"
+    assert note.startswith("Answered by: fr (detected language: fr (")
+    assert note.endswith(", detected); the only adapter covering fr)")
     assert text == expected(engine, "fr", "Bonjour, pouvez-vous me dire quelle heure il est maintenant ?", 2, 8)
 
 
@@ -55,6 +63,18 @@ def test_multi_turn_chat_through_gradio_client(url):
     assert [m["role"] for m in history] == ["user", "assistant"]
     history, _, _ = client.predict("And then?", history, "base", 0, 6, api_name="/chat")
     assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+
+
+def test_several_people_chatting_are_decoded_together(url, engine, batcher):
+    """Gradio does not queue the page's events one by one: concurrent users share the batcher's batch."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    questions = [f"Question {i}: name a colour." for i in range(6)]
+    jobs = [client.submit(question, "", 0, 0.75, 40, 1, 60, False, "fr", api_name="/answer") for question in questions]
+    answers = [job.result(timeout=120)[0] for job in jobs]
+    assert answers == [expected(engine, "fr", question, max_tokens=60) for question in questions]
+    assert batcher.most_rows >= 2
 
 
 @pytest.mark.skipif(not shutil.which("chromium") or not shutil.which("chromedriver"),

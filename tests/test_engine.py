@@ -4,8 +4,11 @@
 import pytest
 import torch
 
+from bactrian.adapters import parse_adapter_specs
 from bactrian.errors import ConfigError
-from bactrian.infer.engine import BASE, Engine, Request, SamplingParams, parse_adapter_specs
+from bactrian.infer.decoding import Request, SamplingParams
+from bactrian.infer.engine import Engine
+from bactrian.infer.routing import BASE
 
 from conftest import make_adapter
 
@@ -109,11 +112,79 @@ def parameter_bytes(model) -> int:
     ("Good morning, could you please tell me what time it is?", "base", "en"),
 ])
 def test_auto_routes_by_detected_language(engine, text, adapter, lang):
-    assert engine.resolve_adapter("auto", text) == (adapter, lang)
+    route = engine.resolve_adapter("auto", text)
+    assert (route.adapter, route.lang) == (adapter, lang)
 
 
 def test_auto_falls_back_to_a_multilingual_adapter(tiny_llama, tiny_adapters, tmp_path):
     multi = make_adapter(tiny_llama, tmp_path / "multi", ["en", "fr", "de", "es"], seed=9)
     engine = Engine(str(tiny_llama), [f"fr={tiny_adapters['fr']}", f"multi={multi}"])
-    assert engine.resolve_adapter("auto", "Good morning, could you please tell me the time?") == ("multi", "en")
-    assert engine.resolve_adapter("auto", "Bonjour, pouvez-vous me dire quelle heure il est ?")[0] == "fr"
+    route = engine.resolve_adapter("auto", "Good morning, could you please tell me the time?")
+    assert (route.adapter, route.lang) == ("multi", "en")
+    assert engine.resolve_adapter("auto", "Bonjour, pouvez-vous me dire quelle heure il est ?").adapter == "fr"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_greedy_equals_transformers_generate_for_the_base_and_an_adapter(engine, tiny_llama, tiny_gemma,
+                                                                         tiny_adapters, arch):
+    """Token for token, batched with each other; on gemma3 past its 64-token sliding window."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    path = tiny_llama if arch == "llama" else tiny_gemma
+    engine = engine if arch == "llama" else Engine(str(tiny_gemma), [])
+    steps = 16 if arch == "llama" else 90
+    base = AutoModelForCausalLM.from_pretrained(path).eval()
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), tiny_adapters["fr"]).eval()
+    jobs = [(adapter, prompt) for adapter in (("base", "fr") if arch == "llama" else ("base",)) for prompt in PROMPTS]
+    batched = engine.generate([greedy(engine, prompt, adapter, max_new_tokens=steps) for adapter, prompt in jobs])
+    for (adapter, prompt), (text, _, count) in zip(jobs, batched):
+        ids = torch.tensor([engine.render(adapter, prompt)])
+        model = base if adapter == "base" else tuned
+        with torch.no_grad():
+            reference = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps,
+                                       do_sample=False, pad_token_id=engine.tokenizer.pad_token_id)
+        new = reference[0, ids.shape[1]:].tolist()
+        assert count == len(new), (adapter, prompt)
+        assert text == engine.tokenizer.decode(new, skip_special_tokens=True), (adapter, prompt)
+    assert max(count for _, _, count in batched) == steps  # at least one ran its whole budget
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_rows_that_join_a_running_batch_get_what_they_get_alone(engine, tiny_gemma, arch):
+    """Rows join mid-decode (prefilled in 16-token chunks, merged by padding the shorter cache) and leave when
+    done; on gemma3 the answers run past its 64-token sliding window."""
+    from bactrian.infer.decoding import DecodeBatch, Row
+
+    engine = engine if arch == "llama" else Engine(str(tiny_gemma), [])
+    jobs = [("fr", PROMPTS[0]), ("base", PROMPTS[1] * 3), ("de", PROMPTS[2]), ("fr", PROMPTS[3])]
+    jobs = [(adapter if arch == "llama" else "base", prompt) for adapter, prompt in jobs]
+    requests = [greedy(engine, prompt, adapter, max_new_tokens=80 if i % 2 else 10, stop=["zz"] if i == 0 else [])
+                for i, (adapter, prompt) in enumerate(jobs)]
+    truth = [engine.generate([request])[0][0] for request in requests]
+    joins = (0, 3, 4, 9)
+    texts = [""] * len(requests)
+    with engine.lock:
+        batch = DecodeBatch(engine, prefill_tokens=16)
+        for step in range(200):
+            if step in joins:
+                index = joins.index(step)
+                batch.admit([Row(requests[index], index, "cpu")])
+            for delta in batch.step():
+                texts[delta.index] += delta.text
+            if step > joins[-1] and not len(batch):
+                break
+    assert texts == truth
+
+
+def test_bf16_weights_stay_close_to_fp32(tiny_llama):
+    fp32 = Engine(str(tiny_llama), [], dtype="float32")
+    bf16 = Engine(str(tiny_llama), [], dtype="bfloat16")
+    assert bf16.model.dtype == torch.bfloat16 and fp32.model.dtype == torch.float32
+    ids = torch.tensor([fp32.render("base", PROMPTS[1])])
+    with torch.no_grad():
+        exact = fp32.model(ids).logits[0, -1]
+        half = bf16.model(ids).logits[0, -1].float()
+    assert float((half - exact).abs().max()) < 0.05 * float(exact.max() - exact.min())  # stated tolerance: 5% of range
+    with pytest.raises(Exception, match="--dtype int3"):
+        Engine(str(tiny_llama), [], dtype="int3")

@@ -9,7 +9,8 @@ import time
 import openai
 import pytest
 
-from bactrian.infer.engine import Engine, adapters_in
+from bactrian.adapters import adapters_in
+from bactrian.infer.engine import Engine
 from bactrian.infer.server import create_app
 
 from conftest import needs_shared_data

@@ -3,6 +3,7 @@
 import concurrent.futures
 import json
 import socket
+import subprocess
 import threading
 import time
 
@@ -11,7 +12,8 @@ import openai
 import pytest
 import uvicorn
 
-from bactrian.infer.engine import Engine, Request, SamplingParams
+from bactrian.infer.decoding import Request, SamplingParams
+from bactrian.infer.engine import Engine
 from bactrian.infer.server import create_app
 
 KEY = "sk-test-key"
@@ -23,10 +25,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until_ready(url: str, timeout: float = 120) -> None:
-    """Poll `url` until it answers 200 (a server started in another process)."""
+def wait_until_ready(url: str, timeout: float = 120, process: subprocess.Popen | None = None) -> None:
+    """Poll `url` until it answers 200 (a server started in another process, which must not exit first)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with code {process.returncode} before it was ready")
         try:
             if httpx.get(url).status_code == 200:
                 return
@@ -132,7 +136,7 @@ def test_errors_in_openai_format(client, url):
     broken = httpx.post(f"{url}/v1/chat/completions", content=b"{not json",
                         headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"})
     assert broken.status_code == 400
-    assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{url}/health").json()["status"] == "ok"
 
 
 def test_32_concurrent_clients_are_all_answered_correctly(client, engine):
@@ -171,6 +175,24 @@ def test_auto_model_routes_by_language(client):
     reply = client.chat.completions.create(model="auto", max_tokens=4, temperature=0, messages=[
         {"role": "user", "content": "Guten Morgen, kannst du mir bitte sagen, wie spät es ist?"}])
     assert reply.model == "de"
+    route = reply.model_extra["bactrian"]["route"]
+    assert (route["lang"], route["language_from"], route["rule"]) == ("de", "detected", "covers-language")
+    assert 0.5 < route["confidence"] <= 1 and route["reason"] == "the only adapter covering de"
+
+
+def test_auto_route_in_headers_and_streams_and_short_replies_keep_the_language(client):
+    messages = [{"role": "user", "content": "Bonjour, pouvez-vous me dire quelle heure il est maintenant ?"},
+                {"role": "assistant", "content": "Il est midi."}, {"role": "user", "content": "ok"}]
+    raw = client.chat.completions.with_raw_response.create(model="auto", max_tokens=2, temperature=0,
+                                                           messages=messages)
+    route = json.loads(raw.headers["x-bactrian-route"])
+    assert raw.parse().model == "fr" and (route["lang"], route["language_from"]) == ("fr", "conversation")
+    chunks = list(client.chat.completions.create(model="auto", max_tokens=2, temperature=0, messages=messages,
+                                                  stream=True))
+    assert chunks[0].model_extra["bactrian"]["route"] == route
+    assert all("bactrian" not in chunk.model_extra for chunk in chunks[1:]) and chunks[0].model == "fr"
+    named = client.chat.completions.with_raw_response.create(model="de", max_tokens=2, messages=messages)
+    assert "x-bactrian-route" not in named.headers and "bactrian" not in named.parse().model_extra
 
 
 def test_bactrian_serve_command_with_api_key(tiny_llama, tiny_adapters):

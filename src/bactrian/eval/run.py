@@ -11,7 +11,8 @@ from typing import Any
 
 from .. import languages
 from ..infer.config import EvalConfig
-from ..infer.engine import BASE, Engine, build_engine
+from ..infer.engine import Engine, build_engine
+from ..infer.routing import BASE
 from .report import summarise, write_reports
 from .scoring import loglikelihoods
 from .tasks import Item, load_task

@@ -1,6 +1,10 @@
-"""Groups concurrent requests into batches for the engine: a request waits at most `wait_ms` for company,
-then its batch is decoded together while the next requests queue up. Each caller gets its own stream of
-deltas; a caller that goes away cancels its request without disturbing the others."""
+"""The server's scheduler: one worker thread runs a continuous batch on the engine. A request joins the batch at
+the next step, whatever is running, and leaves it when done; each caller gets its own stream of deltas.
+
+Bounds: at most `max_batch` rows decode together and at most `max_queue` requests wait behind them; beyond
+that `submit` refuses with `QueueFull` (the server's 429). A caller that goes away cancels its own request,
+which leaves the batch at the next step. The worker never dies silently: an unexpected error fails the
+requests it holds, is counted, and the worker starts again; `health()` says so."""
 
 from __future__ import annotations
 
@@ -9,12 +13,19 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from .engine import Delta, Engine, Request
+from ..errors import BactrianError
+from .decoding import DecodeBatch, Delta, Request, Row
+from .engine import Engine
 
 log = logging.getLogger(__name__)
+
+
+class QueueFull(BactrianError):
+    """More requests are waiting than the server accepts (`--max_queue`)."""
 
 
 @dataclass
@@ -23,48 +34,115 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     deltas: asyncio.Queue
 
+    def send(self, item: Delta) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.deltas.put_nowait, item)
+        except RuntimeError:  # the caller's event loop is closed: nobody is listening any more
+            self.request.cancelled.set()
+
 
 class Batcher:
-    def __init__(self, engine: Engine, max_batch: int = 64, wait_ms: float = 5.0):
+    def __init__(self, engine: Engine, max_batch: int = 64, wait_ms: float = 5.0, max_queue: int = 256,
+                 prefill_tokens: int = 512):
         self.engine, self.max_batch, self.wait = engine, max_batch, wait_ms / 1000
-        self.pending: queue.Queue[_Job] = queue.Queue()
-        self.worker = threading.Thread(target=self._work, name="bactrian-batcher", daemon=True)
-        self.worker.start()
+        self.prefill_tokens = prefill_tokens
+        self.pending: queue.Queue[_Job] = queue.Queue(maxsize=max_queue)
+        self.restarts = 0
+        self.last_error: str | None = None
+        self.finished: Counter[str] = Counter()  # requests ended, by finish reason (stop, length, cancelled, error)
+        self.most_rows = 0  # the largest batch decoded so far
+        self._start_worker()
+
+    # -- callers ------------------------------------------------------------------------------------------
+    def submit(self, request: Request) -> AsyncIterator[Delta]:
+        """Queue a request (QueueFull when the queue is full) and return the stream of its deltas; leaving that
+        stream early (a disconnect) cancels the request."""
+        job = _Job(request, asyncio.get_running_loop(), asyncio.Queue())
+        try:
+            self.pending.put_nowait(job)
+        except queue.Full:
+            raise QueueFull(f"{self.pending.maxsize} requests are already waiting; try again shortly.") from None
+        return self._deltas(job)
 
     async def stream(self, request: Request) -> AsyncIterator[Delta]:
-        """The deltas of one request; leaving the loop early (a disconnect) cancels it."""
-        job = _Job(request, asyncio.get_running_loop(), asyncio.Queue())
-        self.pending.put(job)
+        async for delta in self.submit(request):
+            yield delta
+
+    @staticmethod
+    async def _deltas(job: _Job) -> AsyncIterator[Delta]:
         try:
             while True:
-                item = await job.deltas.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason:
+                delta = await job.deltas.get()
+                yield delta
+                if delta.finish_reason:
                     return
         finally:
-            request.cancelled.set()
+            job.request.cancelled.set()
 
-    def _work(self) -> None:
+    def health(self) -> dict[str, object]:
+        return {"status": "ok" if self.worker.is_alive() else "error", "worker_alive": self.worker.is_alive(),
+                "worker_restarts": self.restarts, "last_error": self.last_error, "queued": self.pending.qsize()}
+
+    # -- the worker ---------------------------------------------------------------------------------------
+    def _start_worker(self) -> None:
+        self.worker = threading.Thread(target=self._supervise, name="bactrian-batcher", daemon=True)
+        self.worker.start()
+
+    def _supervise(self) -> None:
         while True:
-            batch = self._collect()
+            jobs: dict[int, _Job] = {}
             try:
-                for delta in self.engine.stream([job.request for job in batch]):
-                    job = batch[delta.index]
-                    job.loop.call_soon_threadsafe(job.deltas.put_nowait, delta)
-            except Exception as exc:  # a failing batch fails its requests, never the server
-                log.exception("generation failed")
-                for job in batch:
-                    job.loop.call_soon_threadsafe(job.deltas.put_nowait, exc)
+                self._work(jobs)
+            except Exception as exc:  # noqa: BLE001 - anything at all: fail what it held, then start again
+                self.restarts += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("The decoding worker failed (%s); failing its %d request(s) and restarting.",
+                          self.last_error, len(jobs))
+                for index, job in jobs.items():
+                    job.send(Delta(index, "", "error", error="the decoding worker failed; please retry"))
+                self.finished["error"] += len(jobs)
 
-    def _collect(self) -> list[_Job]:
-        batch = [self.pending.get()]
-        deadline = time.monotonic() + self.wait
-        while len(batch) < self.max_batch:
-            remaining = deadline - time.monotonic()
+    def _work(self, jobs: dict[int, _Job]) -> None:
+        batch = DecodeBatch(self.engine, self.prefill_tokens)
+        serial = 0
+        while True:
+            for job in self._take(idle=not len(batch), room=self.max_batch - len(batch)):
+                serial += 1
+                jobs[serial] = job
+                if job.request.params.num_beams > 1:  # beam search runs apart, between steps
+                    with self.engine.lock:
+                        job.send(self.engine.beam_search(serial, job.request))
+                    del jobs[serial]
+                else:
+                    batch.admit([Row(job.request, serial, self.engine.loaded.device)])
+            if not len(batch):
+                continue
+            with self.engine.lock:
+                deltas = list(batch.step())
+            self.most_rows = max(self.most_rows, len(batch.rows))
+            for delta in deltas:
+                job = jobs.get(delta.index)
+                if job is not None:
+                    job.send(delta)
+                    if delta.finish_reason:
+                        self.finished[delta.finish_reason] += 1
+                        del jobs[delta.index]
+
+    def _take(self, idle: bool, room: int) -> list[_Job]:
+        """Waiting requests that are still wanted: when idle, block for the first and wait `wait` for company."""
+        taken: list[_Job] = []
+        deadline = None
+        while len(taken) < room:
             try:
-                batch.append(self.pending.get(timeout=remaining) if remaining > 0 else self.pending.get_nowait())
+                if idle and not taken:
+                    job = self.pending.get()
+                    deadline = time.monotonic() + self.wait
+                elif deadline is not None and deadline > time.monotonic():
+                    job = self.pending.get(timeout=deadline - time.monotonic())
+                else:
+                    job = self.pending.get_nowait()
             except queue.Empty:
                 break
-        return [job for job in batch if not job.request.cancelled.is_set()] or self._collect()
+            if not job.request.cancelled.is_set():
+                taken.append(job)
+        return taken

@@ -9,7 +9,9 @@ from typing import Any
 
 from .batcher import Batcher
 from .config import ChatConfig
-from .engine import AUTO, BASE, Engine, Request, SamplingParams, build_engine
+from .decoding import Delta, Request, SamplingParams
+from .engine import Engine, build_engine
+from .routing import AUTO, BASE
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +21,11 @@ def _params(temperature: float, top_p: float, top_k: int, beams: int, max_tokens
                           num_beams=int(beams), max_new_tokens=int(max_tokens))
 
 
-def _route_note(adapter: str, detected: str | None) -> str:
-    return f"Answered by: {adapter}" + (f" (detected language: {detected})" if detected else "")
+def _raise_error(delta: Delta) -> None:
+    if delta.error:
+        import gradio as gr
+
+        raise gr.Error(delta.error)
 
 
 def _plain_text(content: Any) -> str:
@@ -38,12 +43,13 @@ def build_app(engine: Engine, batcher: Batcher | None = None) -> Any:
 
     async def answer(instruction: str, input: str, temperature: float, top_p: float, top_k: int, beams: int,
                      max_tokens: int, stream: bool, adapter: str) -> AsyncIterator[tuple[str, str]]:
-        name, detected = engine.resolve_adapter(adapter, f"{instruction}\n{input}")
-        note = _route_note(name, detected)
-        request = Request(engine.render(name, instruction, input),
-                          _params(temperature, top_p, top_k, beams, max_tokens), name)
+        route = engine.resolve_adapter(adapter, f"{instruction}\n{input}")
+        note = route.note()
+        request = Request(engine.render(route.adapter, instruction, input),
+                          _params(temperature, top_p, top_k, beams, max_tokens), route.adapter)
         text = ""
         async for delta in batcher.stream(request):
+            _raise_error(delta)
             text += delta.text
             if stream:
                 yield text, note
@@ -51,14 +57,16 @@ def build_app(engine: Engine, batcher: Batcher | None = None) -> Any:
 
     async def converse(message: str, history: list[dict[str, str]], adapter: str, temperature: float,
                        max_tokens: int) -> AsyncIterator[tuple[list[dict[str, str]], str, str]]:
-        name, detected = engine.resolve_adapter(adapter, message)
         messages = [{"role": m["role"], "content": _plain_text(m["content"])} for m in history] + [
             {"role": "user", "content": message}]
-        request = Request(engine.encode_chat(name, messages), _params(temperature, 1.0, 0, 1, max_tokens), name)
+        route = engine.resolve_adapter(adapter, [m["content"] for m in messages if m["role"] == "user"])
+        request = Request(engine.encode_chat(route.adapter, messages), _params(temperature, 1.0, 0, 1, max_tokens),
+                          route.adapter)
         reply = ""
         async for delta in batcher.stream(request):
+            _raise_error(delta)
             reply += delta.text
-            yield messages + [{"role": "assistant", "content": reply}], "", _route_note(name, detected)
+            yield messages + [{"role": "assistant", "content": reply}], "", route.note()
 
     with gr.Blocks(title="bactrian") as app:
         gr.Markdown(f"# bactrian\nBase model: `{engine.loaded.source.spec}`; adapters: "
@@ -78,15 +86,17 @@ def build_app(engine: Engine, batcher: Batcher | None = None) -> Any:
             output = gr.Textbox(lines=5, label="Output", elem_id="output")
             routed = gr.Markdown(elem_id="routed")
             submit.click(answer, [instruction, input_box, temperature, top_p, top_k, beams, max_tokens, stream,
-                                  adapter], [output, routed], api_name="answer")
+                                  adapter], [output, routed], api_name="answer",
+                         concurrency_limit=None)  # the batcher, not Gradio's queue, decides what runs together
         with gr.Tab("Chat"):
             chatbot = gr.Chatbot(label="Conversation")
             message = gr.Textbox(label="Message", elem_id="message")
             chat_temperature = gr.Slider(0, 1, value=0.0, label="Temperature")
             chat_tokens = gr.Slider(1, 2000, step=1, value=128, label="Max tokens")
-            chat_routed = gr.Markdown()
+            chat_routed = gr.Markdown(elem_id="chat_routed")
             message.submit(converse, [message, chatbot, adapter, chat_temperature, chat_tokens],
-                           [chatbot, message, chat_routed], api_name="chat")
+                           [chatbot, message, chat_routed], api_name="chat",
+                           concurrency_limit=None)
     return app
 
 

@@ -18,6 +18,10 @@ class EngineConfig:
     prompt_template_name: str = option("bactrian", "Template for adapters without a bactrian.json (and the base).")
     load_8bit: bool = option(False, "Load the base model in 8-bit (bitsandbytes, CUDA only).")
     load_4bit: bool = option(False, "Load the base model in 4-bit NF4 (bitsandbytes, CUDA only).")
+    dtype: str = option("auto", "Weights' dtype for inference: auto (bf16 on a GPU or CPU that runs it fast, "
+                                "i.e. AVX512-BF16 or AMX; else float32), float32, bfloat16 or float16.")
+    auto_fallback: str = option("multilingual", "Who answers `auto` requests in a language no adapter covers: "
+                                                "multilingual (the broadest multilingual adapter) or base.")
 
 
 @dataclass
@@ -43,8 +47,19 @@ class ServeConfig(EngineConfig):
     port: int = option(8000, "Port to listen on.")
     api_key: str = option("", "Require 'Authorization: Bearer KEY' on /v1/ (default: no key). Also read from "
                               "$BACTRIAN_API_KEY.")
-    max_batch: int = option(64, "Most requests decoded together.")
-    batch_wait_ms: float = option(5.0, "How long a request waits for company before its batch starts.")
+    max_batch: int = option(64, "Most requests decoded together (continuous batching: a request joins the "
+                                "running batch at the next step).")
+    batch_wait_ms: float = option(5.0, "When the server is idle, how long a request waits for company.")
+    max_queue: int = option(256, "Most requests waiting behind a full batch; more are refused with 429 and "
+                                 "Retry-After.")
+    max_tokens_limit: int = option(1024, "Most tokens generated per request; also the budget of a request that "
+                                          "names none (then capped by the room left in the context).")
+    max_request_bytes: int = option(2 * 1024 * 1024, "Largest request body accepted (413 beyond).")
+    upstream: str = option("", "Forward generation to this OpenAI-compatible server (e.g. http://gpu-host:8000/v1: "
+                               "vLLM --enable-lora, llama.cpp's server) that serves the same adapters by name; "
+                               "this server keeps auto routing, templates, the API key and the bounds.")
+    upstream_api_key: str = option("", "API key of the upstream server (also $BACTRIAN_UPSTREAM_API_KEY).")
+    upstream_base_name: str = option("base", "The upstream's name for the base model (requests for `base`).")
 
 
 @dataclass

@@ -17,7 +17,9 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from ..records import Instruction, read_instructions
 from .config import GenerateConfig
-from .engine import AUTO, BASE, Engine, Request, SamplingParams, build_engine
+from .decoding import Request, SamplingParams
+from .engine import Engine, build_engine
+from .routing import AUTO, BASE
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +77,18 @@ def generate_file(config: GenerateConfig, engine: Engine | None = None) -> int:
 def answer(engine: Engine, config: GenerateConfig, batch: list[tuple[int, Instruction, str]]) -> list[dict[str, Any]]:
     requests, routed = [], []
     for number, row, model in batch:
-        adapter, detected = engine.resolve_adapter(model, f"{row.instruction}\n{row.input}")
+        route = engine.resolve_adapter(model, f"{row.instruction}\n{row.input}")
         params = SamplingParams(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
                                 max_new_tokens=config.max_new_tokens, stop=list(config.stop),
                                 seed=config.seed + number, num_beams=config.num_beams)
-        requests.append(Request(engine.render(adapter, row.instruction, row.input), params, adapter))
-        routed.append((adapter, detected))
+        requests.append(Request(engine.render(route.adapter, row.instruction, row.input), params, route.adapter))
+        routed.append(route)
     results = engine.generate(requests)
     settings = {key: getattr(config, key) for key in ("temperature", "top_p", "top_k", "num_beams",
                                                       "max_new_tokens", "stop")}
-    return [{**asdict(row), "model": model, "adapter": adapter, "detected_lang": detected, "output": text,
+    return [{**asdict(row), "model": model, "adapter": route.adapter, "detected_lang": route.lang, "output": text,
              "finish_reason": reason, "completion_tokens": tokens,
-             "generation": {**settings, "seed": request.params.seed}}
-            for (_, row, model), (adapter, detected), (text, reason, tokens), request
+             "generation": {**settings, "seed": request.params.seed},
+             **({"route": route.to_dict()} if model == AUTO else {})}
+            for (_, row, model), route, (text, reason, tokens), request
             in zip(batch, routed, results, requests)]

@@ -3,6 +3,7 @@ Concurrent requests are batched; `model` picks the adapter (`base`, an adapter n
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -16,43 +17,105 @@ from fastapi import FastAPI
 from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .batcher import Batcher
+from .batcher import Batcher, QueueFull
+from .catalog import Catalog, build_catalog
 from .config import ServeConfig
-from .engine import Engine, Request, SamplingParams, build_engine
+from .decoding import Delta, Request, SamplingParams
+from .engine import build_engine
+from .routing import Route
+from .upstream import Upstream
 
 log = logging.getLogger(__name__)
 
 
 class OpenAIError(Exception):
     def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+                 code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(status_code=self.status, content={"error": {
-            "message": self.message, "type": self.type, "param": self.param, "code": self.code}})
+        return JSONResponse(status_code=self.status, content=self.body(), headers=self.headers)
+
+
+class Limits(BaseModel):
+    """What one request may ask of the server."""
+
+    max_tokens: int = 1024  # generated tokens per request, also the default when a request names none
+    max_request_bytes: int = 2 * 1024 * 1024
+    max_stops: int = 4  # as OpenAI
+    max_stop_chars: int = 256
+
+
+HARMLESS_FIELDS = {"user", "metadata", "store", "service_tier"}  # accepted and ignored: they change no output
 
 
 class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant"]
     content: str
+    name: str | None = None
 
 
 class _Common(BaseModel):
-    model: str
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(max_length=256)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
     max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     stream: bool = False
+    stream_options: dict[str, bool] | None = None
     n: int = 1
-    stream_options: dict[str, Any] | None = None
+    # OpenAI fields that would change the output: accepted only at the values that change nothing
+    logprobs: bool | int | None = None
+    top_logprobs: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+
+    @model_validator(mode="after")
+    def _refuse_what_is_not_honoured(self) -> _Common:
+        if self.n != 1:
+            raise ValueError("n > 1 is not supported; send several requests")
+        unknown = sorted(set(self.model_extra or {}) - HARMLESS_FIELDS)
+        if unknown:
+            raise ValueError(f"unsupported parameter(s): {', '.join(unknown)}")
+        unsupported = {"logprobs": self.logprobs not in (None, False, 0), "top_logprobs": self.top_logprobs,
+                       "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
+                       "logit_bias": self.logit_bias, "tools": self.tools, "functions": self.functions,
+                       "tool_choice": self.tool_choice not in (None, "none"),
+                       "function_call": self.function_call not in (None, "none"),
+                       "response_format": (self.response_format or {"type": "text"}).get("type") != "text"}
+        refused = [name for name, value in unsupported.items() if value]
+        if refused:
+            raise ValueError(f"not supported by this server: {', '.join(refused)}")
+        if self.max_tokens and self.max_completion_tokens and self.max_tokens != self.max_completion_tokens:
+            raise ValueError("max_tokens and max_completion_tokens differ")
+        return self
+
+    @property
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    @property
+    def token_budget(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
 
 
 class ChatCompletionRequest(_Common):
@@ -62,11 +125,61 @@ class ChatCompletionRequest(_Common):
 class CompletionRequest(_Common):
     prompt: str | list[str]
     max_tokens: int | None = Field(16, ge=1)
+    echo: bool = False
+    best_of: int | None = Field(None, ge=1, le=1)
+    suffix: str | None = Field(None, max_length=0)
+
+    @model_validator(mode="after")
+    def _refuse_echo(self) -> CompletionRequest:
+        if self.echo:
+            raise ValueError("echo is not supported by this server")
+        return self
 
 
-def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 64, wait_ms: float = 5.0) -> FastAPI:
+class BodyLimit:
+    """Read a request's body before the app does, refusing it (413) as soon as it passes `limit` bytes, by its
+    Content-Length or as it streams in: no request can make the server hold more than that."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            return await _too_large(self.limit).response()(scope, receive, send)
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                return await _too_large(self.limit).response()(scope, receive, send)
+            more = message.get("more_body", False)
+        first: list[dict[str, Any]] = [{"type": "http.request", "body": bytes(body), "more_body": False}]
+
+        async def replay() -> dict[str, Any]:
+            return first.pop() if first else await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _too_large(limit: int) -> OpenAIError:
+    return OpenAIError(413, f"The request body is larger than this server accepts ({limit} bytes).",
+                       code="request_too_large")
+
+
+def create_app(engine: Catalog, api_key: str | None = None, max_batch: int = 64, wait_ms: float = 5.0,
+               max_queue: int = 256, limits: Limits | None = None,
+               batcher: Batcher | Upstream | None = None) -> FastAPI:
+    """The OpenAI API over `engine` (its own batcher), or over the catalog alone with `batcher` an Upstream."""
+    limits = limits or Limits()
     app = FastAPI(title="bactrian", version="1")
-    batcher = Batcher(engine, max_batch=max_batch, wait_ms=wait_ms)
+    app.add_middleware(BodyLimit, limit=limits.max_request_bytes)
+    batcher = batcher or Batcher(engine, max_batch=max_batch, wait_ms=wait_ms, max_queue=max_queue)
+    app.state.batcher = batcher
     created = int(time.time())
 
     @app.exception_handler(OpenAIError)
@@ -77,7 +190,8 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 64, 
     async def _invalid(_: HttpRequest, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
         param = ".".join(str(part) for part in first["loc"][1:]) or None
-        return OpenAIError(400, f"{param or 'body'}: {first['msg']}", param=param).response()
+        message = str(first["msg"]).removeprefix("Value error, ")
+        return OpenAIError(400, f"{param or 'body'}: {message}", param=param).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: HttpRequest, exc: StarletteHTTPException) -> JSONResponse:
@@ -93,8 +207,9 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 64, 
         return await call_next(request)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> JSONResponse:
+        state = batcher.health()
+        return JSONResponse(state, status_code=200 if state["status"] == "ok" else 503)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -103,63 +218,125 @@ def create_app(engine: Engine, api_key: str | None = None, max_batch: int = 64, 
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, http: HttpRequest):
-        adapter, _ = _adapter(engine, body.model, body.messages[-1].content)
-        prompt_ids = engine.encode_chat(adapter, [m.model_dump() for m in body.messages])
-        request = _request(engine, body, prompt_ids, adapter, default_max=None)
-        return await _respond(batcher, body, request, "chat.completion")
+        route = _route(engine, body.model, [m.content for m in body.messages if m.role == "user"])
+        messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        text, prompt_ids = await _encode(engine, route.adapter, messages)
+        request = _request(engine, body, text, prompt_ids, route.adapter, limits)
+        return await _respond(batcher, body, request, route, "chat.completion", http)
 
     @app.post("/v1/completions")
     async def complete(body: CompletionRequest, http: HttpRequest):
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if len(prompts) != 1:
             raise OpenAIError(400, "Only one prompt per request is supported.", param="prompt")
-        adapter, _ = _adapter(engine, body.model, prompts[0])
-        request = _request(engine, body, engine.encode(prompts[0]), adapter, default_max=16)
-        return await _respond(batcher, body, request, "text_completion")
+        route = _route(engine, body.model, [prompts[0]])
+        text, prompt_ids = await _encode(engine, route.adapter, prompts[0])
+        request = _request(engine, body, text, prompt_ids, route.adapter, limits)
+        return await _respond(batcher, body, request, route, "text_completion", http)
 
     return app
 
 
-def _adapter(engine: Engine, model: str, text: str) -> tuple[str, str | None]:
+async def _encode(catalog: Catalog, adapter: str, prompt: str | list[dict[str, str]]) -> tuple[str, list[int]]:
+    """The prompt's text and tokens (a conversation rendered with the adapter's template), computed off the event
+    loop so that a long prompt holds up no other request; a chat template that refuses the messages is the
+    request's fault (400)."""
+
+    def encode() -> tuple[str, list[int]]:
+        if isinstance(prompt, str):
+            return prompt, catalog.encode(prompt)
+        return catalog.chat_text(adapter, prompt), catalog.encode_chat(adapter, prompt)
+
     try:
-        return engine.resolve_adapter(model, text)
+        return await asyncio.to_thread(encode)
+    except Exception as exc:  # jinja2's TemplateError and kin, raised by the model's own chat template
+        raise OpenAIError(400, f"The model's chat template refused these messages: {exc}", param="messages") from None
+
+
+def _route(engine: Catalog, model: str, user_messages: list[str]) -> Route:
+    try:
+        return engine.resolve_adapter(model, user_messages)
     except KeyError:
         raise OpenAIError(404, f"The model '{model}' does not exist. Available: {', '.join(engine.model_names)}.",
                           param="model", code="model_not_found") from None
 
 
-def _request(engine: Engine, body: _Common, prompt_ids: list[int], adapter: str, default_max: int | None) -> Request:
-    if body.n != 1:
-        raise OpenAIError(400, "n > 1 is not supported; send several requests.", param="n")
+def _request(engine: Catalog, body: _Common, text: str, prompt_ids: list[int], adapter: str,
+             limits: Limits) -> Request:
     room = engine.context_length - len(prompt_ids)
-    max_tokens = body.max_tokens or default_max or room
+    if room < 1:
+        raise OpenAIError(400, f"This model's context is {engine.context_length} tokens and the prompt uses "
+                               f"{len(prompt_ids)}: shorten it.", param="messages", code="context_length_exceeded")
+    max_tokens = body.token_budget or min(limits.max_tokens, room)
+    if max_tokens > limits.max_tokens:
+        raise OpenAIError(400, f"max_tokens is at most {limits.max_tokens} on this server.", param="max_tokens")
     if max_tokens > room:
         raise OpenAIError(400, f"This model's context is {engine.context_length} tokens; the prompt uses "
-                               f"{len(prompt_ids)}, so max_tokens can be at most {max(room, 0)}.",
+                               f"{len(prompt_ids)}, so max_tokens can be at most {room}.",
                           param="max_tokens", code="context_length_exceeded")
-    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    stops = body.stops
+    if len(stops) > limits.max_stops or any(len(stop) > limits.max_stop_chars for stop in stops):
+        raise OpenAIError(400, f"stop takes at most {limits.max_stops} strings of at most {limits.max_stop_chars} "
+                               "characters.", param="stop")
     params = SamplingParams(temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
                             max_new_tokens=max_tokens, stop=stops, seed=body.seed)
-    return Request(prompt_ids, params, adapter)
+    return Request(prompt_ids, params, adapter, prompt_text=text)
 
 
-async def _respond(batcher: Batcher, body: _Common, request: Request, kind: str):
+def _route_fields(route: Route) -> dict[str, Any]:
+    """For `auto`: what was detected and why this adapter answered (the `model` field names the adapter)."""
+    return {} if route.rule == "requested" else {"bactrian": {"route": route.to_dict()}}
+
+
+def _route_headers(route: Route) -> dict[str, str]:
+    return {} if route.rule == "requested" else {"x-bactrian-route": json.dumps(route.to_dict())}
+
+
+async def _respond(batcher: Batcher, body: _Common, request: Request, route: Route, kind: str, http: HttpRequest):
     ident = f"{'chatcmpl' if kind == 'chat.completion' else 'cmpl'}-{uuid.uuid4().hex}"
     usage = {"prompt_tokens": len(request.prompt_ids)}
+    try:
+        ticket = batcher.submit(request)
+    except QueueFull as exc:
+        raise OpenAIError(429, str(exc), type="rate_limit_error", code="queue_full",
+                          headers={"Retry-After": "1"}) from None
     if body.stream:
-        return StreamingResponse(_sse(batcher, body, request, kind, ident, usage), media_type="text/event-stream")
-    text, finish, completion_tokens = "", None, 0
-    async for delta in batcher.stream(request):
-        text += delta.text
-        finish, completion_tokens = delta.finish_reason, delta.completion_tokens
+        return StreamingResponse(_sse(ticket, body, request, route, kind, ident, usage),
+                                 media_type="text/event-stream", headers=_route_headers(route))
+    watcher = asyncio.create_task(_cancel_on_disconnect(http, request))
+    try:
+        text, finish, completion_tokens = "", None, 0
+        async for delta in ticket:
+            if delta.error:
+                raise _delta_error(delta)
+            text += delta.text
+            finish, completion_tokens = delta.finish_reason, delta.completion_tokens
+    finally:
+        watcher.cancel()
     choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
               if kind == "chat.completion" else {"index": 0, "text": text, "finish_reason": finish, "logprobs": None})
-    return {"id": ident, "object": kind, "created": int(time.time()), "model": request.adapter, "choices": [choice],
-            "usage": {**usage, "completion_tokens": completion_tokens,
-                      "total_tokens": usage["prompt_tokens"] + completion_tokens}}
+    content = {"id": ident, "object": kind, "created": int(time.time()), "model": request.adapter,
+               "choices": [choice], "usage": {**usage, "completion_tokens": completion_tokens,
+                                              "total_tokens": usage["prompt_tokens"] + completion_tokens},
+               **_route_fields(route)}
+    return JSONResponse(content, headers=_route_headers(route))
 
 
-async def _sse(batcher: Batcher, body: _Common, request: Request, kind: str, ident: str,
+def _delta_error(delta: Delta) -> OpenAIError:
+    return OpenAIError(delta.status, delta.error or "generation failed",
+                       type="server_error" if delta.status >= 500 else "invalid_request_error")
+
+
+async def _cancel_on_disconnect(http: HttpRequest, request: Request) -> None:
+    """A client that hangs up while its answer is decoded (not streaming) cancels it at once."""
+    while True:
+        message = await http.receive()
+        if message["type"] == "http.disconnect":
+            request.cancelled.set()
+            return
+
+
+async def _sse(ticket: AsyncIterator[Delta], body: _Common, request: Request, route: Route, kind: str, ident: str,
                usage: dict[str, int]) -> AsyncIterator[str]:
     chat = kind == "chat.completion"
     chunk_kind = "chat.completion.chunk" if chat else "text_completion"
@@ -169,14 +346,20 @@ async def _sse(batcher: Batcher, body: _Common, request: Request, kind: str, ide
         return "data: " + json.dumps({"id": ident, "object": chunk_kind, "created": created, "model": request.adapter,
                                       "choices": [choice], **extra}, ensure_ascii=False) + "\n\n"
 
+    first = _route_fields(route)  # the route rides on the first chunk
     if chat:
-        yield chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
+        yield chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}, **first)
+        first = {}
     completion_tokens = 0
     try:
-        async for delta in batcher.stream(request):
+        async for delta in ticket:
+            if delta.error:
+                yield "data: " + json.dumps(_delta_error(delta).body()) + "\n\n"
+                break
             completion_tokens = delta.completion_tokens
             content = {"delta": {"content": delta.text} if delta.text else {}} if chat else {"text": delta.text}
-            yield chunk({"index": 0, **content, "finish_reason": delta.finish_reason})
+            yield chunk({"index": 0, **content, "finish_reason": delta.finish_reason}, **first)
+            first = {}
     finally:  # the client went away (or we are done): stop decoding this request
         request.cancelled.set()
     if (body.stream_options or {}).get("include_usage"):
@@ -190,9 +373,17 @@ async def _sse(batcher: Batcher, body: _Common, request: Request, kind: str, ide
 def serve(config: ServeConfig) -> None:
     import uvicorn
 
-    engine = build_engine(config)
     api_key = config.api_key or os.environ.get("BACTRIAN_API_KEY", "")
-    app = create_app(engine, api_key or None, config.max_batch, config.batch_wait_ms)
+    limits = Limits(max_tokens=config.max_tokens_limit, max_request_bytes=config.max_request_bytes)
+    if config.upstream:
+        catalog = build_catalog(config)
+        upstream = Upstream(config.upstream, config.upstream_api_key or os.environ.get("BACTRIAN_UPSTREAM_API_KEY", ""),
+                            config.upstream_base_name)
+        app = create_app(catalog, api_key or None, limits=limits, batcher=upstream)
+        log.info("Forwarding to %s", config.upstream)
+    else:
+        catalog = build_engine(config)
+        app = create_app(catalog, api_key or None, config.max_batch, config.batch_wait_ms, config.max_queue, limits)
     log.info("Serving %s on http://%s:%d/v1 (models: %s)", config.base_model, config.host, config.port,
-             ", ".join(engine.model_names))
+             ", ".join(catalog.model_names))
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")

@@ -1,0 +1,264 @@
+"""`bactrian serve` under load and abuse: continuous batching, isolation, bounds and backpressure, with the openai
+client and raw HTTP over loopback (tiny model, 512-token context)."""
+
+import concurrent.futures
+import gc
+import json
+import threading
+import time
+
+import httpx
+import openai
+import psutil
+import pytest
+
+from bactrian.infer import decoding
+from bactrian.infer.decoding import Request, SamplingParams
+from bactrian.infer.engine import Engine
+from bactrian.infer.server import Limits, create_app
+
+from test_server import LiveServer
+
+HEADERS = {"Authorization": "Bearer k"}
+QUESTION = [{"role": "user", "content": "Name a primary colour."}]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama, tiny_adapters):
+    return Engine(str(tiny_llama), [f"fr={tiny_adapters['fr']}", f"de={tiny_adapters['de']}"])
+
+
+@pytest.fixture(scope="module")
+def url(engine):
+    with LiveServer(create_app(engine, api_key="k", limits=Limits(max_tokens=480, max_request_bytes=256 * 1024))) as u:
+        yield u
+
+
+@pytest.fixture()
+def client(url):
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0, timeout=120)
+
+
+def alone(engine, adapter, messages, max_tokens, **params):
+    ids = engine.encode_chat(adapter, messages)
+    return engine.generate([Request(ids, SamplingParams(max_new_tokens=max_tokens, **params), adapter)])[0][0]
+
+
+def post(url, body, **kwargs):
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers=HEADERS, timeout=120, **kwargs)
+
+
+def test_hostile_sampling_values_harm_nobody(client, engine, url):
+    good = [(["base", "fr", "de"][i % 3], f"Question {i}: name a colour.") for i in range(16)]
+    hostile = [{"temperature": 1e-300}, {"temperature": 2.0, "seed": 2**64 - 1}, {"temperature": 1.0, "seed": -2**63},
+               {"temperature": 1.5, "top_p": 1e-9}, {"temperature": 2.0, "top_k": 1}, {"temperature": 1e-6}]
+
+    def ask_good(job):
+        reply = client.chat.completions.create(model=job[0], messages=[{"role": "user", "content": job[1]}],
+                                               max_tokens=8, temperature=0)
+        return reply.choices[0].message.content
+
+    def ask_hostile(params):
+        return post(url, {"model": "fr", "messages": QUESTION, "max_tokens": 8, **params}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(24) as pool:
+        bad = pool.map(ask_hostile, hostile)
+        answers = list(pool.map(ask_good, good))
+    assert list(bad) == [200] * len(hostile)
+    assert answers == [alone(engine, a, [{"role": "user", "content": q}], 8) for a, q in good]
+    greedy = alone(engine, "fr", QUESTION, 8)
+    for params in ({"temperature": 1e-300}, {"temperature": 2.0, "top_k": 1}, {"temperature": 1.5, "top_p": 1e-9}):
+        assert post(url, {"model": "fr", "messages": QUESTION, "max_tokens": 8, **params}).json()[
+            "choices"][0]["message"]["content"] == greedy, params
+    assert post(url, {"model": "fr", "messages": QUESTION, "seed": 2**64}).status_code == 400
+
+
+def test_bounds_are_enforced(url, client):
+    long_prompt = [{"role": "user", "content": "colour " * 600}]
+    too_long = post(url, {"model": "base", "messages": long_prompt})  # no max_tokens: still refused
+    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "context_length_exceeded"
+    cases = {"stop": {"stop": [f"s{i}" for i in range(5)]}, "stop ": {"stop": ["x" * 300]},
+             "max_tokens": {"max_tokens": 481}, "logprobs": {"logprobs": True}, "frobnicate": {"frobnicate": 1},
+             "presence_penalty": {"presence_penalty": 0.5},
+             "response_format": {"response_format": {"type": "json_object"}},
+             "tools": {"tools": [{"type": "function"}]}, "max_completion_tokens": {"max_completion_tokens": 5,
+                                                                                  "max_tokens": 6}}
+    for name, extra in cases.items():
+        response = post(url, {"model": "base", "messages": QUESTION, **extra})
+        assert response.status_code == 400, name
+        assert name.strip() in response.json()["error"]["message"] or name == "max_completion_tokens", name
+    honoured = client.chat.completions.create(model="base", messages=QUESTION, max_completion_tokens=3,
+                                              temperature=0, user="someone", logprobs=False, presence_penalty=0)
+    assert honoured.usage.completion_tokens <= 3 and honoured.choices[0].finish_reason in ("length", "stop")
+    huge = post(url, {"model": "base", "messages": [{"role": "user", "content": "x" * 300_000}]})
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
+
+    def chunks():  # no Content-Length: refused while it streams in
+        yield b'{"model": "base", "messages": [{"role": "user", "content": "'
+        for _ in range(64):
+            yield b"y" * 8192
+        yield b'"}]}'
+
+    streamed = httpx.post(f"{url}/v1/chat/completions", content=chunks(), headers=HEADERS, timeout=60)
+    assert streamed.status_code == 413
+
+
+def test_a_short_request_joins_while_a_long_one_decodes(url, client):
+    body = {"model": "base", "messages": QUESTION, "max_tokens": 480, "stream": True, "temperature": 0,
+            "stop": ["never-printed"]}
+    finished_long = []
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=HEADERS, timeout=120) as response:
+        lines = response.iter_lines()
+        next(line for line in lines if line.startswith("data: {"))  # the long one is decoding now
+        started = time.perf_counter()
+        short = client.chat.completions.create(model="fr", messages=QUESTION, max_tokens=1, temperature=0)
+        waited = time.perf_counter() - started
+        finished_long = [line for line in lines if '"finish_reason": "length"' in line]
+    assert short.usage.completion_tokens == 1 and finished_long, "the long request still ran to its end"
+    assert waited < 2.0, f"the short request waited {waited:.2f} s behind the long one"
+
+
+def test_queue_full_is_429_with_retry_after_and_a_vanished_client_frees_its_place(engine):
+    app = create_app(engine, max_batch=1, max_queue=1)
+    batcher = app.state.batcher
+    body = {"model": "base", "messages": QUESTION, "max_tokens": 4}
+
+    def wait_for(condition):
+        deadline = time.time() + 10
+        while not condition() and time.time() < deadline:
+            time.sleep(0.01)
+
+    with LiveServer(app) as url:
+        asked = f"{url}/v1/chat/completions"
+        with engine.lock:  # decoding is frozen: the batch (of one) and the queue (of one) fill up
+            vanishing = threading.Thread(target=_ignore_timeout, args=(asked, body, 0.5))
+            vanishing.start()
+            wait_for(lambda: batcher.pending.qsize() == 0 and not vanishing.is_alive())
+            waiting = concurrent.futures.ThreadPoolExecutor(1).submit(httpx.post, asked, json=body, timeout=60)
+            wait_for(lambda: batcher.pending.qsize() == 1)
+            refused = httpx.post(asked, json=body, timeout=60)
+            assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+            assert refused.json()["error"]["type"] == "rate_limit_error"
+        assert waiting.result(timeout=30).status_code == 200  # the vanished client's row left; this one ran
+        assert batcher.finished["cancelled"] == 1
+
+
+def _ignore_timeout(url, body, timeout, headers=None):
+    try:
+        httpx.post(url, json=body, timeout=timeout, headers=headers)
+    except httpx.TimeoutException:
+        pass
+
+
+def test_a_non_streaming_client_that_hangs_up_stops_its_decoding(engine):
+    app = create_app(engine)
+    batcher = app.state.batcher
+    with LiveServer(app) as url:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/chat/completions", timeout=0.3, json={
+                "model": "base", "messages": QUESTION, "max_tokens": 480, "stop": ["never"], "temperature": 0})
+        deadline = time.time() + 10
+        while batcher.finished["cancelled"] < 1 and time.time() < deadline:
+            time.sleep(0.02)
+        assert batcher.finished["cancelled"] == 1 and batcher.finished["length"] == 0
+
+
+def test_engine_failures_fail_only_their_requests_in_openai_format(engine, monkeypatch):
+    app = create_app(engine)
+    real = decoding.choose_token
+
+    def flaky(row, logits):
+        if row.request.params.seed == 666:
+            raise RuntimeError("boom")
+        return real(row, logits)
+
+    monkeypatch.setattr(decoding, "choose_token", flaky)
+    with LiveServer(app) as url:
+        def ask(seed):
+            return post(url, {"model": "base", "messages": QUESTION, "max_tokens": 6, "temperature": 0.5,
+                              "seed": seed})
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(ask, [1, 2, 666, 3, 4, 5, 6, 7]))
+        assert [r.status_code for r in replies] == [200, 200, 500, 200, 200, 200, 200, 200]
+        assert replies[2].json()["error"] == {"message": "sampling failed: boom", "type": "server_error",
+                                              "param": None, "code": None}
+        streamed = post(url, {"model": "base", "messages": QUESTION, "max_tokens": 6, "temperature": 0.5,
+                              "seed": 666, "stream": True})
+        events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+        assert events[-1]["error"]["message"] == "sampling failed: boom" and streamed.text.endswith("[DONE]\n\n")
+
+        original_step = decoding.DecodeBatch.step
+        calls = {"n": 0}
+
+        def dies_once(self):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise MemoryError("worker killed")
+            return original_step(self)
+
+        monkeypatch.setattr(decoding.DecodeBatch, "step", dies_once)
+        died = post(url, {"model": "base", "messages": QUESTION, "max_tokens": 4})
+        assert died.status_code == 500 and "worker failed" in died.json()["error"]["message"]
+        health = httpx.get(f"{url}/health").json()
+        assert health["status"] == "ok" and health["worker_restarts"] == 1 and "worker killed" in health["last_error"]
+        assert post(url, {"model": "base", "messages": QUESTION, "max_tokens": 4}).status_code == 200
+
+
+def test_a_chat_template_that_refuses_the_roles_is_a_400(engine, url, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise ValueError("Conversation roles must alternate user/assistant/user/assistant/...")
+
+    monkeypatch.setattr(engine, "encode_chat", refuse)
+    response = post(url, {"model": "base", "messages": QUESTION})
+    assert response.status_code == 400 and "roles must alternate" in response.json()["error"]["message"]
+
+
+def test_64_clients_with_a_tenth_hostile(engine, url, caplog):
+    """A bounded stress test: 192 requests from 64 concurrent clients, every tenth hostile. Every good request is
+    answered with what it gets alone, health stays ok, memory returns to its level before the burst."""
+    prompts = [f"Question {i}: tell me about colour number {i}." for i in range(192)]
+    models = ["base", "fr", "de"]
+    truth = {i: alone(engine, models[i % 3], [{"role": "user", "content": p}], 12) for i, p in enumerate(prompts)}
+    abuses = [
+        lambda: post(url, {"model": "base", "messages": QUESTION, "temperature": 1e-300, "max_tokens": 12}),
+        lambda: post(url, {"model": "base", "messages": QUESTION, "seed": 2**64}),
+        lambda: post(url, {"model": "base", "messages": QUESTION, "stop": ["a"] * 5000}),
+        lambda: post(url, {"model": "base", "messages": [{"role": "user", "content": "word " * 900}]}),
+        lambda: post(url, {"model": "base", "messages": [{"role": "user", "content": "z" * 400_000}]}),
+        lambda: httpx.post(f"{url}/v1/chat/completions", content=b"{broken", headers=HEADERS),
+        lambda: _vanish_mid_stream(url),
+        lambda: _vanish_while_queued(url),
+    ]
+
+    def run(i):
+        if i % 10 == 9:
+            abuses[(i // 10) % len(abuses)]()
+            return i, None
+        response = post(url, {"model": models[i % 3], "messages": [{"role": "user", "content": prompts[i]}],
+                              "max_tokens": 12, "temperature": 0})
+        return i, response.json()["choices"][0]["message"]["content"]
+
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:  # warm-up burst: allocator pools settle
+        list(pool.map(run, range(64)))
+    gc.collect()
+    before = psutil.Process().memory_info().rss
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:
+        answers = dict(pool.map(run, range(len(prompts))))
+    assert {i: a for i, a in answers.items() if a is not None} == {i: truth[i] for i in answers if i % 10 != 9}
+    assert httpx.get(f"{url}/health").json()["status"] == "ok"
+    gc.collect()
+    grown = psutil.Process().memory_info().rss - before
+    assert grown < 64 * 2**20, f"memory grew by {grown / 2**20:.0f} MB after the burst"
+    assert "Traceback" not in caplog.text
+
+
+def _vanish_mid_stream(url):
+    with httpx.stream("POST", f"{url}/v1/chat/completions", headers=HEADERS, timeout=60, json={
+            "model": "fr", "messages": QUESTION, "max_tokens": 400, "stream": True, "stop": ["never"]}) as response:
+        next(line for line in response.iter_lines() if line.startswith("data: {"))
+
+
+def _vanish_while_queued(url):
+    _ignore_timeout(f"{url}/v1/chat/completions", {"model": "de", "messages": QUESTION, "max_tokens": 400,
+                                                   "stop": ["never"]}, 0.05, HEADERS)
