@@ -126,7 +126,7 @@ def mt_app(kind: str, seen: list):
     @app.post("/language/translate/v2")
     async def google(request: Request):
         body = await request.json()
-        if request.query_params.get("key") != "g-key" or body.get("format") != "text" or body.get("source") != "en":
+        if request.headers.get("x-goog-api-key") != "g-key" or body.get("format") != "text" or body.get("source") != "en":
             raise HTTPException(400, "bad request")
         if not 1 <= len(body["q"]) <= 128 or not isinstance(body["target"], str):
             raise HTTPException(400, "too many segments")
@@ -208,9 +208,10 @@ def test_batch_file_then_batch_results(tiny_server, tmp_path):
     assert outputs == {"Antwort 0", "Antwort 1", "Antwort 2"}
 
 
-def counting_app(inner, counter: dict, fault_share: float = 0.0):
+def counting_app(inner, counter: dict, fault_share: float = 0.0, hold_after: int | None = None):
     """`inner` behind a loopback proxy that counts chat requests and answers a share of them (seeded) with 429
-    (Retry-After), 500 or a dropped connection."""
+    (Retry-After), 500 or a dropped connection. Requests after the first `hold_after` wait while
+    counter["hold"] is true (a job frozen at a known point, to kill it there)."""
     import random
 
     import httpx
@@ -225,6 +226,8 @@ def counting_app(inner, counter: dict, fault_share: float = 0.0):
     async def forward(path: str, request: Request):
         if path == "chat/completions":
             counter["requests"] = counter.get("requests", 0) + 1
+            while hold_after is not None and counter["requests"] > hold_after and counter.get("hold"):
+                await asyncio.sleep(0.01)
             fault = rng.choice(["429", "500", "drop"]) if rng.random() < fault_share else "ok"
             if fault == "429":
                 return JSONResponse({"error": {"message": "slow down"}}, status_code=429,
@@ -266,24 +269,25 @@ def test_sigkill_mid_generate_then_resume_resends_only_what_was_in_flight(tiny_l
     rows = [{"id": f"q{i}", "instruction": f"Question numéro {i} ?"} for i in range(40)]
     source = write_jsonl(tmp_path / "fr.jsonl", rows)
     counter: dict = {}
-    with LiveServer(counting_app(create_app(Engine(str(tiny_llama))), counter)) as url:
+    with LiveServer(counting_app(create_app(Engine(str(tiny_llama))), counter, hold_after=12)) as url:
         reference = generate(DataGenerateConfig(input=str(source), model="base", base_url=f"{url}/v1", max_tokens=6,
                                                 output_dir=str(tmp_path / "reference")))
-        counter["requests"] = 0
+        counter.update(requests=0, hold=True)  # requests 13 and on wait: 12 answered, 4 in flight, then the kill
         out = tmp_path / "killed"
         command = [sys.executable, "-m", "bactrian", "data", "generate", "--input", str(source), "--model", "base",
                    "--base_url", f"{url}/v1", "--max_tokens", "6", "--concurrency", "4", "--output_dir", str(out)]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
-        while counter.get("requests", 0) < 12 and time.time() < deadline:
+        while counter.get("requests", 0) < 16 and time.time() < deadline:
             time.sleep(0.005)
         process.send_signal(signal.SIGKILL)
         process.wait()
+        counter["hold"] = False
         sent_before = counter["requests"]
         from bactrian.data.cache import RequestCache
 
         stored = len(RequestCache(out / "requests.sqlite").connection.execute("SELECT key FROM results").fetchall())
-        assert 0 < stored < 40
+        assert stored == 12 and sent_before == 16
         resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert counter["requests"] - sent_before == 40 - stored  # the rerun sent only what had no stored answer

@@ -133,9 +133,30 @@ def test_tally_wins_ties_losses_per_language_and_category(monkeypatch):
     answers = {(q["id"], model): "bonjour" if model == "fr" else "hello" for q in questions for model in ("base", "fr")}
     verdicts = [{"id": "q0", "scores": (8, 6)}, {"id": "q0", "scores": (6, 6)},  # base 7 vs 6: base wins
                 {"id": "q1", "scores": (5, 5)}, {"id": "q1", "scores": (5, 5)},  # tie
-                {"id": "q2", "scores": (2, 9)}, {"id": "q2", "scores": None},  # fr wins on one verdict
+                {"id": "q2", "scores": (2, 9)}, {"id": "q2", "scores": None},  # one order only: unjudged
                 {"id": "q3", "scores": None}, {"id": "q3", "scores": None}]  # unjudged
     report = judge_module.tally(questions, verdicts, answers, JudgeConfig(model_a="base", model_b="fr"))
-    assert report["outcome"]["language"]["fr"] == {"wins": 1, "ties": 1, "losses": 1, "unjudged": 1}
-    assert report["outcome"]["category"]["math"] == {"wins": 0, "ties": 0, "losses": 1, "unjudged": 1}
+    assert report["outcome"]["language"]["fr"] == {"wins": 1, "ties": 1, "losses": 0, "unjudged": 2}
+    assert report["outcome"]["category"]["math"] == {"wins": 0, "ties": 0, "losses": 0, "unjudged": 2}
     assert report["language_fidelity"]["fr"] == {"base": 0.0, "fr": 1.0}
+
+
+def test_a_refused_judge_key_stops_before_any_answer_is_made(tiny_llama, tmp_path):
+    from bactrian.errors import BactrianError
+
+    folder = needs_shared_data("chat-eval", "vicuna-80")
+    app = FastAPI()
+
+    @app.get("/v1/models")
+    async def models():
+        return JSONResponse({"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}},
+                            status_code=401)
+
+    with LiveServer(app) as url:
+        config = JudgeConfig(base_model=str(tiny_llama), questions_dir=str(folder), langs=["en"], questions_per_lang=1,
+                             model_b="base", judge_base_url=f"{url}/v1", judge_api_key="sk-wrong-key",
+                             output_dir=str(tmp_path / "judge"))
+        with pytest.raises(BactrianError, match="refused the API key") as refused:
+            judge(config)
+    assert "sk-wrong-key" not in str(refused.value)
+    assert not (tmp_path / "judge" / "answers.jsonl").exists() and not (tmp_path / "judge" / "judge.json").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,50 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """Flush every file below `folder` and the folders themselves to disk (before renaming it into place)."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(root)
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename or a new entry in `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_folder(staging: Path, target: Path) -> None:
+    """Put the finished folder `staging` at `target`. An existing target stays complete until the new one is in
+    place: it is moved aside first, then removed. Both must share a parent folder."""
+    fsync_tree(staging)
+    aside = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, aside)
+    os.replace(staging, target)
+    fsync_dir(target.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def remove_leftovers(target: Path) -> None:
+    """Staging and moved-aside folders of `target` that a killed run left behind."""
+    for leftover in target.parent.glob(f".{target.name}.*"):
+        if leftover.name.startswith((f".{target.name}.partial-", f".{target.name}.old-")):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def atomic_write_json(path: str | os.PathLike, value: Any) -> None:

@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,18 +72,57 @@ def retry_delay(exc: Exception, attempt: int, limits: Limits) -> float | None:
     import httpx
     import openai
 
-    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
+    status = _status(exc)
     transient = isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError, httpx.TransportError))
     if not transient and not (status == 429 or (status is not None and status >= 500)):
         return None
     headers = getattr(getattr(exc, "response", None), "headers", None) or {}
-    retry_after = headers.get("retry-after")
-    if retry_after:
-        try:
-            return min(float(retry_after), limits.max_delay)
-        except ValueError:
-            pass
+    waited = retry_after_seconds(headers.get("retry-after"), limits.max_delay)
+    if waited is not None:
+        return waited
     return min(limits.max_delay, limits.base_delay * 2 ** attempt) * (0.5 + random.random() / 2)
+
+
+def retry_after_seconds(value: str | None, most: float) -> float | None:
+    """A Retry-After header (seconds or an HTTP date) as seconds within [0, most]; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return min(max(seconds, 0.0), most) if math.isfinite(seconds) else None
+
+
+def _status(exc: Exception) -> int | None:
+    return getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
+
+
+def stops_the_job(exc: Exception) -> str | None:
+    """The endpoint's message when an error means no later request can succeed either (a refused key, a
+    permission denied, an exhausted quota): the job stops there instead of failing every row."""
+    status, body = _status(exc), _error_body(exc)
+    code = (body.get("code") or body.get("type")) if isinstance(body, dict) else None
+    if status in (401, 403) or code == "insufficient_quota":
+        message = body.get("message") if isinstance(body, dict) else None
+        return f"{status}: {message or exc}"
+    return None
+
+
+def _error_body(exc: Exception) -> dict[str, Any] | None:
+    """The error object an endpoint answered with (OpenAI's client keeps it; httpx has the response)."""
+    body = getattr(exc, "body", None)
+    if body is None and getattr(exc, "response", None) is not None:
+        try:
+            body = exc.response.json()
+        except (ValueError, AttributeError):
+            return None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return body["error"]
+    return body if isinstance(body, dict) else None
 
 
 @dataclass
@@ -91,6 +132,13 @@ class Requester:
     cache: RequestCache
     limits: Limits = field(default_factory=Limits)
     usage: Usage = field(default_factory=Usage)
+    secrets: list[str] = field(default_factory=list)  # API keys: never stored, logged or raised
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
     def __post_init__(self) -> None:
         self.slots = asyncio.Semaphore(self.limits.concurrency)
@@ -110,11 +158,16 @@ class Requester:
                     self.usage.requests_sent += 1
                     result = await send()
                 except Exception as exc:  # noqa: BLE001 - classified by retry_delay; others fail this request
+                    fatal = stops_the_job(exc)
+                    if fatal:
+                        raise EndpointError(f"The endpoint refused the job ({self.redact(fatal)}); finished "
+                                            "requests are kept and a rerun continues from there.") from None
                     delay = retry_delay(exc, attempt, self.limits)
                     if delay is None or attempt == self.limits.max_retries:
                         self.usage.failed += 1
-                        self.cache.fail(key, f"{type(exc).__name__}: {exc}")
-                        log.warning("request failed for good: %s", exc)
+                        message = self.redact(f"{type(exc).__name__}: {exc}")
+                        self.cache.fail(key, message)
+                        log.warning("request failed for good: %s", message)
                         return None
                     await asyncio.sleep(delay)
                     continue
@@ -128,7 +181,7 @@ class ChatClient(Requester):
                  timeout: float = 600.0):
         import openai
 
-        super().__init__(cache, limits or Limits())
+        super().__init__(cache, limits or Limits(), secrets=[api_key])
         self.base_url = base_url
         self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0,
                                          timeout=timeout)
@@ -144,9 +197,9 @@ class ChatClient(Requester):
         try:
             await self.client.models.list()
         except openai.AuthenticationError as exc:
-            raise EndpointError(f"{self.base_url} refused the API key ({exc}).") from exc
+            raise EndpointError(self.redact(f"{self.base_url} refused the API key ({exc}).")) from None
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-            raise EndpointError(f"{self.base_url} cannot be reached ({exc}).") from exc
+            raise EndpointError(self.redact(f"{self.base_url} cannot be reached ({exc}).")) from None
         except openai.APIStatusError:
             pass  # some servers have no /models; they answer, which is what matters here
 

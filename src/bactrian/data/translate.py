@@ -166,7 +166,7 @@ def _machine_translation(config: TranslateConfig, texts: dict, targets: list[str
         characters = sum(len(protected[key][0]) for key in protected)
         return {"requests": len(chunks), "characters": characters,
                 "estimated_cost": characters * config.price_per_1m_tokens / 1e6}
-    requester = Requester(request_cache(config), limits_of(config))
+    requester = Requester(request_cache(config), limits_of(config), secrets=[api_key])
     results = asyncio.run(_send_chunks(requester, base_url, api_key, google, codes, chunks, protected))
     translated: dict = {key: "" for key, text in texts.items() if not text}
     for (lang, keys), reply in zip(chunks, results):
@@ -184,7 +184,8 @@ async def _send_chunks(requester: Requester, base_url: str, api_key: str, google
         def sender(lang: str, segments: list[str]):
             async def send() -> dict[str, Any]:
                 if google:
-                    response = await http.post(f"{base_url}/language/translate/v2", params={"key": api_key},
+                    response = await http.post(f"{base_url}/language/translate/v2",
+                                               headers={"X-Goog-Api-Key": api_key},  # never in the URL
                                                json={"q": segments, "target": codes.get(lang, lang), "source": "en",
                                                      "format": "text"})
                     response.raise_for_status()

@@ -95,15 +95,15 @@ async def _verdicts(config: JudgeConfig, questions: list[dict], answers: dict, c
 
 
 def tally(questions: list[dict], verdicts: list[dict], answers: dict, config: JudgeConfig) -> dict[str, Any]:
-    by_question = defaultdict(list)
+    by_question = defaultdict(list)  # a pair counts as judged only when both orders were scored
     for verdict in verdicts:
         if verdict["scores"]:
             by_question[verdict["id"]].append(verdict["scores"])
     outcome: dict[str, dict[str, dict[str, int]]] = {"language": {}, "category": {}}
     fidelity: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     for question in questions:
-        scored = by_question.get(question["id"])
-        if scored:
+        scored = by_question.get(question["id"], [])
+        if len(scored) == 2:
             a = sum(s[0] for s in scored) / len(scored)
             b = sum(s[1] for s in scored) / len(scored)
             result = "wins" if a > b else "losses" if a < b else "ties"
@@ -147,6 +147,20 @@ def judge(config: JudgeConfig) -> dict[str, Any]:
     out = Path(config.output_dir)
     questions = load_questions(Path(config.questions_dir), languages.parse_langs(config.langs),
                                config.questions_per_lang)
+    cache = RequestCache(out / "judge-cache.sqlite")
+    try:
+        asyncio.run(_preflight(config, cache))  # a refused key or a dead endpoint stops us before any answer
+        answers = _answers(config, questions, out)
+        report = asyncio.run(_judge_all(config, questions, answers, cache))
+    finally:
+        cache.close()
+    atomic_write_json(out / "judge.json", report)
+    atomic_write_bytes(out / "judge.md", markdown(report).encode("utf-8"))
+    return report
+
+
+def _answers(config: JudgeConfig, questions: list[dict[str, Any]], out: Path) -> dict[tuple[str, str], str]:
+    """Both models' answer to every question (generated once, resumed like `generate`)."""
     write_jsonl_rows(out / "questions.jsonl", questions)
     engine = build_engine(config)
     for model in (config.model_a, config.model_b):
@@ -156,20 +170,26 @@ def judge(config: JudgeConfig) -> dict[str, Any]:
     generate_file(GenerateConfig(input_file=str(out / "questions.jsonl"), output_file=str(answers_file),
                                  adapter=[config.model_a, config.model_b], max_new_tokens=config.max_new_tokens),
                   engine)
-    answers = {(row["id"], row["model"]): row["output"] for row in map(json.loads, answers_file.open())}
-    cache = RequestCache(out / "judge-cache.sqlite")
-    report = asyncio.run(_judge_all(config, questions, answers, cache))
-    cache.close()
-    atomic_write_json(out / "judge.json", report)
-    atomic_write_bytes(out / "judge.md", markdown(report).encode("utf-8"))
-    return report
+    return {(row["id"], row["model"]): row["output"] for row in map(json.loads, answers_file.open())}
+
+
+def _judge_client(config: JudgeConfig, cache: RequestCache) -> ChatClient:
+    limits = Limits(concurrency=config.concurrency, requests_per_minute=config.requests_per_minute,
+                    tokens_per_minute=config.tokens_per_minute)
+    return ChatClient(config.judge_base_url, config.judge_api_key or os.environ.get("OPENAI_API_KEY", ""), cache,
+                      limits)
+
+
+async def _preflight(config: JudgeConfig, cache: RequestCache) -> None:
+    client = _judge_client(config, cache)
+    try:
+        await client.check()
+    finally:
+        await client.close()
 
 
 async def _judge_all(config: JudgeConfig, questions: list[dict], answers: dict, cache: RequestCache) -> dict:
-    limits = Limits(concurrency=config.concurrency, requests_per_minute=config.requests_per_minute,
-                    tokens_per_minute=config.tokens_per_minute)
-    client = ChatClient(config.judge_base_url, config.judge_api_key or os.environ.get("OPENAI_API_KEY", ""), cache,
-                        limits)
+    client = _judge_client(config, cache)
     try:
         verdicts = await _verdicts(config, questions, answers, client)
     finally:

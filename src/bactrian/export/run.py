@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from ..fileio import file_sha256
+from ..fileio import file_sha256, remove_leftovers, replace_folder
 from ..manifest import read_manifest, write_manifest
 from ..models import resolve
 from .config import ExportConfig
@@ -29,14 +29,14 @@ def export(config: ExportConfig) -> Path:
     source = resolve(config.base_model)
     base = BaseWeights(_local_folder(source.path))
     adapter = _load_adapter(config, base) if config.lora_weights else None
+    _refuse_overlap(out, config, source.path)
+    remove_leftovers(out)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     try:
         _write(config, base, adapter, staging, source.identity.get("gguf_file"))
         write_manifest(staging, "export", config, base_model={"spec": config.base_model, **source.identity},
                        adapter=_adapter_identity(adapter))
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        replace_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -46,11 +46,24 @@ def export(config: ExportConfig) -> Path:
 def _check_output(config: ExportConfig) -> Path:
     if not config.output_dir:
         raise ConfigError("--output_dir is required.")
-    out = Path(config.output_dir)
+    out = Path(config.output_dir).resolve()
+    if Path.cwd().is_relative_to(out):
+        raise ConfigError(f"--output_dir {config.output_dir} is (or contains) the working directory; name a new "
+                          "folder for the export.")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not config.overwrite:
         raise ConfigError(f"--output_dir {out} is not empty; pass --overwrite to replace it.")
     out.parent.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _refuse_overlap(out: Path, config: ExportConfig, base_path: str) -> None:
+    """An output folder that is, holds or sits inside an input would destroy that input when replaced."""
+    inputs = [Path(path).resolve() for path in (config.lora_weights, config.base_model, base_path)
+              if path and Path(path).exists()]
+    for path in inputs:
+        if out.is_relative_to(path) or path.is_relative_to(out):
+            raise ConfigError(f"--output_dir {config.output_dir} overlaps the input {path}; export into a folder "
+                              "of its own.")
 
 
 def _local_folder(path: str) -> Path:
