@@ -1,6 +1,7 @@
 """`bactrian data`: filters on real text, translate and generate against real servers on loopback, the build
 recipe producing a dataset that datasets.load_dataset and bactrian finetune read, resume from the cache."""
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -126,7 +127,8 @@ def mt_app(kind: str, seen: list):
     @app.post("/language/translate/v2")
     async def google(request: Request):
         body = await request.json()
-        if request.headers.get("x-goog-api-key") != "g-key" or body.get("format") != "text" or body.get("source") != "en":
+        key = request.headers.get("x-goog-api-key")
+        if key != "g-key" or request.query_params or body.get("format") != "text" or body.get("source") != "en":
             raise HTTPException(400, "bad request")
         if not 1 <= len(body["q"]) <= 128 or not isinstance(body["target"], str):
             raise HTTPException(400, "too many segments")

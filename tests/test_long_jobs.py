@@ -1,8 +1,8 @@
 """Long jobs that never mix runs, leak keys or lose the last good state (each test failed before its fix)."""
 
-import json
 import logging
 import time
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +131,177 @@ def test_export_replaces_an_existing_output_only_once_the_new_one_is_complete(ti
     run.export(config)
     assert not (out / "from-the-old-export.txt").exists() and (out / "model.safetensors").is_file()  # replaced
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_duplicate_ids_are_errors_naming_both_rows(tiny_llama, tmp_path):
+    from bactrian.data.generate import DataGenerateConfig, generate
+    from bactrian.eval.judge import load_questions
+    from bactrian.infer.config import GenerateConfig
+    from bactrian.infer.generate import generate_file
+
+    rows = [{"id": "a", "instruction": "One."}, {"id": "b", "instruction": "Two."}, {"id": "a", "instruction": "3."}]
+    source = write_jsonl(tmp_path / "en.jsonl", rows)
+    both_rows = rf"{source}: line 3: duplicate id 'a', already used at {source}: line 1"
+    with pytest.raises(BactrianError, match=both_rows):
+        translate(TranslateConfig(input=str(source), langs=["de"], engine="google", api_key="k",
+                                  output_dir=str(tmp_path / "t")))
+    with pytest.raises(BactrianError, match=both_rows):
+        generate(DataGenerateConfig(input=str(source), model="m", base_url="http://127.0.0.1:9/v1",
+                                    output_dir=str(tmp_path / "g")))
+    with pytest.raises(BactrianError, match=both_rows):
+        generate_file(GenerateConfig(base_model=str(tiny_llama), input_file=str(source),
+                                     output_file=str(tmp_path / "o.jsonl")))
+    questions = tmp_path / "questions"
+    questions.mkdir()
+    write_jsonl(questions / "questions_German.jsonl", [{"question_id": 1, "text": "Hallo?"},
+                                                        {"question_id": 1, "text": "Wie?"}])
+    with pytest.raises(BactrianError, match="questions_German.jsonl: line 2: duplicate id 'de-1'"):
+        load_questions(questions, [], 16)
+    other = write_jsonl(tmp_path / "de.jsonl", [{"id": "a", "instruction": "Eins."}])
+    folder = tmp_path / "both"
+    folder.mkdir()
+    for file in (source, other):
+        (folder / file.name).write_bytes(file.read_bytes()[: file.read_bytes().index(b"\n") + 1])
+    from bactrian.records import read_rows
+
+    assert len(read_rows(str(folder))) == 2  # one id in two languages: a row and its translation
+
+
+ANSWERS = {"de": ["Die Hauptstadt von Frankreich ist Paris, eine große und schöne Stadt an der Seine.",
+                  "Paris ist die Hauptstadt Frankreichs und hat viele berühmte Museen und Kirchen.",
+                  "Frankreichs Regierung sitzt in Paris, wo auch der Präsident seinen Amtssitz hat."],
+           "fr": ["La capitale de la France est Paris, une grande et belle ville au bord de la Seine.",
+                  "Paris est la capitale du pays et compte de nombreux musées et églises célèbres.",
+                  "Le gouvernement français siège à Paris, où le président a aussi sa résidence."]}
+
+
+def teacher_app():
+    """An OpenAI-compatible teacher on loopback that answers in the language of the (fake) translation."""
+    from fastapi import FastAPI, Request
+
+    app = FastAPI()
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": "teacher", "object": "model"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        text = body["messages"][-1]["content"]
+        answer = ANSWERS["fr" if "<fr>" in text else "de"][int(text.rsplit("(", 1)[1][0])]
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 20, "total_tokens": 25}}
+
+    return app
+
+
+def test_a_dataset_holds_exactly_what_the_current_recipe_produced(tmp_path):
+    from bactrian.data.pipeline import build
+
+    write_jsonl(tmp_path / "en.jsonl", [{"id": f"q{i}", "instruction": f"What is the capital of France? ({i})"}
+                                        for i in range(3)])
+    out = tmp_path / "dataset"
+    with LiveServer(flaky_google([])) as google, LiveServer(teacher_app()) as teacher:
+        def run(langs, min_chars=1):
+            recipe = tmp_path / "recipe.yaml"
+            recipe.write_text(f"input: {tmp_path / 'en.jsonl'}\noutput_dir: {out}\nlangs: [{', '.join(langs)}]\n"
+                              f"translate:\n  engine: google\n  base_url: {google}\n  api_key: {SECRET}\n"
+                              f"generate:\n  model: teacher\n  base_url: {teacher}/v1\n"
+                              f"filter:\n  min_chars: {min_chars}\n")
+            return build(str(recipe))
+
+        assert run(["de", "fr"])["rows"] == {"de": 3, "fr": 3}
+        assert sorted(p.name for p in out.glob("*.parquet")) == ["de.parquet", "fr.parquet"]
+        assert run(["de"])["rows"] == {"de": 3}
+        assert sorted(p.name for p in out.glob("*.parquet")) == ["de.parquet"]
+        for stage in ("translated", "generated", "filtered"):
+            assert sorted(p.name for p in (out / "stages" / stage).glob("*.jsonl")) == ["de.jsonl"], stage
+        assert "- fr" not in (out / "README.md").read_text()
+        assert run(["de", "fr"], min_chars=10_000)["rows"] == {}  # a stricter filter empties every language
+        assert list(out.glob("*.parquet")) == [] and list((out / "stages" / "filtered").glob("*.jsonl")) == []
+    assert [p.name for p in out.rglob(".*")] == []  # no staging leftovers
+
+
+def finetune_config(model, data, out, **overrides):
+    from bactrian.train.config import FinetuneConfig
+
+    settings = dict(base_model=str(model), data_path=[str(data)], output_dir=str(out), batch_size=4,
+                    micro_batch_size=2, max_steps=4, val_set_size=0, warmup_steps=1, save_steps=2, save_total_limit=2,
+                    learning_rate=1e-2, lora_dropout=0.0)
+    settings.update(overrides)
+    return FinetuneConfig(**settings)
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_impossible_checkpoint_limits_are_errors(tiny_llama, lang_folder, tmp_path, limit):
+    from bactrian.train.trainer import finetune
+
+    with pytest.raises(BactrianError, match=f"--save_total_limit {limit}: keep at least 1"):
+        finetune(finetune_config(tiny_llama, lang_folder, tmp_path / "out", save_total_limit=limit))
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoints_of_another_run_are_never_resumed_or_pruned(tiny_llama, lang_folder, tmp_path):
+    from bactrian.train.trainer import finetune
+
+    out = tmp_path / "out"
+    finetune(finetune_config(tiny_llama, lang_folder, out, max_steps=6))  # leaves checkpoint-2 and -4
+    kept = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert kept == ["checkpoint-2", "checkpoint-4"]
+    with pytest.raises(BactrianError, match=r"checkpoint-2 belongs to another run \(learning_rate: 0.01 -> 0.02"):
+        finetune(finetune_config(tiny_llama, lang_folder, out, max_steps=6, learning_rate=2e-2))
+    with pytest.raises(BactrianError, match="lang: \\[\\] -> \\['de'\\].*max_steps: 6 -> 8"):
+        finetune(finetune_config(tiny_llama, lang_folder, out, max_steps=8, lang=["de"],
+                                 resume_from_checkpoint="auto"))
+    (lang_folder / "fr.jsonl").write_text((lang_folder / "fr.jsonl").read_text().replace("chaud", "froid"))
+    with pytest.raises(BactrianError, match=r"data file .*fr.jsonl changed"):
+        finetune(finetune_config(tiny_llama, lang_folder, out, max_steps=6, resume_from_checkpoint="auto"))
+    with pytest.raises(BactrianError, match=r"a checkpoint of another run \(data file .*fr.jsonl changed"):
+        finetune(finetune_config(tiny_llama, lang_folder, tmp_path / "elsewhere", max_steps=6,
+                                 resume_from_checkpoint=str(out / "checkpoint-4")))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == kept  # nothing pruned
+
+
+def test_per_language_reruns_retrain_what_changed(tiny_llama, lang_folder, tmp_path, caplog):
+    from bactrian.train.trainer import finetune
+
+    out = tmp_path / "adapters"
+    config = finetune_config(tiny_llama, lang_folder, out, per_language=True, lang=["de", "fr"], save_steps=0)
+    first = finetune(config)["languages"]
+    caplog.set_level(logging.INFO)
+    (lang_folder / "fr.jsonl").write_text((lang_folder / "fr.jsonl").read_text().replace("chaud", "froid"))
+    second = finetune(config)["languages"]
+    assert second["de"] == first["de"] and "already trained with these settings and data, skipped" in caplog.text
+    assert "fr: trained by another run (data file" in caplog.text.replace(str(out) + "/", "")
+    third = finetune(finetune_config(tiny_llama, lang_folder, out, per_language=True, lang=["de", "fr"],
+                                     save_steps=0, max_steps=5))["languages"]
+    assert third["de"]["steps"] == third["fr"]["steps"] == 5
+    with pytest.raises(BactrianError, match="--per_language resumes each language"):
+        finetune(finetune_config(tiny_llama, lang_folder, out, per_language=True,
+                                 resume_from_checkpoint=str(out / "de")))
+
+
+def test_checkpoints_are_flushed_before_they_are_renamed_and_leftovers_are_cleaned(tiny_llama, lang_folder, tmp_path,
+                                                                                  monkeypatch):
+    import os
+
+    from bactrian.train import trainer
+
+    out = tmp_path / "out"
+    (out / ".checkpoint-7.partial").mkdir(parents=True)  # what a run killed mid-save leaves
+    (out / ".adapter.partial").mkdir()
+    events = []
+    real_fsync, real_rename = os.fsync, Path.rename
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))
+    monkeypatch.setattr(Path, "rename", lambda self, target: events.append(("rename", str(self))) or
+                        real_rename(self, target))
+    trainer.finetune(finetune_config(tiny_llama, lang_folder, out, max_steps=4, save_steps=2))
+    staging = str(out / ".checkpoint-2.partial")
+    renamed = events.index(("rename", staging))
+    flushed = {path for kind, path in events[:renamed] if kind == "fsync" and path.startswith(staging)}
+    saved = {str(staging + "/" + p.name) for p in (out / "checkpoint-2").iterdir()}
+    assert saved <= flushed and staging in flushed  # every file, and the folder itself
+    assert not (out / ".checkpoint-7.partial").exists() and not (out / ".adapter.partial").exists()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
+
+from .fileio import atomic_write_with
 
 
 def figure_and_axes(width: float, height: float = 4) -> tuple[Any, Any]:
@@ -20,7 +21,5 @@ def save_png(figure: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure.tight_layout()
-    partial = path.with_suffix(".partial.png")
-    figure.savefig(partial, dpi=110)
+    atomic_write_with(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
     plt.close(figure)
-    os.replace(partial, path)

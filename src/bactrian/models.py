@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .errors import ModelError
-from .fileio import file_sha256
+from .fileio import file_sha256, fsync_tree
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ def _convert_gguf(gguf_path: Path, folder: Path) -> None:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        fsync_tree(staging)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(staging, folder)
     except BaseException:

@@ -281,11 +281,24 @@ class Instruction:
     input: str
 
 
+def check_unique_ids(keys: Iterable[tuple[Any, str]]) -> None:
+    """Work is keyed by row id: two rows with one id would get each other's results. `keys` are (key, where), the
+    key an id or a tuple ending with one (e.g. (lang, id))."""
+    seen: dict[Any, str] = {}
+    for key, where in keys:
+        if key in seen:
+            shown = key[-1] if isinstance(key, tuple) else key
+            raise DataError(f"{where}: duplicate id {shown!r}, already used at {seen[key]}; give every row its own "
+                            "id.")
+        seen[key] = where
+
+
 def read_instructions(path: Path) -> list[Instruction]:
     """Rows of a JSON, JSONL or Parquet file to generate answers for; errors name the file, line and field."""
     if not path.is_file():
         raise DataError(f"{path}: no such file.")
     rows: list[Instruction] = []
+    places: list[tuple[str, str]] = []
     for index, where, row in _raw_rows(path):
         if not isinstance(row, dict):
             raise DataError(f"{path}: {where}: expected an object with an instruction, found {type(row).__name__}.")
@@ -296,6 +309,8 @@ def read_instructions(path: Path) -> list[Instruction]:
         rows.append(Instruction(str(row.get("id") or f"{path.stem}-{index}"),
                                 languages.get(str(lang)).code if lang else None, instruction,
                                 _text_field(row, "input", path, where, required=False)))
+        places.append((rows[-1].id, f"{path}: {where}"))
+    check_unique_ids(places)
     return rows
 
 
@@ -308,7 +323,7 @@ def read_rows(path: str) -> list[dict[str, Any]]:
         if local.is_dir() else [local]
     if not files or not all(file.is_file() for file in files):
         raise DataError(f"{path}: no .json, .jsonl or .parquet data here.")
-    rows = []
+    rows, places = [], []
     for file in files:
         stem_lang = languages.get(file.stem).code if languages.is_known(file.stem) else None
         for index, where, row in _raw_rows(file):
@@ -322,4 +337,6 @@ def read_rows(path: str) -> list[dict[str, Any]]:
                                 "after its language or add a 'lang' field.")
             rows.append({**row, "id": str(row.get("id") or f"{file.stem}-{index}"),
                          "lang": languages.get(str(lang)).code, "input": row.get("input") or ""})
+            places.append(((rows[-1]["lang"], rows[-1]["id"]), f"{file}: {where}"))
+    check_unique_ids(places)  # per language: a translated row keeps its source's id
     return rows

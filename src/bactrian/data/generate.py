@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import languages
-from ..records import read_rows
 from ..train.config import option
-from .jobs import EndpointConfig, make_client, run_chats, write_by_language
+from .jobs import EndpointConfig, make_client, read_job_input, run_chats, write_by_language
 
 
 @dataclass
@@ -32,7 +31,7 @@ def answer_messages(row: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def generate(config: DataGenerateConfig) -> dict[str, Any]:
-    rows = read_rows(config.input)
+    rows = read_job_input(config.input, config.output_dir)
     conversations = [answer_messages(row) for row in rows]
     if config.engine == "hf":
         from .jobs import request_cache

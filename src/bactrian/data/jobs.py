@@ -16,8 +16,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .. import languages
 from ..errors import ConfigError
 from ..fileio import atomic_write_bytes
+from ..records import read_rows
 from ..train.config import option
 from .cache import RequestCache
 from .client import ChatClient, Limits
@@ -113,6 +115,17 @@ async def run_all(jobs: list[Callable[[], Awaitable[Any]]], description: str) ->
         bar.close()
 
 
+def read_job_input(input: str, output_dir: str) -> list[dict[str, Any]]:
+    """The rows of a job's input, once its output folder is known to be apart from it (the output folder is
+    rewritten to hold exactly the job's languages)."""
+    if output_dir and Path(input).exists():
+        source = Path(input).resolve()
+        folder = source if source.is_dir() else source.parent
+        if Path(output_dir).resolve() == folder:
+            raise ConfigError(f"--output_dir {output_dir} is the folder of --input {input}; write elsewhere.")
+    return read_rows(input)
+
+
 def write_by_language(folder: Path, rows: list[dict[str, Any]]) -> dict[str, int]:
     by_lang: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -120,4 +133,16 @@ def write_by_language(folder: Path, rows: list[dict[str, Any]]) -> dict[str, int
     for lang, lang_rows in by_lang.items():
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in lang_rows)
         atomic_write_bytes(folder / f"{lang}.jsonl", text.encode("utf-8"))
+    remove_other_languages(folder, set(by_lang), ".jsonl")
     return {lang: len(lang_rows) for lang, lang_rows in sorted(by_lang.items())}
+
+
+def remove_other_languages(folder: Path, kept: set[str], suffix: str) -> None:
+    """An output folder holds exactly this run's languages: files of others (an earlier run with other --langs,
+    a language a stricter filter emptied) and leftovers of a killed write go, so no later step reads them."""
+    for path in folder.glob(f"*{suffix}"):
+        if languages.is_known(path.stem) and path.stem not in kept:
+            log.info("%s: removing %s, which this run did not produce.", folder, path.name)
+            path.unlink()
+    for leftover in folder.glob(f".*{suffix}.*"):
+        leftover.unlink(missing_ok=True)

@@ -13,12 +13,12 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from ..fileio import atomic_write_bytes, atomic_write_json
+from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_with
 from ..records import read_rows
 from ..train.config import option
 from .filters import FilterSettings, filter_rows, report, report_markdown
 from .generate import DataGenerateConfig, generate
-from .jobs import write_by_language
+from .jobs import read_job_input, remove_other_languages, write_by_language
 from .translate import TranslateConfig, translate
 
 DATASET_COLUMNS = ("id", "lang", "instruction", "input", "output")
@@ -35,7 +35,7 @@ class FilterConfig:
 
 
 def filter_dataset(config: FilterConfig) -> dict[str, Any]:
-    rows = read_rows(config.input)
+    rows = read_job_input(config.input, config.output_dir)
     settings = FilterSettings(config.min_chars, config.max_chars, config.near_duplicate_threshold)
     reasons = filter_rows(rows, settings)
     kept = [row if config.drop else {**row, "filter_reasons": why} for row, why in zip(rows, reasons)
@@ -69,7 +69,8 @@ def build(recipe_path: str) -> dict[str, Any]:
                                           output_dir=str(stages / "generated")))
     summary = filter_dataset(_stage(FilterConfig, recipe.get("filter", {}), input=str(stages / "generated"),
                                     output_dir=str(stages / "filtered"), drop=True))
-    counts = write_parquet(read_rows(str(stages / "filtered")), out)
+    kept = read_rows(str(stages / "filtered")) if any(entry["kept"] for entry in summary.values()) else []
+    counts = write_parquet(kept, out)
     write_card(out, recipe, counts, summary)
     return {"rows": counts, "filter": summary, **results}
 
@@ -102,10 +103,9 @@ def write_parquet(rows: list[dict[str, Any]], out: Path) -> dict[str, int]:
         lang_rows = [row for row in rows if row["lang"] == lang]
         extra = sorted({key for row in lang_rows for key in row} - set(DATASET_COLUMNS) - {"filter_reasons"})
         columns = {key: [_text(row.get(key)) for row in lang_rows] for key in (*DATASET_COLUMNS, *extra)}
-        tmp = out / f".{lang}.parquet.partial"
-        pq.write_table(pa.table(columns), tmp)
-        tmp.replace(out / f"{lang}.parquet")
+        atomic_write_with(out / f"{lang}.parquet", lambda tmp, table=pa.table(columns): pq.write_table(table, tmp))
         counts[lang] = len(lang_rows)
+    remove_other_languages(out, set(counts), ".parquet")
     return counts
 
 

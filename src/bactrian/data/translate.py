@@ -15,11 +15,19 @@ from typing import Any
 
 from .. import languages
 from ..errors import ConfigError
-from ..records import read_rows
 from ..train.config import option
 from .cache import request_key
 from .client import Requester
-from .jobs import EndpointConfig, limits_of, make_client, request_cache, run_all, run_chats, write_by_language
+from .jobs import (
+    EndpointConfig,
+    limits_of,
+    make_client,
+    read_job_input,
+    request_cache,
+    run_all,
+    run_chats,
+    write_by_language,
+)
 
 PROTECTED = re.compile(r"```.*?```|`[^`\n]+`|https?://\S+|\{\{[^}]*\}\}", re.DOTALL)
 CODE_KEYWORDS = re.compile(r"\b(code|program|programming|function|python|java|javascript|c\+\+|sql|html|css|"
@@ -80,7 +88,7 @@ def is_code_instruction(row: dict[str, Any]) -> bool:
 
 
 def translate(config: TranslateConfig) -> dict[str, Any]:
-    rows = read_rows(config.input)
+    rows = read_job_input(config.input, config.output_dir)
     targets = [lang for lang in languages.parse_langs(config.langs) if lang != "en"]
     if not targets:
         raise ConfigError("--langs: no target language besides English.")

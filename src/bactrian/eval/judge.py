@@ -22,7 +22,7 @@ from ..infer.config import GenerateConfig, JudgeConfig
 from ..infer.engine import build_engine
 from ..infer.generate import generate_file
 from ..langid import detect_language
-from ..records import write_jsonl_rows
+from ..records import check_unique_ids, write_jsonl_rows
 
 SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 VERDICT = (
@@ -43,7 +43,7 @@ FILE_LANGUAGES = {"Deutsch": "de"}  # Vicuna-80 translations name most files in 
 def load_questions(folder: Path, langs: list[str], per_lang: int) -> list[dict[str, Any]]:
     if not folder.is_dir():
         raise ConfigError(f"--questions_dir {folder}: not a folder.")
-    questions = []
+    questions, places = [], []
     for path in sorted(folder.glob("questions_*.jsonl")):
         name = path.stem.removeprefix("questions_")
         lang = FILE_LANGUAGES.get(name) or (languages.get(name).code if languages.is_known(name) else None)
@@ -54,10 +54,12 @@ def load_questions(folder: Path, langs: list[str], per_lang: int) -> list[dict[s
                 row = json.loads(line)
                 questions.append({"id": f"{lang}-{row['question_id']}", "lang": lang, "instruction": row["text"],
                                   "category": row.get("category", "")})
+                places.append((questions[-1]["id"], f"{path}: line {number}"))
             except (json.JSONDecodeError, KeyError) as exc:
                 raise DataError(f"{path}: line {number}: not a question row ({exc}).") from exc
     if not questions:
         raise DataError(f"{folder}: no questions_<Language>.jsonl files for {langs or 'any language'}.")
+    check_unique_ids(places)
     return questions
 
 

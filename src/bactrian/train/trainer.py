@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from .. import languages
 from ..errors import ConfigError
-from ..fileio import atomic_write_json
-from ..manifest import fingerprint_inputs, write_manifest
+from ..fileio import atomic_write_json, fsync_dir, fsync_tree
+from ..manifest import fingerprint_inputs, read_manifest, write_manifest
 from ..models import LoadedModel, load_model
 from ..prompts import PromptTemplate, load_template
 from ..records import load_records
@@ -40,10 +40,11 @@ log = logging.getLogger(__name__)
 ADAPTER_FILE = "adapter_model.safetensors"
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
-# Settings a resumed run must share with the interrupted one to continue it exactly.
-RESUME_KEYS = ("base_model", "batch_size", "learning_rate", "cutoff_len", "val_set_size", "lora_r", "lora_alpha",
-               "lora_target_modules", "train_on_inputs", "seed", "packing", "lang_temperature", "warmup_steps",
-               "prompt_template_name")
+# Settings a resumed run must share with the interrupted one to continue it exactly: with the data files'
+# hashes, they identify a run. Checkpoints of another run are never resumed or pruned.
+RUN_KEYS = ("base_model", "lang", "batch_size", "learning_rate", "cutoff_len", "val_set_size", "lora_r",
+            "lora_alpha", "lora_target_modules", "train_on_inputs", "seed", "packing", "lang_temperature",
+            "warmup_steps", "prompt_template_name", "max_steps", "num_epochs")
 
 
 @dataclass
@@ -66,6 +67,62 @@ def validate(config: FinetuneConfig, world_size: int) -> None:
         raise ConfigError("--data_path is required (a file, a folder or a hub dataset id).")
     if config.cutoff_len < 2:
         raise ConfigError("--cutoff_len must be at least 2.")
+    if config.save_total_limit < 1:
+        raise ConfigError(f"--save_total_limit {config.save_total_limit}: keep at least 1 checkpoint (it is the one a "
+                          "resumed run continues from); --save_steps 0 saves none.")
+
+
+def run_identity(config: FinetuneConfig) -> dict[str, Any]:
+    """What makes two runs the same run: the settings of RUN_KEYS and the hash of every data file it reads."""
+    settings = {key: getattr(config, key) for key in RUN_KEYS}
+    settings["lang"] = languages.parse_langs(config.lang)
+    data = [entry for entry in fingerprint_inputs(config.data_path) if _read_for(entry, settings["lang"])]
+    return {"settings": json.loads(json.dumps(settings)), "data": data}
+
+
+def _read_for(entry: dict[str, str], langs: list[str]) -> bool:
+    """Whether a data file matters to a run on `langs`: a file named after another language does not."""
+    stem = Path(entry.get("path", "")).stem
+    return not (langs and languages.is_known(stem) and languages.get(stem).code not in langs)
+
+
+def identity_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between two run identities, in words ([] when they are the same run)."""
+    old, new = saved.get("settings", {}), current["settings"]
+    changes = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in new if old.get(key) != new.get(key)]
+    before = {entry.get("path", entry.get("hub_id")): entry.get("sha256") for entry in saved.get("data", [])}
+    after = {entry.get("path", entry.get("hub_id")): entry.get("sha256") for entry in current["data"]}
+    for path in sorted(before.keys() | after.keys()):
+        if path not in after:
+            changes.append(f"data file {path} is no longer read")
+        elif path not in before:
+            changes.append(f"data file {path} is new")
+        elif before[path] != after[path]:
+            changes.append(f"data file {path} changed")
+    return changes
+
+
+def check_output_dir(output_dir: Path, identity: dict[str, Any]) -> None:
+    """Refuse an output folder holding checkpoints of another run: this run would resume or prune them."""
+    for folder in sorted(list_checkpoints(output_dir), key=_checkpoint_step):
+        saved = _saved_identity(folder)
+        differences = identity_differences(saved, identity) if saved else []
+        if differences:
+            raise ConfigError(f"{folder} belongs to another run ({'; '.join(differences)}). Use another "
+                              "--output_dir, or remove its checkpoints to start this run there.")
+
+
+def remove_partials(output_dir: Path) -> None:
+    """Staging folders a killed run left behind (a checkpoint or the adapter being written)."""
+    for leftover in [*output_dir.glob(".checkpoint-*.partial"), output_dir / ".adapter.partial"]:
+        if leftover.is_dir():
+            log.info("Removing %s, left by an interrupted run.", leftover)
+            shutil.rmtree(leftover)
+
+
+def _saved_identity(folder: Path) -> dict[str, Any] | None:
+    state = folder / STATE_FILE
+    return json.loads(state.read_text()).get("run") if state.is_file() else None
 
 
 def check_target_modules(model: torch.nn.Module, targets: list[str]) -> None:
@@ -111,6 +168,7 @@ class Trainer:
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, config.warmup_steps, self.steps)
         self.state = TrainState()
         self.writer = None
+        self.identity = run_identity(config)
 
     # -- the loop ---------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -252,9 +310,12 @@ class Trainer:
             self.model.save_pretrained(staging)
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
                        staging / OPTIMIZER_FILE)
-            atomic_write_json(staging / STATE_FILE, {**asdict(self.state), "config": asdict(self.config)})
+            atomic_write_json(staging / STATE_FILE, {**asdict(self.state), "config": asdict(self.config),
+                                                     "run": self.identity})
+            fsync_tree(staging)
             shutil.rmtree(final, ignore_errors=True)
             staging.rename(final)
+            fsync_dir(self.output_dir)
             self._prune_checkpoints()
         self.context.barrier()
         return final
@@ -275,7 +336,10 @@ class Trainer:
                         "these weights, with a fresh optimizer and schedule.", folder)
             return
         saved = json.loads((folder / STATE_FILE).read_text())
-        _warn_on_changed_settings(saved.get("config", {}), asdict(self.config), folder)
+        differences = identity_differences(saved["run"], self.identity) if saved.get("run") else []
+        if differences:
+            raise ConfigError(f"--resume_from_checkpoint {folder}: a checkpoint of another run "
+                              f"({'; '.join(differences)}); resuming it would not continue this run.")
         states = torch.load(folder / OPTIMIZER_FILE, weights_only=True)
         self.optimizer.load_state_dict(states["optimizer"])
         self.scheduler.load_state_dict(states["scheduler"])
@@ -284,13 +348,6 @@ class Trainer:
         if rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=True))
         log.info("Resumed from %s at step %d of %d.", folder, self.state.step, self.steps)
-
-
-def _warn_on_changed_settings(saved: dict[str, Any], current: dict[str, Any], folder: Path) -> None:
-    changed = [key for key in RESUME_KEYS if key in saved and saved[key] != current.get(key)]
-    if changed:
-        log.warning("Resuming from %s with changed settings (%s): the run will not match an uninterrupted one.",
-                    folder, ", ".join(f"{key}: {saved[key]} -> {current[key]}" for key in changed))
 
 
 def rng_state() -> dict[str, Any]:
@@ -358,6 +415,9 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     train, val = prepare_examples(config, loaded.tokenizer, template)
     model = attach_lora(loaded, config)
     trainer = Trainer(config, context, model, loaded.tokenizer, train, val)
+    check_output_dir(trainer.output_dir, trainer.identity)
+    if context.is_main:
+        remove_partials(trainer.output_dir)
     if config.resume_from_checkpoint:
         trainer.resume(config.resume_from_checkpoint)
     if context.is_main:
@@ -382,6 +442,7 @@ def save_adapter(trainer: Trainer, loaded: LoadedModel, template: PromptTemplate
     if len(saved) != expected or not saved:  # the original's 443-byte empty adapters
         raise ConfigError(f"{staging / ADAPTER_FILE}: saved {len(saved)} tensors, expected {expected}.")
     loaded.tokenizer.save_pretrained(staging)
+    fsync_tree(staging)
     for path in staging.iterdir():  # whole files move into place; none is ever half-written
         path.replace(output_dir / path.name)
     staging.rmdir()
@@ -391,29 +452,53 @@ def save_adapter(trainer: Trainer, loaded: LoadedModel, template: PromptTemplate
     write_model_card(output_dir, config, langs, examples, metrics)
     write_manifest(output_dir, "adapter", config,  # written last: its presence marks a finished adapter
                    base_model={"spec": config.base_model, **loaded.source.identity},
-                   template=template.to_dict(), languages=langs, data=fingerprint_inputs(config.data_path),
-                   examples=examples, metrics=metrics)
+                   template=template.to_dict(), languages=langs, data=trainer.identity["data"],
+                   run=trainer.identity, examples=examples, metrics=metrics)
 
 
 def finetune_per_language(config: FinetuneConfig) -> dict[str, Any]:
     """One adapter per language into OUTPUT_DIR/<lang>/. Finished languages (with a manifest) are skipped and
     an interrupted one resumes from its last checkpoint, so rerunning the same command continues the set."""
+    if config.resume_from_checkpoint not in (None, "auto"):
+        raise ConfigError("--per_language resumes each language from its own checkpoints (auto); a single "
+                          f"--resume_from_checkpoint {config.resume_from_checkpoint} cannot serve every language.")
     langs = languages.parse_langs(config.lang) or sorted({r.lang for r in load_records(config.data_path)})
     root = Path(config.output_dir)
     results: dict[str, Any] = {}
     for lang in langs:
         folder = root / lang
-        manifest = folder / "bactrian.json"
-        if manifest.is_file():
-            log.info("%s: already trained, skipped.", folder)
-            results[lang] = json.loads(manifest.read_text())["metrics"]
+        one = dataclasses.replace(config, lang=[lang], output_dir=str(folder), per_language=False,
+                                  resume_from_checkpoint=config.resume_from_checkpoint or "auto")
+        finished = _finished_run(folder, run_identity(one))
+        if finished is not None:
+            log.info("%s: already trained with these settings and data, skipped.", folder)
+            results[lang] = finished
             continue
-        results[lang] = finetune(dataclasses.replace(config, lang=[lang], output_dir=str(folder), per_language=False,
-                                                     resume_from_checkpoint="auto"))
+        results[lang] = finetune(one)
     if DistributedContext.from_env().is_main:
         atomic_write_json(root / "summary.json", {"languages": results})
         print(summary_table(results))
     return {"languages": results}
+
+
+def _finished_run(folder: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The metrics of the adapter in `folder` if it was trained by this very run; a folder left by another run
+    (other settings or data) is cleared, saying what differs, so the language is trained again."""
+    manifest = read_manifest(folder)
+    if manifest is not None and "run" not in manifest:
+        log.info("%s: trained by an earlier bactrian that recorded no run identity; kept as it is.", folder)
+        return manifest["metrics"]
+    checkpoints = list_checkpoints(folder)
+    saved = (manifest or {}).get("run") or (_saved_identity(max(checkpoints, key=_checkpoint_step))
+                                            if checkpoints else None)
+    if saved is None:
+        return None
+    differences = identity_differences(saved, identity)
+    if differences:
+        log.warning("%s: trained by another run (%s); training it again.", folder, "; ".join(differences))
+        shutil.rmtree(folder)
+        return None
+    return manifest["metrics"] if manifest else None
 
 
 def summary_table(results: dict[str, Any]) -> str:
