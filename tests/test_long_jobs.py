@@ -1,5 +1,6 @@
 """Long jobs that never mix runs, leak keys or lose the last good state (each test failed before its fix)."""
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -305,3 +306,11 @@ def test_checkpoints_are_flushed_before_they_are_renamed_and_leftovers_are_clean
     saved = {str(staging + "/" + p.name) for p in (out / "checkpoint-2").iterdir()}
     assert saved <= flushed and staging in flushed  # every file, and the folder itself
     assert not (out / ".checkpoint-7.partial").exists() and not (out / ".adapter.partial").exists()
+
+
+def test_manifests_mask_secret_options(tmp_path):
+    from bactrian.manifest import write_manifest
+
+    write_manifest(tmp_path, "report", {"judge_api_key": "sk-live-123", "upstream_api_key": "", "model": "m"})
+    manifest = json.loads((tmp_path / "bactrian.json").read_text())
+    assert manifest["config"] == {"judge_api_key": "***", "upstream_api_key": "", "model": "m"}

@@ -263,3 +263,15 @@ def _vanish_mid_stream(url):
 def _vanish_while_queued(url):
     _ignore_timeout(f"{url}/v1/chat/completions", {"model": "de", "messages": QUESTION, "max_tokens": 400,
                                                    "stop": ["never"]}, 0.05, HEADERS)
+
+
+def test_an_unforeseen_failure_is_a_500_in_openai_format_without_a_traceback(engine, url, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(engine, "resolve_adapter", broken)
+    response = post(url, {"model": "base", "messages": QUESTION})
+    assert response.status_code == 500
+    assert response.json()["error"] == {"message": "The server failed on this request (RuntimeError).",
+                                         "type": "server_error", "param": None, "code": None}
+    assert "Traceback" not in caplog.text

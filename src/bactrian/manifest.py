@@ -29,8 +29,18 @@ def fingerprint_inputs(paths: list[str]) -> list[dict[str, str]]:
     return entries
 
 
-def write_manifest(folder: Path, kind: str, config: Any, **sections: Any) -> None:
+SECRET_OPTIONS = ("api_key", "token", "secret", "password")
+
+
+def public_config(config: Any) -> dict[str, Any]:
+    """A config as a dict, with every secret option (API keys, tokens) masked: safe to write anywhere."""
     config_dict = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    return {key: "***" if value and any(word in key for word in SECRET_OPTIONS) else value
+            for key, value in config_dict.items()}
+
+
+def write_manifest(folder: Path, kind: str, config: Any, **sections: Any) -> None:
+    config_dict = public_config(config)
     atomic_write_json(folder / MANIFEST, {
         "bactrian_version": __version__,
         "kind": kind,

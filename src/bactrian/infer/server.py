@@ -204,7 +204,12 @@ def create_app(engine: Catalog, api_key: str | None = None, max_batch: int = 64,
             if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 return OpenAIError(401, "Invalid or missing API key (Authorization: Bearer KEY).",
                                    type="authentication_error", code="invalid_api_key").response()
-        return await call_next(request)
+        try:
+            return await call_next(request)
+        except Exception as exc:  # noqa: BLE001 - anything unforeseen: this request's 500, one log line
+            log.warning("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+            return OpenAIError(500, f"The server failed on this request ({type(exc).__name__}).",
+                               type="server_error").response()
 
     @app.get("/health")
     async def health() -> JSONResponse:
