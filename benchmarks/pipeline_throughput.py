@@ -72,8 +72,8 @@ def free_port() -> int:
 
 
 async def drive(url: str, cache_path: Path, in_flight: int, count: int, salt: str) -> dict:
-    from bactrian.data.cache import RequestCache
-    from bactrian.data.client import ChatClient, Limits
+    from bactrian.endpoints.cache import RequestCache
+    from bactrian.endpoints.client import ChatClient, Limits
 
     client = ChatClient(url, "none", RequestCache(cache_path), Limits(concurrency=in_flight))
     messages = [[{"role": "user", "content": f"{salt} question {i}"}] for i in range(count)]

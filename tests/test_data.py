@@ -171,9 +171,12 @@ def test_machine_translation_input_errors(tmp_path):
     source = write_jsonl(tmp_path / "en.jsonl", [{"instruction": "Hi"}])
     with pytest.raises(BactrianError, match="DeepL does not translate into km"):
         translate(TranslateConfig(input=str(source), langs=["km"], engine="deepl", api_key="k",
-                                  output_dir=str(tmp_path)))
+                                  output_dir=str(tmp_path / "out")))
     with pytest.raises(BactrianError, match="No API key for google"):
-        translate(TranslateConfig(input=str(source), langs=["fr"], engine="google", output_dir=str(tmp_path)))
+        translate(TranslateConfig(input=str(source), langs=["fr"], engine="google", output_dir=str(tmp_path / "out")))
+    with pytest.raises(BactrianError, match="is the folder of --input"):  # it would be rewritten
+        translate(TranslateConfig(input=str(source), langs=["fr"], engine="google", api_key="k",
+                                  output_dir=str(tmp_path)))
 
 
 def test_unreachable_endpoint_fails_before_spending(tmp_path):
@@ -286,7 +289,7 @@ def test_sigkill_mid_generate_then_resume_resends_only_what_was_in_flight(tiny_l
         process.wait()
         counter["hold"] = False
         sent_before = counter["requests"]
-        from bactrian.data.cache import RequestCache
+        from bactrian.endpoints.cache import RequestCache
 
         stored = len(RequestCache(out / "requests.sqlite").connection.execute("SELECT key FROM results").fetchall())
         assert stored == 12 and sent_before == 16
@@ -419,7 +422,7 @@ def test_stats_table_and_chart(tiny_llama, tmp_path):
 def test_tokens_per_minute_window_holds_requests_back():
     import asyncio
 
-    from bactrian.data.client import _MinuteWindow
+    from bactrian.endpoints.client import _MinuteWindow
 
     async def run():
         window = _MinuteWindow(10)
@@ -437,7 +440,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_done(tiny_llama, tmp_path):
     import sys
     import time
 
-    from bactrian.data.cache import RequestCache
+    from bactrian.endpoints.cache import RequestCache
 
     source = write_jsonl(tmp_path / "fr.jsonl", [{"id": f"q{i}", "instruction": f"Question {i} ?"} for i in range(40)])
     counter: dict = {}

@@ -188,3 +188,17 @@ def test_bf16_weights_stay_close_to_fp32(tiny_llama):
     assert float((half - exact).abs().max()) < 0.05 * float(exact.max() - exact.min())  # stated tolerance: 5% of range
     with pytest.raises(Exception, match="--dtype int3"):
         Engine(str(tiny_llama), [], dtype="int3")
+
+
+def test_selecting_an_adapter_for_scoring_holds_the_lock_and_restores_the_previous_one(engine):
+    engine.model.set_adapter("de")
+    ids = torch.tensor([engine.render("base", PROMPTS[0])])
+    with torch.no_grad():
+        for name in ("base", "fr"):
+            with engine.using(name) as model:
+                assert engine.lock.locked()
+                scored = model(ids).logits[0, -1]
+            alone = engine.forward(ids, torch.ones_like(ids), torch.arange(ids.shape[1])[None], None,
+                                   [type("R", (), {"request": Request([], SamplingParams(), name)})()])[0, -1]
+            assert torch.allclose(scored, alone, atol=1e-5), name
+            assert engine.model.active_adapter == "de" and not engine.lock.locked()

@@ -9,8 +9,8 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from bactrian.data.cache import RequestCache
-from bactrian.data.client import ChatClient, Limits
+from bactrian.endpoints.cache import RequestCache
+from bactrian.endpoints.client import ChatClient, Limits
 from bactrian.eval.judge import judge, load_questions, parse_scores
 from bactrian.infer.config import JudgeConfig
 from bactrian.infer.engine import Engine

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bactrian.data.client import Limits, retry_after_seconds
 from bactrian.data.translate import TranslateConfig, translate
+from bactrian.endpoints.client import Limits, retry_after_seconds
 from bactrian.errors import BactrianError
 
 from conftest import write_jsonl

@@ -5,18 +5,21 @@ folders, and the card of what an adapter is for."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import languages
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 from .manifest import read_manifest
 from .prompts import PromptTemplate, template_from_dict
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-RESERVED_NAMES = ("base", "auto")  # model names that select the base model and the language route
+BASE = "base"  # the name that selects the base model without any adapter
+RESERVED_NAMES = (BASE, "auto")  # model names that select the base model and the language route
 
 
 def is_adapter_folder(path: Path) -> bool:
@@ -91,3 +94,35 @@ def adapters_in(folder: str) -> list[str]:
     if not found:
         raise ConfigError(f"--adapters_dir {folder}: no adapter folders (with {ADAPTER_CONFIG}) inside.")
     return [f"{path.name}={path}" for path in found]
+
+
+def attach(model: Any, name: str, path: Path) -> Any:
+    """`model` with the adapter at `path` loaded under `name` (the first adapter wraps it in a PeftModel)."""
+    from peft import PeftModel
+
+    try:
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(path), adapter_name=name)
+            return model
+        return PeftModel.from_pretrained(model, str(path), adapter_name=name)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ModelError(f"--lora_weights {name}={path}: does not fit this base model ({exc}).") from exc
+
+
+@contextmanager
+def selected(model: Any, name: str) -> Iterator[Any]:
+    """`model` answering with adapter `name` (no adapter for `base`); the adapter active before is restored."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        yield model
+    elif name == BASE:
+        with model.disable_adapter():
+            yield model
+    else:
+        previous = model.active_adapter
+        model.set_adapter(name)
+        try:
+            yield model
+        finally:
+            model.set_adapter(previous)

@@ -15,3 +15,7 @@ class DataError(BactrianError):
 
 class ModelError(BactrianError):
     """A model, tokenizer or adapter cannot be loaded or does not fit the request."""
+
+
+class EndpointError(BactrianError):
+    """An endpoint cannot be used (unreachable, key refused, quota exhausted): the job stops, keeping what it did."""

@@ -17,12 +17,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .. import languages
+from ..endpoints.cache import RequestCache
+from ..endpoints.client import ChatClient, chat_client
 from ..errors import ConfigError
 from ..fileio import atomic_write_bytes
 from ..records import read_rows
 from ..train.config import option
-from .cache import RequestCache
-from .client import ChatClient, Limits
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,6 @@ class EndpointConfig:
     output_dir: str = option("", "Where the per-language JSONL files, the request cache and the report go.")
 
 
-def limits_of(config: EndpointConfig) -> Limits:
-    return Limits(concurrency=config.concurrency, requests_per_minute=config.requests_per_minute,
-                  tokens_per_minute=config.tokens_per_minute)
-
-
 def request_cache(config: EndpointConfig) -> RequestCache:
     if not config.output_dir:
         raise ConfigError("--output_dir is required.")
@@ -59,10 +54,9 @@ def request_cache(config: EndpointConfig) -> RequestCache:
 def make_client(config: EndpointConfig) -> ChatClient:
     if not config.base_url or not config.model:
         raise ConfigError("--base_url and --model are required.")
-    api_key = config.api_key or os.environ.get("OPENAI_API_KEY", "")
-    if "api.openai.com" in config.base_url and not api_key:
+    if "api.openai.com" in config.base_url and not (config.api_key or os.environ.get("OPENAI_API_KEY")):
         raise ConfigError("No API key: pass --api_key or set OPENAI_API_KEY.")
-    return ChatClient(config.base_url, api_key, request_cache(config), limits_of(config))
+    return chat_client(config.base_url, config.api_key, request_cache(config), config)
 
 
 def chat_params(max_tokens: int) -> dict[str, Any]:

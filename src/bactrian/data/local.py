@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from .. import languages
+from ..endpoints.cache import RequestCache, request_key
 from ..errors import ConfigError
-from .cache import RequestCache, request_key
 
 SOURCE_CODES = {"nllb": "eng_Latn", "m2m100": "en", "mbart50": "en_XX"}
 

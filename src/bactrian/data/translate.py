@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import languages
+from ..endpoints.cache import request_key
+from ..endpoints.client import Limits, Requester
 from ..errors import ConfigError
 from ..train.config import option
-from .cache import request_key
-from .client import Requester
 from .jobs import (
     EndpointConfig,
-    limits_of,
     make_client,
     read_job_input,
     request_cache,
@@ -174,7 +173,7 @@ def _machine_translation(config: TranslateConfig, texts: dict, targets: list[str
         characters = sum(len(protected[key][0]) for key in protected)
         return {"requests": len(chunks), "characters": characters,
                 "estimated_cost": characters * config.price_per_1m_tokens / 1e6}
-    requester = Requester(request_cache(config), limits_of(config), secrets=[api_key])
+    requester = Requester(request_cache(config), Limits.of(config), secrets=[api_key])
     results = asyncio.run(_send_chunks(requester, base_url, api_key, google, codes, chunks, protected))
     translated: dict = {key: "" for key, text in texts.items() if not text}
     for (lang, keys), reply in zip(chunks, results):

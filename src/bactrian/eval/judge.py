@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from .. import languages
-from ..data.cache import RequestCache
-from ..data.client import ChatClient, Limits
+from ..endpoints.cache import RequestCache
+from ..endpoints.client import ChatClient, chat_client
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_bytes, atomic_write_json
 from ..infer.config import GenerateConfig, JudgeConfig
@@ -176,10 +175,7 @@ def _answers(config: JudgeConfig, questions: list[dict[str, Any]], out: Path) ->
 
 
 def _judge_client(config: JudgeConfig, cache: RequestCache) -> ChatClient:
-    limits = Limits(concurrency=config.concurrency, requests_per_minute=config.requests_per_minute,
-                    tokens_per_minute=config.tokens_per_minute)
-    return ChatClient(config.judge_base_url, config.judge_api_key or os.environ.get("OPENAI_API_KEY", ""), cache,
-                      limits)
+    return chat_client(config.judge_base_url, config.judge_api_key, cache, config)
 
 
 async def _preflight(config: JudgeConfig, cache: RequestCache) -> None:

@@ -4,33 +4,18 @@ same items, sharing one loaded base model."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .. import languages
 from ..infer.config import EvalConfig
-from ..infer.engine import Engine, build_engine
+from ..infer.engine import build_engine
 from ..infer.routing import BASE
 from .report import summarise, write_reports
 from .scoring import loglikelihoods
 from .tasks import Item, load_task
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def active(engine: Engine, name: str) -> Iterator[Any]:
-    """The model with adapter `name` switched on (or none, for the base)."""
-    if not engine.adapters:
-        yield engine.model
-    elif name == BASE:
-        with engine.model.disable_adapter():
-            yield engine.model
-    else:
-        engine.model.set_adapter(name)
-        yield engine.model
 
 
 def predictions(items: list[Item], scores: list[list[float]]) -> list[dict[str, Any]]:
@@ -56,7 +41,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         results["tasks"][task], results["examples"][task] = {}, {}
         all_items = [item for items in per_lang.values() for item in items]
         for name in models:
-            with active(engine, name) as model:
+            with engine.using(name) as model:
                 scores = loglikelihoods(model, engine.tokenizer, all_items, config.batch_size)
             rows = predictions(all_items, scores)
             results["examples"][task][name] = rows

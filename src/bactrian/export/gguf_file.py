@@ -14,7 +14,7 @@ import torch
 
 from ..errors import ModelError
 from .state_dict import unpermute
-from .weights import Adapter, BaseWeights, merged_tensors
+from .weights import BaseWeights, LoraWeights, merged_tensors
 
 ARCHITECTURES = {"llama": gguf.MODEL_ARCH.LLAMA, "gemma3_text": gguf.MODEL_ARCH.GEMMA3,
                  "gemma3": gguf.MODEL_ARCH.GEMMA3}
@@ -109,7 +109,7 @@ def _add_info(writer: gguf.GGUFWriter, name: str, shape: list[int], qtype: gguf.
         writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), raw_dtype=qtype)
 
 
-def write_gguf(base: BaseWeights, adapter: Adapter | None, path: Path, gguf_type: str, tokenizer_source: Path,
+def write_gguf(base: BaseWeights, adapter: LoraWeights | None, path: Path, gguf_type: str, tokenizer_source: Path,
                source_gguf: Path | None, name: str) -> None:
     model = GGUFModel(base)
     qtype = TYPES[gguf_type]
@@ -129,7 +129,7 @@ def write_gguf(base: BaseWeights, adapter: Adapter | None, path: Path, gguf_type
                           for (transform, stored), (_, tensor) in zip(plan, merged_tensors(base, adapter))))
 
 
-def write_gguf_adapter(base: BaseWeights, adapter: Adapter, path: Path, name: str) -> None:
+def write_gguf_adapter(base: BaseWeights, adapter: LoraWeights, path: Path, name: str) -> None:
     """The adapter alone, as llama.cpp's LoRA GGUF (`--lora` / llama-cpp-python `lora_path`)."""
     model = GGUFModel(base)
     writer = gguf.GGUFWriter(path=None, arch=model.arch_name)

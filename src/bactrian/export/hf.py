@@ -10,13 +10,14 @@ import torch
 
 from ..fileio import atomic_write_json
 from .safetensors_stream import write_streaming
-from .weights import Adapter, BaseWeights, merged_tensors
+from .weights import BaseWeights, LoraWeights, merged_tensors
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "chat_template.jinja", "vocab.json", "merges.txt")
 
 
-def write_hf(base: BaseWeights, adapter: Adapter | None, out: Path, dtype: torch.dtype, max_shard_bytes: int) -> None:
+def write_hf(base: BaseWeights, adapter: LoraWeights | None, out: Path, dtype: torch.dtype,
+             max_shard_bytes: int) -> None:
     specs = [(name, base.shape(name)) for name in base.names]
     item = torch.tensor([], dtype=dtype).element_size()
     shards = _plan_shards(specs, item, max_shard_bytes)

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import torch
 
+from ..adapters import ADAPTER_WEIGHTS
 from ..errors import ConfigError
 from ..fileio import file_sha256, remove_leftovers, replace_folder
 from ..manifest import read_manifest, write_manifest
 from ..models import resolve
 from .config import ExportConfig
-from .weights import ADAPTER_WEIGHTS, Adapter, BaseWeights
+from .weights import BaseWeights, LoraWeights
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,8 @@ def _local_folder(path: str) -> Path:
     return Path(snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.jinja"]))
 
 
-def _load_adapter(config: ExportConfig, base: BaseWeights) -> Adapter:
-    adapter = Adapter(Path(config.lora_weights))
+def _load_adapter(config: ExportConfig, base: BaseWeights) -> LoraWeights:
+    adapter = LoraWeights(Path(config.lora_weights))
     adapter.check_fits(base)
     adapter.check_changes_something()
     trained = (read_manifest(adapter.folder) or {}).get("config", {})
@@ -84,13 +85,13 @@ def _load_adapter(config: ExportConfig, base: BaseWeights) -> Adapter:
     return adapter
 
 
-def _adapter_identity(adapter: Adapter | None) -> dict[str, str] | None:
+def _adapter_identity(adapter: LoraWeights | None) -> dict[str, str] | None:
     if adapter is None:
         return None
     return {"path": str(adapter.folder), "sha256": file_sha256(adapter.folder / ADAPTER_WEIGHTS)}
 
 
-def _write(config: ExportConfig, base: BaseWeights, adapter: Adapter | None, staging: Path,
+def _write(config: ExportConfig, base: BaseWeights, adapter: LoraWeights | None, staging: Path,
            source_gguf: str | None) -> None:
     dtype = DTYPES[config.dtype]
     name = Path(config.output_dir).name

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import ModelError
 from ..fileio import atomic_write_json
-from .weights import Adapter, BaseWeights, merged_tensors
+from .weights import BaseWeights, LoraWeights, merged_tensors
 
 META_NAMES = {
     "self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk", "self_attn.v_proj": "attention.wv",
@@ -45,7 +45,7 @@ def meta_name(hf_name: str) -> str:
     return f"layers.{layer}.{META_NAMES[module]}.weight"
 
 
-def write_state_dict(base: BaseWeights, adapter: Adapter, out: Path, dtype: torch.dtype) -> None:
+def write_state_dict(base: BaseWeights, adapter: LoraWeights, out: Path, dtype: torch.dtype) -> None:
     config = json.loads((base.folder / "config.json").read_text())
     if config.get("model_type") != "llama":
         raise ModelError(f"--format state_dict writes the Meta LLaMA layout; this base is "

@@ -12,10 +12,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from ..adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from ..errors import ModelError
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 class BaseWeights:
@@ -53,8 +51,8 @@ class LoraPair:
     scale: float
 
 
-class Adapter:
-    """A PEFT LoRA adapter: its A/B pairs keyed by the base weight they change."""
+class LoraWeights:
+    """A PEFT LoRA adapter's tensors: its A/B pairs keyed by the base weight they change."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -111,7 +109,7 @@ class Adapter:
         return (pair.b.double() @ pair.a.double() * pair.scale).float()
 
 
-def merged_tensors(base: BaseWeights, adapter: Adapter | None) -> Iterator[tuple[str, torch.Tensor]]:
+def merged_tensors(base: BaseWeights, adapter: LoraWeights | None) -> Iterator[tuple[str, torch.Tensor]]:
     """Every base tensor in fp32, with the adapter's delta added where it has one (computed in float64)."""
     for name in base.names:
         tensor = base.get(name).float()

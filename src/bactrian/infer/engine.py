@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..adapters import parse_adapter_specs, read_card
-from ..errors import ModelError
+from ..adapters import attach, parse_adapter_specs, read_card, selected
 from ..models import LoadedModel, inference_dtype, load_model, pick_device
 from ..prompts import load_template
 from .catalog import Catalog, adapter_specs, context_length
@@ -46,17 +46,16 @@ class Engine(Catalog):
         self.lock = threading.Lock()  # one batch on the model at a time
 
     def _attach(self, name: str, path: Path) -> None:
-        from peft import PeftModel
-
-        try:
-            if isinstance(self.model, PeftModel):
-                self.model.load_adapter(str(path), adapter_name=name)
-            else:
-                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise ModelError(f"--lora_weights {name}={path}: does not fit this base model ({exc}).") from exc
+        self.model = attach(self.model, name, path)
         log.info("Loaded adapter %s from %s (template %s, languages %s)", name, path, self.template_for(name).name,
                  ",".join(self.adapters[name].languages) or "unknown")
+
+    @contextmanager
+    def using(self, name: str) -> Iterator[Any]:
+        """The model answering with `name` (an adapter or `base`) for work outside the decoding batch (eval's
+        scoring): it holds the engine's lock and restores the adapter that was active."""
+        with self.lock, selected(self.model, name) as model:
+            yield model
 
     # -- generation -------------------------------------------------------------------------------------
     def generate(self, requests: list[Request]) -> list[tuple[str, str, int]]:

@@ -20,9 +20,8 @@ import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..adapters import AdapterCard
+from ..adapters import BASE, AdapterCard
 
-BASE = "base"  # the name that selects the base model without any adapter
 AUTO = "auto"  # route by the language of the input
 FALLBACKS = ("multilingual", "base")
 MIN_LETTERS = 10

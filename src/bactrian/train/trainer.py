@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from .. import languages
+from ..adapters import ADAPTER_WEIGHTS
 from ..errors import ConfigError
 from ..fileio import atomic_write_json, fsync_dir, fsync_tree
 from ..manifest import fingerprint_inputs, read_manifest, write_manifest
@@ -37,7 +38,6 @@ from .model_card import write_model_card
 
 log = logging.getLogger(__name__)
 
-ADAPTER_FILE = "adapter_model.safetensors"
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 # Settings a resumed run must share with the interrupted one to continue it exactly: with the data files'
@@ -378,15 +378,15 @@ def find_checkpoint(output_dir: Path, spec: str) -> Path | None:
         checkpoints = list_checkpoints(output_dir)
         return max(checkpoints, key=_checkpoint_step) if checkpoints else None
     folder = Path(spec)
-    if not (folder / ADAPTER_FILE).is_file():
-        raise ConfigError(f"--resume_from_checkpoint {spec}: no {ADAPTER_FILE} there.")
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        raise ConfigError(f"--resume_from_checkpoint {spec}: no {ADAPTER_WEIGHTS} there.")
     return folder
 
 
 def load_adapter_weights(model: Any, folder: Path) -> None:
     from peft import set_peft_model_state_dict
 
-    result = set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_FILE)))
+    result = set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_WEIGHTS)))
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise ConfigError(f"{folder}: adapter does not fit this model (unexpected keys: {unexpected[:3]}).")
@@ -437,10 +437,10 @@ def save_adapter(trainer: Trainer, loaded: LoadedModel, template: PromptTemplate
     staging = output_dir / ".adapter.partial"
     shutil.rmtree(staging, ignore_errors=True)
     trainer.model.save_pretrained(staging)
-    saved = load_file(str(staging / ADAPTER_FILE))
+    saved = load_file(str(staging / ADAPTER_WEIGHTS))
     expected = sum(1 for name, param in trainer.model.named_parameters() if param.requires_grad)
     if len(saved) != expected or not saved:  # the original's 443-byte empty adapters
-        raise ConfigError(f"{staging / ADAPTER_FILE}: saved {len(saved)} tensors, expected {expected}.")
+        raise ConfigError(f"{staging / ADAPTER_WEIGHTS}: saved {len(saved)} tensors, expected {expected}.")
     loaded.tokenizer.save_pretrained(staging)
     fsync_tree(staging)
     for path in staging.iterdir():  # whole files move into place; none is ever half-written

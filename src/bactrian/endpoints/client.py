@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections import deque
@@ -18,14 +19,10 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-from ..errors import BactrianError
+from ..errors import DataError, EndpointError
 from .cache import RequestCache, request_key
 
 log = logging.getLogger(__name__)
-
-
-class EndpointError(BactrianError):
-    """The endpoint cannot be used at all (unreachable, key refused): raised before anything is spent."""
 
 
 @dataclass
@@ -36,6 +33,12 @@ class Limits:
     max_retries: int = 6
     base_delay: float = 0.5
     max_delay: float = 60.0
+
+    @classmethod
+    def of(cls, options: Any) -> Limits:
+        """The limits a verb's options set (concurrency, requests_per_minute, tokens_per_minute)."""
+        return cls(concurrency=options.concurrency, requests_per_minute=options.requests_per_minute,
+                   tokens_per_minute=options.tokens_per_minute)
 
 
 @dataclass
@@ -247,8 +250,14 @@ class ChatClient(Requester):
                                                   "usage": body.get("usage") or {}})
                 stored += 1
             except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
-                raise BactrianError(f"{path}: line {number}: not a Batch API result ({exc}).") from exc
+                raise DataError(f"{path}: line {number}: not a Batch API result ({exc}).") from exc
         return stored
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def chat_client(base_url: str, api_key: str, cache: RequestCache, options: Any) -> ChatClient:
+    """The client of an OpenAI-compatible endpoint, limited as `options` say; the key defaults to
+    $OPENAI_API_KEY."""
+    return ChatClient(base_url, api_key or os.environ.get("OPENAI_API_KEY", ""), cache, Limits.of(options))
