@@ -17,14 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_out import OUT, save
+
 REPO = Path(__file__).resolve().parents[1]
 XCOPA = REPO.parent / "shared" / "data" / "eval" / "xcopa"
-OUT = REPO / "bench-out"
 
 
 def run_bactrian(langs: list[str]) -> dict:
+    from bactrian.eval.config import EvalConfig
     from bactrian.eval.run import evaluate
-    from bactrian.infer.config import EvalConfig
 
     config = EvalConfig(base_model="default", tasks=["xcopa"], data_dir=str(XCOPA.parent), langs=langs,
                         output_dir=str(OUT / "eval-report"))
@@ -79,8 +80,7 @@ def main(langs: list[str]) -> None:
               f"{accuracy}")
     same = all(abs(rows["bactrian"]["accuracy"][lang] - rows["lm-eval"]["accuracy"][lang]) < 1e-9 for lang in langs)
     print(f"\naccuracy identical: {same}")
-    (OUT / "eval_throughput.json").write_text(json.dumps({"rows": rows, "identical": same}, indent=2) + "\n")
-    print(f"wrote {OUT / 'eval_throughput.json'}")
+    save("eval_throughput", {"rows": rows, "identical": same})
 
 
 if __name__ == "__main__":

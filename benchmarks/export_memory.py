@@ -18,8 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from bench_out import OUT, save
+
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "bench-out"
 RUNS = [("hf", {"dtype": "f32"}), ("hf", {"dtype": "f16"}), ("gguf", {"gguf_type": "f32"}),
         ("gguf", {"gguf_type": "f16"}), ("gguf", {"gguf_type": "q8_0"}), ("gguf_adapter", {})]
 # state_dict is the LLaMA layout only; the default is gemma3, so it is not measured here.
@@ -93,9 +94,7 @@ def main() -> None:
     for row in rows:
         print(f"{row['format']:<16} {row['peak_rss_mb']:>12.0f} {row['vs_disk']:>7.2f} "
               f"{row['above_floor_vs_disk']:>22.2f} {row['seconds']:>8.1f}")
-    (OUT / "export_memory.json").write_text(json.dumps({"disk_mb": disk_mb, "floor_mb": floor_mb, "rows": rows},
-                                                       indent=2) + "\n")
-    print(f"\nwrote {OUT / 'export_memory.json'}")
+    save("export_memory", {"disk_mb": disk_mb, "floor_mb": floor_mb, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 import torch
+from bench_out import OUT, save
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "instructions" / "multialpaca"
-OUT = REPO / "bench-out"
 WAYS = ("bactrian", "original", "trl")
 SETTINGS = {
     "tiny": dict(steps=30, batch_size=16, micro_batch_size=4, cutoff_len=256),
@@ -247,8 +247,7 @@ def parent(models: list[str]) -> None:
                 sys.exit(f"{way} on {name} failed:\n{process.stderr[-4000:]}")
             results.append({"model": name, "way": way, **SETTINGS[name], **json.loads(line[7:])})
     print_table(results)
-    (OUT / "finetune_throughput.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {OUT / 'finetune_throughput.json'}")
+    save("finetune_throughput", results)
 
 
 def print_table(results: list[dict]) -> None:

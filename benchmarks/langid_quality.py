@@ -7,13 +7,13 @@ Prints a table and writes bench-out/langid_quality.json."""
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
+from bench_out import OUT, save
+
 REPO = Path(__file__).resolve().parents[1]
 NTREX = REPO.parent / "shared" / "data" / "translation" / "ntrex-128"
-OUT = REPO / "bench-out"
 
 
 def ntrex_lines() -> dict[str, list[str]]:
@@ -50,7 +50,7 @@ def main() -> None:
     print(f"mean  {'':>5} {sum(r['precision'] for r in rows.values()) / len(rows):>10.3f} "
           f"{sum(r['recall'] for r in rows.values()) / len(rows):>7.3f}  ({len(rows)} languages)")
     OUT.mkdir(exist_ok=True)
-    (OUT / "langid_quality.json").write_text(json.dumps(rows, indent=2) + "\n")
+    save("langid_quality", rows)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import socket
 import subprocess
 import sys
@@ -20,8 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_out import OUT, save
+
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "bench-out"
 LEVELS = (1, 4, 16, 64, 128, 256)
 
 SERVER = """
@@ -113,9 +113,7 @@ def main(latency: float) -> None:
               f"{100 * row['share_of_ideal']:>7.1f}% {row['cpu_ms_per_request']:>18.2f}")
     print(f"\nwarm-cache rerun of the 256 level: {warm['sent']} requests sent, {warm['cached']} from cache, "
           f"{warm['seconds']:.2f} s")
-    (OUT / "pipeline_throughput.json").write_text(json.dumps({"latency": latency, "rows": rows, "warm": warm},
-                                                             indent=2) + "\n")
-    print(f"wrote {OUT / 'pipeline_throughput.json'}")
+    save("pipeline_throughput", {"latency": latency, "rows": rows, "warm": warm})
 
 
 if __name__ == "__main__":

@@ -24,19 +24,24 @@ from pathlib import Path
 
 import httpx
 import torch
+from bench_out import OUT, save
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTIONS = REPO.parent / "shared" / "data" / "chat-eval" / "vicuna-80"
-OUT = REPO / "bench-out"
 MAX_TOKENS = 64
 LEVELS = (1, 16, 64)
 ADAPTERS = 16
 
 
 def prompts(count: int) -> list[str]:
+    """Vicuna questions in 12 languages, rendered with the bactrian template: both servers get the same text on
+    /v1/completions (a base model's answers under llama.cpp's chat template are mostly empty)."""
+    from bactrian.prompts import load_template
+
+    template = load_template("bactrian")
     texts = [json.loads(line)["text"] for path in sorted(QUESTIONS.glob("questions_*.jsonl"))
              for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [texts[(i * 37) % len(texts)] for i in range(count)]
+    return [template.render(texts[(i * 37) % len(texts)]) for i in range(count)]
 
 
 def make_adapters(base_path: str, folder: Path) -> list[str]:
@@ -66,18 +71,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def one_request(client, model: str, question: str) -> dict:
+async def one_request(client, model: str, prompt: str, max_tokens: int = MAX_TOKENS) -> dict:
+    """One streamed completion: its latency, time to first token and tokens (the usage chunk where the server
+    sends one; else the text chunks, one token each on llama.cpp's server)."""
     started = time.perf_counter()
-    first, tokens = None, 0
-    stream = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
-                                                  max_tokens=MAX_TOKENS, temperature=0, stream=True,
-                                                  stream_options={"include_usage": True})
+    first, usage, chunks = None, None, 0
+    stream = await client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0,
+                                             stream=True, stream_options={"include_usage": True})
     async for chunk in stream:
-        if first is None and chunk.choices and chunk.choices[0].delta.content:
-            first = time.perf_counter() - started
+        if chunk.choices and chunk.choices[0].text:
+            chunks += 1
+            first = first or time.perf_counter() - started
         if chunk.usage:
-            tokens = chunk.usage.completion_tokens
-    return {"latency": time.perf_counter() - started, "ttft": first or 0.0, "tokens": tokens}
+            usage = chunk.usage.completion_tokens
+    return {"latency": time.perf_counter() - started, "ttft": first or 0.0, "tokens": usage or chunks}
 
 
 async def drive(url: str, clients: int, requests: list[tuple[str, str]]) -> dict:
@@ -112,15 +119,13 @@ async def short_behind_long(url: str, model: str) -> float:
     import openai
 
     async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=900) as client:
-        long = await client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": "Write a long story about the sea."}], max_tokens=400,
-            temperature=0, stream=True)
+        long = await client.completions.create(model=model, prompt=prompts(1)[0], max_tokens=400, temperature=0,
+                                               stream=True)
         async for chunk in long:
-            if chunk.choices and chunk.choices[0].delta.content:
+            if chunk.choices and chunk.choices[0].text:
                 break
         started = time.perf_counter()
-        await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}],
-                                             max_tokens=1, temperature=0)
+        await client.completions.create(model=model, prompt=prompts(2)[1], max_tokens=1, temperature=0)
         waited = time.perf_counter() - started
         await long.close()
     return waited
@@ -181,6 +186,7 @@ def main() -> None:
         theirs = measure(f"http://127.0.0.1:{port}", "base")
     finally:
         stop(server)
+    save("serve_throughput", {"bactrian": ours, "llama_cpp": theirs, "mixed_adapters": mixed, "same_adapter": same})
     report(ours, theirs, mixed, same)
 
 
@@ -196,9 +202,6 @@ def report(ours: dict, theirs: dict, mixed: dict, same: dict) -> None:
           f"llama.cpp {theirs['short_behind_long_s']:.2f} s")
     print(f"16 clients, 16 different adapters: {mixed['tokens_per_second']:.1f} tokens/s; all the same adapter: "
           f"{same['tokens_per_second']:.1f} ({same['tokens_per_second'] / mixed['tokens_per_second']:.2f}x)")
-    (OUT / "serve_throughput.json").write_text(json.dumps(
-        {"bactrian": ours, "llama_cpp": theirs, "mixed_adapters": mixed, "same_adapter": same}, indent=2) + "\n")
-    print(f"wrote {OUT / 'serve_throughput.json'}")
 
 
 if __name__ == "__main__":

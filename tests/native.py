@@ -11,6 +11,9 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +44,27 @@ def fail_if_died(process: subprocess.Popen, name: str = "llama.cpp server") -> N
     code = process.poll()
     if code is not None and code < 0:
         pytest.fail(f"{name} died with {_signal_name(code)}; see the {README_HINT}.", pytrace=False)
+
+
+@contextmanager
+def llama_cpp_server(gguf: Path, alias: str, n_ctx: int = 1024) -> Iterator[str]:
+    """llama.cpp's OpenAI server (`python -m llama_cpp.server`) on a free loopback port: its /v1 URL. A failure
+    while it runs is reported as the server's death by a signal when that is what happened."""
+    from test_server import free_port, wait_until_ready
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+                               "--port", str(port), "--n_ctx", str(n_ctx), "--model_alias", alias],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}/v1/models", process=server)
+        yield f"http://127.0.0.1:{port}/v1"
+    except Exception:
+        fail_if_died(server)
+        raise
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 # -- what runs in the child ----------------------------------------------------------------------------

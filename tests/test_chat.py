@@ -95,8 +95,11 @@ def test_question_typed_in_a_real_browser(url, engine):
         wait = WebDriverWait(driver, 60)
         box = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#instruction textarea"))
         box.send_keys("Name a primary colour.")
+        assert not driver.find_elements(By.CSS_SELECTOR, "#beams_note p")  # the page samples by default
+        driver.find_element(By.CSS_SELECTOR, "#original").click()  # the original's settings: Beams 4
+        wait.until(lambda d: "no effect" in d.find_element(By.CSS_SELECTOR, "#beams_note").text)
         driver.find_element(By.CSS_SELECTOR, "#submit").click()
-        # the page's defaults: adapter auto (English -> base model), Beams 4, Max tokens 128
+        # adapter auto (English -> base model), Beams 4, Max tokens 128
         answer = expected(engine, "base", "Name a primary colour.", beams=4, max_tokens=128)
         wait.until(lambda d: "Answered by" in d.find_element(By.CSS_SELECTOR, "#routed").text)
         shown = driver.find_element(By.CSS_SELECTOR, "#output textarea").get_attribute("value")

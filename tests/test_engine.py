@@ -64,9 +64,19 @@ def test_streaming_deltas_add_up_to_the_answer(engine):
     assert "".join(d.text for d in deltas) == whole
 
 
-def test_beam_search(engine):
+def test_beam_search(engine, tiny_llama, tiny_adapters):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
     text, reason, tokens = engine.generate([greedy(engine, PROMPTS[0], "fr", num_beams=3, max_new_tokens=6)])[0]
-    assert reason in ("stop", "length") and 0 < tokens <= 6 and isinstance(text, str)
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), tiny_adapters["fr"]).eval()
+    ids = torch.tensor([engine.render("fr", PROMPTS[0])])
+    with torch.no_grad():
+        beams = tuned.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=3, do_sample=False,
+                               max_new_tokens=6, pad_token_id=engine.tokenizer.pad_token_id)
+    new = beams[0, ids.shape[1]:].tolist()
+    assert text == engine.tokenizer.decode(new, skip_special_tokens=True) and tokens == len(new)
+    assert reason == ("stop" if new[-1] == engine.tokenizer.eos_token_id else "length")
 
 
 def test_eos_ends_a_request(tiny_llama):

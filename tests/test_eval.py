@@ -9,12 +9,12 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bactrian.errors import DataError
+from bactrian.eval.config import EvalConfig
 from bactrian.eval.lm_eval_tasks import write_local_xcopa_tasks
 from bactrian.eval.report import wilson_interval
 from bactrian.eval.run import evaluate
 from bactrian.eval.scoring import encode_pair, loglikelihoods
 from bactrian.eval.tasks import Item, load_task
-from bactrian.infer.config import EvalConfig
 
 from conftest import needs_shared_data, write_jsonl
 
@@ -84,6 +84,7 @@ def test_side_by_side_models_and_reports(tiny_llama, tiny_adapters, tmp_path):
     assert base_scores != [r["loglikelihoods"] for r in results["examples"]["sib200"]["fr"]]
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["tasks"]) == {"sib200", str(custom)}
+    assert saved["bactrian_version"] and saved["config"]["tasks"] == ["sib200", str(custom)]
     report = (out / "report.md").read_text()
     assert "| language | base | de | fr |" in report and "| **average** |" in report and "| de |" in report
     assert (out / "sib200.png").stat().st_size > 5000

@@ -137,8 +137,17 @@ def test_empty_dataset_is_an_error(tiny_llama, tmp_path):
 
 def test_tensorboard_reporting(tiny_llama, lang_folder, tmp_path):
     pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     finetune(make_config(tiny_llama, lang_folder, tmp_path / "tb", report_to="tensorboard"))
-    assert list((tmp_path / "tb" / "runs").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(tmp_path / "tb" / "runs"))
+    events.Reload()
+    logged = json.loads((tmp_path / "tb" / "trainer_state.json").read_text())["log_history"]
+    written = {event.step: event.value for event in events.Scalars("train_loss")}  # the final summary repeats step 4
+    assert written == {entry["step"]: pytest.approx(entry["train_loss"], rel=1e-6) for entry in logged}
+    assert [event.step for event in events.Scalars("eval_loss")] == [0, 4]  # before training and at the end
+    assert {tag.split("/")[1] for tag in events.Tags()["scalars"] if tag.startswith("eval_loss/")} == {"de", "en",
+                                                                                                        "fr"}
 
 
 def _cli(*args, **kwargs) -> subprocess.Popen:

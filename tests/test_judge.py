@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 
 from bactrian.endpoints.cache import RequestCache
 from bactrian.endpoints.client import ChatClient, Limits
+from bactrian.eval.config import JudgeConfig
 from bactrian.eval.judge import judge, load_questions, parse_scores
-from bactrian.infer.config import JudgeConfig
 from bactrian.infer.engine import Engine
 from bactrian.infer.server import create_app
 

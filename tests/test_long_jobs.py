@@ -199,7 +199,7 @@ def teacher_app():
 
 
 def test_a_dataset_holds_exactly_what_the_current_recipe_produced(tmp_path):
-    from bactrian.data.pipeline import build
+    from bactrian.data.build import build
 
     write_jsonl(tmp_path / "en.jsonl", [{"id": f"q{i}", "instruction": f"What is the capital of France? ({i})"}
                                         for i in range(3)])
@@ -274,7 +274,7 @@ def test_per_language_reruns_retrain_what_changed(tiny_llama, lang_folder, tmp_p
     caplog.set_level(logging.INFO)
     (lang_folder / "fr.jsonl").write_text((lang_folder / "fr.jsonl").read_text().replace("chaud", "froid"))
     second = finetune(config)["languages"]
-    assert second["de"] == first["de"] and "already trained with these settings and data, skipped" in caplog.text
+    assert second["de"] == first["de"] and "already trained, skipped (same settings and data)" in caplog.text
     assert "fr: trained by another run (data file" in caplog.text.replace(str(out) + "/", "")
     third = finetune(finetune_config(tiny_llama, lang_folder, out, per_language=True, lang=["de", "fr"],
                                      save_steps=0, max_steps=5))["languages"]

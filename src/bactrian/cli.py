@@ -116,7 +116,7 @@ def _convert(value: Any, hint: Any, spec: dataclasses.Field, name: str) -> Any:
 # -- verbs -------------------------------------------------------------------------------------------------
 def _finetune(args: argparse.Namespace) -> None:
     from .train.config import FinetuneConfig
-    from .train.trainer import finetune
+    from .train.trainer import finetune, summary_table
 
     config = build_config(FinetuneConfig, args)
     metrics = finetune(config)
@@ -124,6 +124,7 @@ def _finetune(args: argparse.Namespace) -> None:
         print(f"Adapter saved to {config.output_dir}")
         print(f"Final metrics: {metrics}")
     elif _is_main_process():
+        print(summary_table(metrics["languages"]))
         print(f"Adapters saved to {config.output_dir}/<lang>/; summary in {config.output_dir}/summary.json")
 
 
@@ -135,7 +136,7 @@ def _is_main_process() -> bool:
 def _demo(args: argparse.Namespace) -> None:
     from .demo import DemoConfig, run_demo
 
-    run_demo(build_config(DemoConfig, args))
+    print(run_demo(build_config(DemoConfig, args)))
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -169,9 +170,9 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from .eval.config import EvalConfig
     from .eval.report import markdown
     from .eval.run import evaluate
-    from .infer.config import EvalConfig
 
     config = build_config(EvalConfig, args)
     print(markdown(evaluate(config)))
@@ -179,8 +180,8 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _judge(args: argparse.Namespace) -> None:
+    from .eval.config import JudgeConfig
     from .eval.judge import judge, markdown
-    from .infer.config import JudgeConfig
 
     config = build_config(JudgeConfig, args)
     print(markdown(judge(config)))
@@ -193,14 +194,14 @@ def _data(name: str):
     def run(args: argparse.Namespace) -> None:
         import json
 
-        from .data import generate, pipeline, stats, translate
+        from .data import build, filters, generate, stats, translate
 
         verbs = {"translate": (translate.TranslateConfig, translate.translate),
                  "generate": (generate.DataGenerateConfig, generate.generate),
-                 "filter": (pipeline.FilterConfig, pipeline.filter_dataset),
+                 "filter": (filters.FilterConfig, filters.filter_dataset),
                  "stats": (stats.StatsConfig, stats.stats)}
         if name == "build":
-            result = pipeline.build(args.config)
+            result = build.build(args.config)
         else:
             config_cls, function = verbs[name]
             result = function(build_config(config_cls, args))
@@ -218,13 +219,14 @@ def _languages(args: argparse.Namespace) -> None:
 
 
 def _verbs() -> list[tuple[str, str, Callable, type | None]]:
+    from .data.filters import FilterConfig
     from .data.generate import DataGenerateConfig
-    from .data.pipeline import FilterConfig
     from .data.stats import StatsConfig
     from .data.translate import TranslateConfig
     from .demo import DemoConfig
+    from .eval.config import EvalConfig, JudgeConfig
     from .export.config import ExportConfig
-    from .infer.config import ChatConfig, EvalConfig, GenerateConfig, JudgeConfig, ServeConfig
+    from .infer.config import ChatConfig, GenerateConfig, ServeConfig
     from .train.config import FinetuneConfig
 
     return [

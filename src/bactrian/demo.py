@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
+from .options import option
 from .records import Record, load_records, write_jsonl
-from .train.config import FinetuneConfig, option
+from .train.config import FinetuneConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ def split_held_out(records: list[Record]) -> tuple[list[Record], list[Record]]:
     return [record for record in records if record not in held_out], held_out
 
 
-def run_demo(config: DemoConfig) -> None:
+def run_demo(config: DemoConfig) -> str:
+    """Tune, compare, and return the report the CLI prints (progress goes to the log)."""
     from .train.trainer import finetune
 
     output_dir = Path(config.output_dir)
@@ -48,8 +50,8 @@ def run_demo(config: DemoConfig) -> None:
     train_file = output_dir / "demo_train.jsonl"
     write_jsonl(train_file, train)
     langs = sorted({record.lang for record in records})
-    print(f"Demo data: {len(records)} examples in {len(langs)} languages ({', '.join(langs)}); "
-          f"{len(held_out)} held out for comparison.")
+    log.info("Demo data: %d examples in %d languages (%s); %d held out for comparison.", len(records), len(langs),
+             ", ".join(langs), len(held_out))
     tune = FinetuneConfig(
         base_model=config.base_model, data_path=[str(train_file)], output_dir=str(output_dir / "adapter"),
         batch_size=config.batch_size, micro_batch_size=config.micro_batch_size, max_steps=config.max_steps,
@@ -59,10 +61,9 @@ def run_demo(config: DemoConfig) -> None:
         train_on_inputs=False, warmup_steps=2, logging_steps=4, eval_steps=0, save_steps=0, packing=True,
     )
     metrics = finetune(tune)
-    print(f"\nTrained {metrics['steps']} steps at {metrics['train_tokens_per_second']} tokens/s; held-out eval "
-          f"loss {metrics['eval_loss_at_start']:.3f} -> {metrics['eval_loss']:.3f}.\n")
-    compare_answers(config, tune.output_dir, held_out)
-    print(textwrap.dedent(f"""
+    trained = (f"\nTrained {metrics['steps']} steps at {metrics['train_tokens_per_second']} tokens/s; held-out eval "
+               f"loss {metrics['eval_loss_at_start']:.3f} -> {metrics['eval_loss']:.3f}.\n\n")
+    return trained + compare_answers(config, tune.output_dir, held_out) + textwrap.dedent(f"""
         Adapter saved in {tune.output_dir} (PEFT format; load it with peft.PeftModel.from_pretrained).
         Next, try:
           bactrian chat --lora_weights {tune.output_dir}            # talk to it in a browser
@@ -70,10 +71,10 @@ def run_demo(config: DemoConfig) -> None:
           bactrian export --lora_weights {tune.output_dir} --output_dir ./demo-gguf --format gguf
           bactrian eval --lora_weights {tune.output_dir} --tasks sib200 --langs fr,de  # data from the hub or --data_dir
           bactrian finetune --base_model default --data_path YOUR_DATA --lang fr,de --output_dir ./my-adapter
-        """))
+        """)
 
 
-def compare_answers(config: DemoConfig, adapter_dir: str, held_out: list[Record]) -> None:
+def compare_answers(config: DemoConfig, adapter_dir: str, held_out: list[Record]) -> str:
     """Each held-out prompt answered greedily by the base model and by the tuned adapter, in one batch."""
     from .infer.decoding import Request, SamplingParams
     from .infer.engine import Engine
@@ -84,11 +85,9 @@ def compare_answers(config: DemoConfig, adapter_dir: str, held_out: list[Record]
     requests = [Request(engine.render(name, record.instruction, record.input), params, name)
                 for record in held_out for name in (BASE, "tuned")]
     answers = iter(text for text, _, _ in engine.generate(requests))
-    for record in held_out:
-        print(f"[{record.lang}] {record.instruction} {record.input}".strip())
-        print(f"  base : {_one_line(next(answers))}")
-        print(f"  tuned: {_one_line(next(answers))}")
-        print(f"  (reference: {_one_line(record.output)})\n")
+    return "".join(f"{f'[{record.lang}] {record.instruction} {record.input}'.strip()}\n"
+                   f"  base : {_one_line(next(answers))}\n  tuned: {_one_line(next(answers))}\n"
+                   f"  (reference: {_one_line(record.output)})\n\n" for record in held_out)
 
 
 def _one_line(text: str, width: int = 110) -> str:

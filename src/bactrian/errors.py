@@ -17,5 +17,9 @@ class ModelError(BactrianError):
     """A model, tokenizer or adapter cannot be loaded or does not fit the request."""
 
 
+class UnknownModel(ModelError):
+    """A request named a model (adapter) that is not loaded."""
+
+
 class EndpointError(BactrianError):
     """An endpoint cannot be used (unreachable, key refused, quota exhausted): the job stops, keeping what it did."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ConfigError
+from .errors import DataError
 from .fileio import atomic_write_json, file_sha256
 
 MANIFEST = "bactrian.json"
@@ -57,4 +57,4 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from exc
+        raise DataError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from exc

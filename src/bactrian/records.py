@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -78,10 +79,15 @@ def _single(langs: list[str] | None) -> str | None:
     return langs[0] if langs and len(langs) == 1 else None
 
 
+def language_of_file(path: Path) -> str | None:
+    """The language a data file is named after (fr.jsonl, french.parquet), else None."""
+    return languages.get(path.stem).code if languages.is_known(path.stem) else None
+
+
 def read_file(path: Path, default_lang: str | None = None) -> Iterator[Record]:
     """Records of one JSON, JSONL or Parquet file. The language comes from each row's `lang`, else the
     file name (`fr.jsonl`), else `default_lang`."""
-    stem_lang = languages.get(path.stem).code if languages.is_known(path.stem) else None
+    stem_lang = language_of_file(path)
     for index, where, row in _raw_rows(path):
         yield to_record(row, path, where, stem_lang or default_lang, f"{path.stem}-{index}")
 
@@ -97,15 +103,32 @@ def _raw_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
     raise DataError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl or .parquet.")
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
+def read_jsonl(path: Path, limit: int | None = None) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSONL file, streamed; the one reader of JSONL files."""
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
+            if limit is not None and number > limit:
+                return
             if not line.strip():
                 continue
             try:
-                yield number - 1, f"line {number}", json.loads(line)
+                yield number, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}: line {number}: not valid JSON ({exc.msg})") from exc
+
+
+@contextmanager
+def parsing(path: Path | str, where: str, what: str) -> Iterator[None]:
+    """Turn a missing or mistyped field met while reading `where` of `path` into the one error format."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise DataError(f"{path}: {where}: not {what} ({type(exc).__name__}: {exc}).") from exc
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
+    for number, row in read_jsonl(path):
+        yield number - 1, f"line {number}", row
 
 
 def _json_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
@@ -184,9 +207,8 @@ def _read_language_folder(folder: Path, langs: list[str] | None) -> list[Record]
         raise DataError(f"{folder}: no .json, .jsonl or .parquet files in this folder.")
     records: list[Record] = []
     for path in files:
-        if languages.is_known(path.stem):
-            if langs and languages.get(path.stem).code not in langs:
-                continue
+        if langs and language_of_file(path) not in (None, *langs):
+            continue
         records.extend(read_seed_or_records(path, _single(langs)))
     return records
 
@@ -209,7 +231,7 @@ def _looks_like_seed_file(path: Path) -> bool:
 
 def read_seed_tasks(path: Path, default_lang: str | None) -> Iterator[Record]:
     """The self-instruct seed format: one task per line with `instances: [{input, output}]`; one record each."""
-    stem_lang = languages.get(path.stem).code if languages.is_known(path.stem) else None
+    stem_lang = language_of_file(path)
     for index, where, task in _jsonl_rows(path):
         instances = task.get("instances") if isinstance(task, dict) else None
         if not isinstance(instances, list) or not instances:
@@ -319,13 +341,13 @@ def read_rows(path: str) -> list[dict[str, Any]]:
     language code; other files there, such as reports, are ignored); each gets
     `lang` (from the row, else the file name) and `id` (from the row, else <file>-<row>)."""
     local = Path(path)
-    files = sorted(p for p in local.iterdir() if p.suffix in DATA_SUFFIXES and languages.is_known(p.stem)) \
+    files = sorted(p for p in local.iterdir() if p.suffix in DATA_SUFFIXES and language_of_file(p)) \
         if local.is_dir() else [local]
     if not files or not all(file.is_file() for file in files):
         raise DataError(f"{path}: no .json, .jsonl or .parquet data here.")
     rows, places = [], []
     for file in files:
-        stem_lang = languages.get(file.stem).code if languages.is_known(file.stem) else None
+        stem_lang = language_of_file(file)
         for index, where, row in _raw_rows(file):
             if not isinstance(row, dict):
                 raise DataError(f"{file}: {where}: expected an object, found {type(row).__name__}.")

@@ -1,5 +1,6 @@
-"""Quality filters for generated data: wrong language, empty or truncated output, refusals, exact and near
-duplicates (MinHash), length bounds. Each row gets the list of reasons it fails; a report counts them."""
+"""`bactrian data filter`: quality filters for generated data (wrong language, empty or truncated output,
+refusals, exact and near duplicates by MinHash, length bounds). Each row gets the list of reasons it fails; a
+report counts them."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import hashlib
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from ..fileio import atomic_write_bytes, atomic_write_json
 from ..langid import written_in
+from ..options import option
+from .jobs import read_job_input, write_by_language
 
 REFUSALS = re.compile("|".join([
     r"\bas an ai\b", r"\bi(?:'m| am) (?:sorry|unable|not able)\b", r"\bi can(?:'t|not) (?:help|assist|provide)\b",
@@ -95,3 +100,27 @@ def report_markdown(summary: dict[str, Any]) -> str:
         cells = [str(entry["dropped"].get(reason, 0)) for reason in reasons]
         lines.append(f"| {lang} | {entry['total']} | {entry['kept']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+@dataclass
+class FilterConfig:
+    input: str = option("", "Rows with outputs: a file or a folder of per-language files.")
+    output_dir: str = option("", "Where the filtered rows and filter_report.{json,md} go.")
+    drop: bool = option(True, "Drop failing rows (False: keep them, with a filter_reasons field).")
+    min_chars: int = option(1, "Shortest acceptable output, in characters.")
+    max_chars: int = option(20000, "Longest acceptable output, in characters.")
+    near_duplicate_threshold: float = option(0.9, "MinHash Jaccard similarity above which rows are near duplicates.")
+
+
+def filter_dataset(config: FilterConfig) -> dict[str, Any]:
+    rows = read_job_input(config.input, config.output_dir)
+    settings = FilterSettings(config.min_chars, config.max_chars, config.near_duplicate_threshold)
+    reasons = filter_rows(rows, settings)
+    kept = [row if config.drop else {**row, "filter_reasons": why} for row, why in zip(rows, reasons)
+            if not (config.drop and why)]
+    out = Path(config.output_dir)
+    write_by_language(out, kept)
+    summary = report(rows, reasons)
+    atomic_write_json(out / "filter_report.json", summary)
+    atomic_write_bytes(out / "filter_report.md", report_markdown(summary).encode("utf-8"))
+    return summary

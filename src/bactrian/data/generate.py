@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import languages
-from ..train.config import option
-from .jobs import EndpointConfig, make_client, read_job_input, run_chats, write_by_language
+from ..options import option
+from .jobs import REMOTE_ONLY, EndpointConfig, make_client, read_job_input, refuse_unused, run_chats, write_by_language
 
 
 @dataclass
@@ -31,6 +31,7 @@ def answer_messages(row: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def generate(config: DataGenerateConfig) -> dict[str, Any]:
+    refuse_unused(config, REMOTE_ONLY if config.engine == "hf" else ("batch_size",))
     rows = read_job_input(config.input, config.output_dir)
     conversations = [answer_messages(row) for row in rows]
     if config.engine == "hf":

@@ -4,6 +4,7 @@ that prices the job before it starts, and per-language output files."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -21,8 +22,8 @@ from ..endpoints.cache import RequestCache
 from ..endpoints.client import ChatClient, chat_client
 from ..errors import ConfigError
 from ..fileio import atomic_write_bytes
+from ..options import option
 from ..records import read_rows
-from ..train.config import option
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,23 @@ class EndpointConfig:
                                  "format (also read by vLLM's run-batch) to this file.")
     batch_results: str = option("", "Read a Batch API results file first; its answers are used like cached ones.")
     output_dir: str = option("", "Where the per-language JSONL files, the request cache and the report go.")
+
+
+REMOTE_ONLY = ("base_url", "api_key", "concurrency", "requests_per_minute", "tokens_per_minute",
+               "price_per_1m_tokens", "dry_run", "batch_file", "batch_results")
+
+
+def refuse_unused(config: Any, unused: tuple[str, ...]) -> None:
+    """Options the chosen engine would ignore are an error, never silently dropped."""
+    given = [spec.name for spec in dataclasses.fields(config) if spec.name in unused
+             and getattr(config, spec.name) != _default(spec)]
+    if given:
+        raise ConfigError(f"--engine {config.engine} does not use {', '.join('--' + name for name in given)}; "
+                          "drop them or choose another engine.")
+
+
+def _default(spec: dataclasses.Field) -> Any:
+    return spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
 
 
 def request_cache(config: EndpointConfig) -> RequestCache:

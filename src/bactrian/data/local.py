@@ -76,13 +76,14 @@ def generate_locally(model_name: str, conversations: list[list[dict[str, str]]],
     from ..infer.decoding import Request, SamplingParams
     from ..infer.engine import Engine
     from ..infer.routing import BASE
+    from ..prompts import load_template
 
     keys = [request_key(engine="hf-chat", model=model_name, messages=m, max_tokens=max_tokens) for m in conversations]
     todo = [index for index, key in enumerate(keys) if cache.get(key) is None]
     if todo:
         engine = Engine(model_name, prompt_template_name="bactrian")
         if getattr(engine.tokenizer, "chat_template", None):
-            engine = Engine(model_name, prompt_template_name="chat")
+            engine.default_template = load_template("chat")
         for batch in _batches(todo, batch_size):
             requests = [Request(engine.encode_chat(BASE, conversations[i]), SamplingParams(max_new_tokens=max_tokens))
                         for i in batch]

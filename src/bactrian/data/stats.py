@@ -9,8 +9,8 @@ from typing import Any
 
 from ..charts import figure_and_axes, save_png
 from ..fileio import atomic_write_bytes, atomic_write_json
+from ..options import option
 from ..records import read_rows
-from ..train.config import option
 
 
 @dataclass

@@ -17,11 +17,13 @@ from .. import languages
 from ..endpoints.cache import request_key
 from ..endpoints.client import Limits, Requester
 from ..errors import ConfigError
-from ..train.config import option
+from ..options import option
 from .jobs import (
+    REMOTE_ONLY,
     EndpointConfig,
     make_client,
     read_job_input,
+    refuse_unused,
     request_cache,
     run_all,
     run_chats,
@@ -86,7 +88,14 @@ def is_code_instruction(row: dict[str, Any]) -> bool:
     return bool(CODE_KEYWORDS.search(f"{row['instruction']} {row.get('input', '')}"))
 
 
+LOCAL_UNUSED = tuple(name for name in REMOTE_ONLY if name != "dry_run")  # hf translation prices a dry run
+UNUSED_BY_ENGINE = {"hf": LOCAL_UNUSED, "llm": ("batch_size",),
+                    "google": ("model", "batch_size", "max_tokens", "batch_file", "batch_results"),
+                    "deepl": ("model", "batch_size", "max_tokens", "batch_file", "batch_results")}
+
+
 def translate(config: TranslateConfig) -> dict[str, Any]:
+    refuse_unused(config, UNUSED_BY_ENGINE[config.engine])
     rows = read_job_input(config.input, config.output_dir)
     targets = [lang for lang in languages.parse_langs(config.langs) if lang != "en"]
     if not targets:

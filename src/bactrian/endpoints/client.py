@@ -19,7 +19,8 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError, EndpointError
+from ..errors import EndpointError
+from ..records import parsing, read_jsonl
 from .cache import RequestCache, request_key
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ class Usage:
     failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    characters: int = 0
 
 
 class _MinuteWindow:
@@ -234,11 +234,8 @@ class ChatClient(Requester):
     def store_batch_results(self, path: Path) -> int:
         """Read a Batch API results file into the cache; returns how many answers it held."""
         stored = 0
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
+        for number, row in read_jsonl(path):
+            with parsing(path, f"line {number}", "a Batch API result"):
                 response = row.get("response") or {}
                 if row.get("error") or response.get("status_code") != 200:
                     self.cache.fail(row["custom_id"], json.dumps(row.get("error") or response))
@@ -249,8 +246,6 @@ class ChatClient(Requester):
                                                   "finish_reason": choice.get("finish_reason"),
                                                   "usage": body.get("usage") or {}})
                 stored += 1
-            except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
-                raise DataError(f"{path}: line {number}: not a Batch API result ({exc}).") from exc
         return stored
 
     async def close(self) -> None:

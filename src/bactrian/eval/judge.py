@@ -6,7 +6,6 @@ the share of answers written in the question's language. Requests are cached, so
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -17,11 +16,12 @@ from ..endpoints.cache import RequestCache
 from ..endpoints.client import ChatClient, chat_client
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_bytes, atomic_write_json
-from ..infer.config import GenerateConfig, JudgeConfig
+from ..infer.config import GenerateConfig
 from ..infer.engine import build_engine
 from ..infer.generate import generate_file
 from ..langid import detect_language
-from ..records import check_unique_ids, write_jsonl_rows
+from ..records import check_unique_ids, parsing, read_jsonl, write_jsonl_rows
+from .config import JudgeConfig
 
 SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 VERDICT = (
@@ -48,14 +48,11 @@ def load_questions(folder: Path, langs: list[str], per_lang: int) -> list[dict[s
         lang = FILE_LANGUAGES.get(name) or (languages.get(name).code if languages.is_known(name) else None)
         if lang is None or (langs and lang not in langs):
             continue
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines()[:per_lang], start=1):
-            try:
-                row = json.loads(line)
+        for number, row in read_jsonl(path, limit=per_lang):
+            with parsing(path, f"line {number}", "a question row"):
                 questions.append({"id": f"{lang}-{row['question_id']}", "lang": lang, "instruction": row["text"],
                                   "category": row.get("category", "")})
-                places.append((questions[-1]["id"], f"{path}: line {number}"))
-            except (json.JSONDecodeError, KeyError) as exc:
-                raise DataError(f"{path}: line {number}: not a question row ({exc}).") from exc
+            places.append((questions[-1]["id"], f"{path}: line {number}"))
     if not questions:
         raise DataError(f"{folder}: no questions_<Language>.jsonl files for {langs or 'any language'}.")
     check_unique_ids(places)
@@ -171,7 +168,7 @@ def _answers(config: JudgeConfig, questions: list[dict[str, Any]], out: Path) ->
     generate_file(GenerateConfig(input_file=str(out / "questions.jsonl"), output_file=str(answers_file),
                                  adapter=[config.model_a, config.model_b], max_new_tokens=config.max_new_tokens),
                   engine)
-    return {(row["id"], row["model"]): row["output"] for row in map(json.loads, answers_file.open())}
+    return {(row["id"], row["model"]): row["output"] for _, row in read_jsonl(answers_file)}
 
 
 def _judge_client(config: JudgeConfig, cache: RequestCache) -> ChatClient:

@@ -7,10 +7,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .. import languages
-from ..infer.config import EvalConfig
+from .. import __version__, languages
+from ..errors import ConfigError
 from ..infer.engine import build_engine
 from ..infer.routing import BASE
+from ..manifest import public_config
+from .config import EvalConfig
 from .report import summarise, write_reports
 from .scoring import loglikelihoods
 from .tasks import Item, load_task
@@ -29,6 +31,9 @@ def predictions(items: list[Item], scores: list[list[float]]) -> list[dict[str, 
 
 
 def evaluate(config: EvalConfig) -> dict[str, Any]:
+    if config.prompt_template_name != EvalConfig.prompt_template_name:
+        raise ConfigError("--prompt_template_name: eval scores each task's own prompts (as lm-evaluation-harness "
+                          "does), so no template is used; drop the option.")
     langs = languages.parse_langs(config.langs)
     tasks = {task: load_task(task, config.data_dir, langs) for task in config.tasks}
     if config.limit:
@@ -36,7 +41,8 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
                  for task, per_lang in tasks.items()}
     engine = build_engine(config)
     models = [BASE, *engine.adapters]
-    results: dict[str, Any] = {"models": models, "tasks": {}, "examples": {}}
+    results: dict[str, Any] = {"bactrian_version": __version__, "config": public_config(config), "models": models,
+                               "tasks": {}, "examples": {}}
     for task, per_lang in tasks.items():
         results["tasks"][task], results["examples"][task] = {}, {}
         all_items = [item for items in per_lang.values() for item in items]

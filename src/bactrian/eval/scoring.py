@@ -45,7 +45,7 @@ def loglikelihoods(model: Any, tokenizer: Any, items: list[Item], rows_per_batch
     examples = to_examples(items, tokenizer, max_length)
     totals: dict[str, float] = {}
     for micro in ds.micro_batches(examples, rows_per_batch, tokenizer.pad_token_id, packing=True,
-                                  cutoff_len=ROW_TOKENS, group_by_length=False):
+                                  row_tokens=ROW_TOKENS, group_by_length=False):
         losses, owners = token_losses(model, micro)
         sums = torch.zeros(len(micro.examples), dtype=torch.float64).index_add_(0, owners.cpu(),
                                                                                  losses.double().cpu())

@@ -4,12 +4,12 @@ published in, or from the hub on users' machines. Prompt formats follow lm-evalu
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import languages
 from ..errors import ConfigError, DataError
+from ..records import read_jsonl
 
 # lm-evaluation-harness's XCOPA connectors (cause, effect) per language
 XCOPA_CONNECTORS = {
@@ -71,14 +71,7 @@ def _hub_rows(task: str, config: str, split: str) -> list[dict]:
 
 
 def _jsonl(path: Path) -> list[dict]:
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {number}: not valid JSON ({exc.msg})") from exc
-    return rows
+    return [row for _, row in read_jsonl(path)]
 
 
 def _field(row: dict, name: str, source: object, where: str) -> object:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..train.config import option
+from ..options import option
 
 
 @dataclass

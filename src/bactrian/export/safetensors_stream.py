@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ModelError
+
 DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
 
@@ -33,7 +35,7 @@ def write_streaming(path: Path, specs: list[tuple[str, list[int]]], dtype: torch
         for name, tensor in tensors:
             want_name, want_shape = next(expected)
             if name != want_name or list(tensor.shape) != want_shape:
-                raise ValueError(f"tensor {name} {list(tensor.shape)} does not match the header ({want_name})")
+                raise ModelError(f"tensor {name} {list(tensor.shape)} does not match the header ({want_name})")
             handle.write(tensor.to(dtype).contiguous().view(torch.uint8).numpy().data)  # no extra copy
 
 

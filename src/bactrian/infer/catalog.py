@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..adapters import AdapterCard, adapters_in, parse_adapter_specs, read_card
-from ..errors import ConfigError
+from ..errors import ConfigError, UnknownModel
 from ..prompts import PromptTemplate, load_template
 from .config import EngineConfig
 from .routing import AUTO, BASE, FALLBACKS, Route, choose
@@ -37,7 +37,7 @@ class Catalog:
             messages = [user_messages] if isinstance(user_messages, str) else user_messages
             return choose(list(self.adapters.values()), messages, self.auto_fallback)
         if name != BASE and name not in self.adapters:
-            raise KeyError(name)
+            raise UnknownModel(f"The model '{name}' does not exist. Available: {', '.join(self.model_names)}.")
         return Route(name)
 
     # -- prompts ----------------------------------------------------------------------------------------

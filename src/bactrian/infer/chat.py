@@ -15,6 +15,11 @@ from .routing import AUTO, BASE
 
 log = logging.getLogger(__name__)
 
+# The page samples and streams by default; the original's defaults (beam search, 4 beams) are one click away.
+ORIGINAL_SETTINGS = (0.1, 0.75, 40, 4, 128, True)  # temperature, top p, top k, beams, max tokens, stream
+BEAMS_NOTE = ("Beams above 1 search beams: Temperature, Top p and Top k have no effect, and the answer appears "
+              "whole instead of streaming.")
+
 
 def _params(temperature: float, top_p: float, top_k: int, beams: int, max_tokens: int) -> SamplingParams:
     return SamplingParams(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
@@ -79,9 +84,13 @@ def build_app(engine: Engine, batcher: Batcher | None = None) -> Any:
             temperature = gr.Slider(0, 1, value=0.1, label="Temperature")
             top_p = gr.Slider(0, 1, value=0.75, label="Top p")
             top_k = gr.Slider(0, 100, step=1, value=40, label="Top k")
-            beams = gr.Slider(1, 4, step=1, value=4, label="Beams (above 1: beam search, no streaming)")
+            beams = gr.Slider(1, 4, step=1, value=1, label="Beams (above 1: beam search, no streaming)")
+            beams_note = gr.Markdown(BEAMS_NOTE, visible=False, elem_id="beams_note")
             max_tokens = gr.Slider(1, 2000, step=1, value=128, label="Max tokens")
             stream = gr.Checkbox(label="Stream output", value=True)
+            original = gr.Button("The original generate.py settings (Beams 4)", size="sm", elem_id="original")
+            beams.change(lambda width: gr.update(visible=width > 1), beams, beams_note)
+            original.click(lambda: ORIGINAL_SETTINGS, None, [temperature, top_p, top_k, beams, max_tokens, stream])
             submit = gr.Button("Submit", variant="primary", elem_id="submit")
             output = gr.Textbox(lines=5, label="Output", elem_id="output")
             routed = gr.Markdown(elem_id="routed")

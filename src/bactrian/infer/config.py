@@ -5,19 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..train.config import option
+from ..options import ModelOptions, option
 
 
 @dataclass
-class EngineConfig:
-    base_model: str = option("default", "Base model: 'default' (embedded Gemma 3 270M), a hub id, a local "
-                                        "folder or a .gguf file.")
+class EngineConfig(ModelOptions):
     lora_weights: list[str] = option([], "An adapter folder, as name=path or a bare path (named after its "
                                          "folder). Repeatable.", repeat=True)
     adapters_dir: str = option("", "Load every adapter folder below this folder, named by folder.")
     prompt_template_name: str = option("bactrian", "Template for adapters without a bactrian.json (and the base).")
-    load_8bit: bool = option(False, "Load the base model in 8-bit (bitsandbytes, CUDA only).")
-    load_4bit: bool = option(False, "Load the base model in 4-bit NF4 (bitsandbytes, CUDA only).")
     dtype: str = option("auto", "Weights' dtype for inference: auto (bf16 on a GPU or CPU that runs it fast, "
                                 "i.e. AVX512-BF16 or AMX; else float32), float32, bfloat16 or float16.")
     auto_fallback: str = option("multilingual", "Who answers `auto` requests in a language no adapter covers: "
@@ -67,36 +63,3 @@ class ChatConfig(EngineConfig):
     server_name: str = option("127.0.0.1", "Address to bind (0.0.0.0 to reach it from other machines).")
     server_port: int = option(7860, "Port to listen on.")
     share_gradio: bool = option(False, "Ask Gradio for a public share link.")
-
-
-@dataclass
-class EvalConfig(EngineConfig):
-    tasks: list[str] = option(["xcopa"], "Tasks, comma separated: xcopa, xstorycloze, xwinograd, sib200, or a "
-                                         ".jsonl/.yaml file of {context, choices, label} items.")
-    data_dir: str = option("", "Folder with the tasks' files as published (xcopa/val.LANG.jsonl, sib-200/CODE/"
-                               "dev.tsv, ...); without it, tasks load from the hub.")
-    langs: list[str] = option([], "Languages to evaluate (default: all the task has).")
-    output_dir: str = option("./eval-report", "Where results.json, report.md and the charts go.")
-    batch_size: int = option(16, "Packed rows (of 128 tokens) scored per forward pass.")
-    limit: int = option(0, "Evaluate only the first N items per language (0: all).")
-
-
-@dataclass
-class JudgeConfig(EngineConfig):
-    questions_dir: str = option("", "Folder of questions in the Vicuna-80 format (questions_<Language>.jsonl with "
-                                    "question_id, text, category), e.g. ../shared/data/chat-eval/vicuna-80.")
-    langs: list[str] = option([], "Languages to judge (default: every questions file).")
-    questions_per_lang: int = option(16, "Questions per language (the paper used 16).")
-    model_a: str = option("base", "First model: base or an adapter name.")
-    model_b: str = option("", "Second model: base or an adapter name.")
-    max_new_tokens: int = option(256, "Answer length.")
-    judge_base_url: str = option("", "OpenAI-compatible endpoint of the judge, e.g. https://api.openai.com/v1.")
-    judge_model: str = option("gpt-4", "The judge model's name at that endpoint.")
-    judge_api_key: str = option("", "API key of the judge (default: $OPENAI_API_KEY).")
-    judge_max_tokens: int = option(512, "Most tokens of each verdict.")
-    concurrency: int = option(16, "Judge requests in flight.")
-    requests_per_minute: int = option(0, "Judge requests per minute (0: no limit).")
-    tokens_per_minute: int = option(0, "Judge tokens per minute, estimated (0: no limit).")
-    price_input_per_1m: float = option(0.0, "Price of 1M prompt tokens, for the cost report.")
-    price_output_per_1m: float = option(0.0, "Price of 1M completion tokens, for the cost report.")
-    output_dir: str = option("./judge-report", "Where answers, verdicts, the request cache and the report go.")

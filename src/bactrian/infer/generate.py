@@ -15,7 +15,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..records import Instruction, read_instructions
+from ..records import Instruction, parsing, read_instructions, read_jsonl
 from .config import GenerateConfig
 from .decoding import Request, SamplingParams
 from .engine import Engine, build_engine
@@ -28,26 +28,42 @@ def existing_keys(path: Path) -> set[tuple[str, str]]:
     """(id, model) of every complete row of a previous run; a torn last line is cut off."""
     if not path.exists():
         return set()
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) != len(data):
-        log.warning("%s: dropping an incomplete last line left by an interrupted run.", path)
-        with open(path, "r+b") as handle:
-            handle.truncate(len(complete))
+    _drop_torn_last_line(path)
     keys = set()
-    for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
-        try:
-            row = json.loads(line)
+    for number, row in read_jsonl(path):
+        with parsing(path, f"line {number}", "a row written by bactrian generate"):
             keys.add((str(row["id"]), str(row["model"])))
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise ConfigError(f"{path}: line {number}: not a row written by bactrian generate ({exc}).") from exc
     return keys
+
+
+def _drop_torn_last_line(path: Path, block: int = 1 << 16) -> None:
+    """Cut a last line without its newline (a run killed while writing it), reading only the file's tail."""
+    with open(path, "r+b") as handle:
+        size = handle.seek(0, 2)
+        end = size
+        while end > 0:
+            start = max(0, end - block)
+            handle.seek(start)
+            newline = handle.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                complete = start + newline + 1
+                break
+            end = start
+        else:
+            complete = 0
+        if complete != size:
+            log.warning("%s: dropping an incomplete last line left by an interrupted run.", path)
+            handle.truncate(complete)
 
 
 def generate_file(config: GenerateConfig, engine: Engine | None = None) -> int:
     """Answer every row not answered yet (with `engine`, or one built from the config); returns rows written."""
     if not config.input_file or not config.output_file:
         raise ConfigError("--input_file and --output_file are required.")
+    sampling = {"temperature": 0.0, "top_p": 1.0, "top_k": 0}
+    if config.num_beams > 1 and any(getattr(config, key) != value for key, value in sampling.items()):
+        raise ConfigError("--num_beams above 1 searches beams and ignores --temperature, --top_p and --top_k; drop "
+                          "them, or sample with --num_beams 1.")
     rows = read_instructions(Path(config.input_file))
     engine = engine or build_engine(config)
     models = config.adapter or ([AUTO] if engine.adapters else [BASE])
@@ -84,11 +100,12 @@ def answer(engine: Engine, config: GenerateConfig, batch: list[tuple[int, Instru
         requests.append(Request(engine.render(route.adapter, row.instruction, row.input), params, route.adapter))
         routed.append(route)
     results = engine.generate(requests)
-    settings = {key: getattr(config, key) for key in ("temperature", "top_p", "top_k", "num_beams",
-                                                      "max_new_tokens", "stop")}
+    used = ("num_beams", "max_new_tokens", "stop") if config.num_beams > 1 else (
+        "temperature", "top_p", "top_k", "max_new_tokens", "stop")  # what decided the answer, nothing else
+    settings = {key: getattr(config, key) for key in used}
     return [{**asdict(row), "model": model, "adapter": route.adapter, "detected_lang": route.lang, "output": text,
              "finish_reason": reason, "completion_tokens": tokens,
-             "generation": {**settings, "seed": request.params.seed},
+             "generation": {**settings, **({"seed": request.params.seed} if config.temperature > 0 else {})},
              **({"route": route.to_dict()} if model == AUTO else {})}
             for (_, row, model), route, (text, reason, tokens), request
             in zip(batch, routed, results, requests)]

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..errors import UnknownModel
 from .batcher import Batcher, QueueFull
 from .catalog import Catalog, build_catalog
 from .config import ServeConfig
@@ -261,9 +262,8 @@ async def _encode(catalog: Catalog, adapter: str, prompt: str | list[dict[str, s
 def _route(engine: Catalog, model: str, user_messages: list[str]) -> Route:
     try:
         return engine.resolve_adapter(model, user_messages)
-    except KeyError:
-        raise OpenAIError(404, f"The model '{model}' does not exist. Available: {', '.join(engine.model_names)}.",
-                          param="model", code="model_not_found") from None
+    except UnknownModel as exc:
+        raise OpenAIError(404, str(exc), param="model", code="model_not_found") from None
 
 
 def _request(engine: Catalog, body: _Common, text: str, prompt_ids: list[int], adapter: str,

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-
-def option(default, help: str, **extra):
-    """A dataclass field whose help text the CLI shows."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
-    return field(default=default, metadata={"help": help, **extra})
+from ..options import ModelOptions, option
 
 
 @dataclass
-class FinetuneConfig:
-    base_model: str = option("default", "Base model: 'default' (embedded Gemma 3 270M), a hub id, a local "
-                                        "folder or a .gguf file.")
+class FinetuneConfig(ModelOptions):
     data_path: list[str] = option([], "Instruction data: JSON/JSONL/Parquet file, a folder with one file per "
                                       "language, a datasets save_to_disk folder, or a hub id. Repeatable.",
                                   repeat=True)
@@ -41,8 +34,6 @@ class FinetuneConfig:
                                                       "--output_dir.")
     prompt_template_name: str = option("bactrian", "Prompt template: bactrian, alpaca, chat (the tokenizer's "
                                                    "chat template) or a JSON file.")
-    load_8bit: bool = option(False, "Load the base model in 8-bit (bitsandbytes, CUDA only).")
-    load_4bit: bool = option(False, "Load the base model in 4-bit NF4 (bitsandbytes, CUDA only).")
     max_steps: int = option(-1, "Optimizer steps to train; overrides --num_epochs when > 0.")
     warmup_steps: int = option(100, "Linear warmup steps.")
     logging_steps: int = option(10, "Log the training loss every N steps.")

@@ -153,10 +153,11 @@ class MicroBatch:
 
 
 def micro_batches(examples: list[Example], micro_batch_size: int, pad_id: int, packing: bool,
-                  cutoff_len: int, group_by_length: bool) -> list[MicroBatch]:
-    """Split one rank's share of a global batch into micro-batches, padded or packed."""
+                  row_tokens: int, group_by_length: bool) -> list[MicroBatch]:
+    """Split one rank's share of a global batch into micro-batches, padded or packed into rows of at most
+    `row_tokens` tokens (training packs to --cutoff_len)."""
     if packing:
-        rows = pack_rows([len(example.input_ids) for example in examples], cutoff_len)
+        rows = pack_rows([len(example.input_ids) for example in examples], row_tokens)
     else:
         order = list(range(len(examples)))
         if group_by_length:

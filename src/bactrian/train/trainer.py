@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .. import languages
 from ..adapters import ADAPTER_WEIGHTS
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError, ModelError
 from ..fileio import atomic_write_json, fsync_dir, fsync_tree
 from ..manifest import fingerprint_inputs, read_manifest, write_manifest
 from ..models import LoadedModel, load_model
@@ -389,7 +389,7 @@ def load_adapter_weights(model: Any, folder: Path) -> None:
     result = set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_WEIGHTS)))
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
-        raise ConfigError(f"{folder}: adapter does not fit this model (unexpected keys: {unexpected[:3]}).")
+        raise ModelError(f"{folder}: adapter does not fit this model (unexpected keys: {unexpected[:3]}).")
 
 
 def prepare_examples(config: FinetuneConfig, tokenizer: Any,
@@ -399,7 +399,7 @@ def prepare_examples(config: FinetuneConfig, tokenizer: Any,
     train = ds.tokenize_all(train_records, tokenizer, template, config.cutoff_len, config.train_on_inputs)
     val = ds.tokenize_all(val_records, tokenizer, template, config.cutoff_len, config.train_on_inputs)
     if not train:
-        raise ConfigError("No training examples left after tokenization; check --cutoff_len and the data.")
+        raise DataError("No training examples left after tokenization; check --cutoff_len and the data.")
     return train, val
 
 
@@ -440,7 +440,7 @@ def save_adapter(trainer: Trainer, loaded: LoadedModel, template: PromptTemplate
     saved = load_file(str(staging / ADAPTER_WEIGHTS))
     expected = sum(1 for name, param in trainer.model.named_parameters() if param.requires_grad)
     if len(saved) != expected or not saved:  # the original's 443-byte empty adapters
-        raise ConfigError(f"{staging / ADAPTER_WEIGHTS}: saved {len(saved)} tensors, expected {expected}.")
+        raise ModelError(f"{staging / ADAPTER_WEIGHTS}: saved {len(saved)} tensors, expected {expected}.")
     loaded.tokenizer.save_pretrained(staging)
     fsync_tree(staging)
     for path in staging.iterdir():  # whole files move into place; none is ever half-written
@@ -471,13 +471,12 @@ def finetune_per_language(config: FinetuneConfig) -> dict[str, Any]:
                                   resume_from_checkpoint=config.resume_from_checkpoint or "auto")
         finished = _finished_run(folder, run_identity(one))
         if finished is not None:
-            log.info("%s: already trained with these settings and data, skipped.", folder)
+            log.info("%s: already trained, skipped (same settings and data).", folder)
             results[lang] = finished
             continue
         results[lang] = finetune(one)
     if DistributedContext.from_env().is_main:
         atomic_write_json(root / "summary.json", {"languages": results})
-        print(summary_table(results))
     return {"languages": results}
 
 

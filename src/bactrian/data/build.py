@@ -1,61 +1,32 @@
-"""`bactrian data filter` and `bactrian data build`: the quality filters over a folder of rows, and a recipe
-that runs translate, generate and filter and writes the dataset (one Parquet file per language and a dataset
-card) that `datasets.load_dataset` and `bactrian finetune --data_path` read as they are."""
+"""`bactrian data build`: a recipe that runs translate, generate and filter and writes the dataset (one Parquet
+file per language and a dataset card) that `datasets.load_dataset` and `bactrian finetune --data_path` read as
+they are."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..errors import ConfigError
-from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_with
+from ..fileio import atomic_write_bytes, atomic_write_with
 from ..records import read_rows
-from ..train.config import option
-from .filters import FilterSettings, filter_rows, report, report_markdown
+from .filters import FilterConfig, filter_dataset
 from .generate import DataGenerateConfig, generate
-from .jobs import read_job_input, remove_other_languages, write_by_language
+from .jobs import remove_other_languages
 from .translate import TranslateConfig, translate
 
 DATASET_COLUMNS = ("id", "lang", "instruction", "input", "output")
 
 
-@dataclass
-class FilterConfig:
-    input: str = option("", "Rows with outputs: a file or a folder of per-language files.")
-    output_dir: str = option("", "Where the filtered rows and filter_report.{json,md} go.")
-    drop: bool = option(True, "Drop failing rows (False: keep them, with a filter_reasons field).")
-    min_chars: int = option(1, "Shortest acceptable output, in characters.")
-    max_chars: int = option(20000, "Longest acceptable output, in characters.")
-    near_duplicate_threshold: float = option(0.9, "MinHash Jaccard similarity above which rows are near duplicates.")
-
-
-def filter_dataset(config: FilterConfig) -> dict[str, Any]:
-    rows = read_job_input(config.input, config.output_dir)
-    settings = FilterSettings(config.min_chars, config.max_chars, config.near_duplicate_threshold)
-    reasons = filter_rows(rows, settings)
-    kept = [row if config.drop else {**row, "filter_reasons": why} for row, why in zip(rows, reasons)
-            if not (config.drop and why)]
-    out = Path(config.output_dir)
-    write_by_language(out, kept)
-    summary = report(rows, reasons)
-    atomic_write_json(out / "filter_report.json", summary)
-    atomic_write_bytes(out / "filter_report.md", report_markdown(summary).encode("utf-8"))
-    return summary
-
-
-@dataclass
-class BuildConfig:
-    config: str = option("", "The recipe: YAML with input, langs, output_dir and translate / generate / filter "
-                             "sections (their keys are those verbs' options).")
-
-
 def build(recipe_path: str) -> dict[str, Any]:
     recipe = _read_recipe(Path(recipe_path))
+    if "drop" in recipe.get("filter", {}):
+        raise ConfigError(f"{recipe_path}: filter.drop: a build always drops the rows that fail a filter (the dataset "
+                          "is what passed); run `bactrian data filter --drop False` to inspect failing rows.")
     out = Path(recipe["output_dir"])
     stages = out / "stages"
     source = recipe["input"]
