@@ -8,7 +8,7 @@ import pytest
 
 from bactrian.errors import ConfigError, DataError
 from bactrian.infer.config import GenerateConfig
-from bactrian.infer.generate import generate_file
+from bactrian.infer.generate import generate
 
 from conftest import write_jsonl
 
@@ -32,25 +32,25 @@ def rows_of(path):
 
 def test_every_row_with_every_adapter_then_nothing_twice(tiny_llama, tiny_adapters, questions, tmp_path):
     output = tmp_path / "out.jsonl"
-    assert generate_file(config(tiny_llama, tiny_adapters, questions, output)) == 14
+    assert generate(config(tiny_llama, tiny_adapters, questions, output)) == 14
     rows = rows_of(output)
     assert sorted((r["id"], r["model"]) for r in rows) == sorted((f"q{i}", m) for i in range(7) for m in ("fr", "de"))
     assert all(r["finish_reason"] in ("stop", "length") and r["generation"]["max_new_tokens"] == 6 for r in rows)
-    assert generate_file(config(tiny_llama, tiny_adapters, questions, output)) == 0
+    assert generate(config(tiny_llama, tiny_adapters, questions, output)) == 0
     assert rows_of(output) == rows
     whole = output.read_bytes()
     output.write_bytes(whole[:-25])  # a crash in the middle of the last line
-    assert generate_file(config(tiny_llama, tiny_adapters, questions, output)) == 1
+    assert generate(config(tiny_llama, tiny_adapters, questions, output)) == 1
     assert rows_of(output) == rows
 
 
 def test_results_do_not_depend_on_batch_size(tiny_llama, tiny_adapters, questions, tmp_path):
     one = tmp_path / "one.jsonl"
-    generate_file(config(tiny_llama, tiny_adapters, questions, one, temperature=0.8))
+    generate(config(tiny_llama, tiny_adapters, questions, one, temperature=0.8))
     many = tmp_path / "many.jsonl"
     cfg = config(tiny_llama, tiny_adapters, questions, many, temperature=0.8)
     cfg.batch_size = 7
-    generate_file(cfg)
+    generate(cfg)
     assert sorted(map(json.dumps, rows_of(one))) == sorted(map(json.dumps, rows_of(many)))
 
 
@@ -58,10 +58,10 @@ def test_bad_input_is_named(tiny_llama, tiny_adapters, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "ok"}\n{"input": "no instruction"}\n')
     with pytest.raises(DataError, match="bad.jsonl: line 2: field 'instruction' is missing"):
-        generate_file(config(tiny_llama, tiny_adapters, bad, tmp_path / "o.jsonl"))
+        generate(config(tiny_llama, tiny_adapters, bad, tmp_path / "o.jsonl"))
     good = write_jsonl(tmp_path / "good.jsonl", [{"instruction": "x"}])
     with pytest.raises(ConfigError, match="--adapter it: not loaded"):
-        generate_file(GenerateConfig(base_model=str(tiny_llama), input_file=str(good),
+        generate(GenerateConfig(base_model=str(tiny_llama), input_file=str(good),
                                      output_file=str(tmp_path / "o.jsonl"), adapter=["it"]))
 
 
@@ -71,7 +71,7 @@ def test_resume_after_a_crash_that_tore_a_line(tiny_llama, tiny_adapters, tmp_pa
     rows = [{"id": f"r{i}", "instruction": f"Write item {i}."} for i in range(60)]
     questions = write_jsonl(tmp_path / "many.jsonl", rows)
     reference = tmp_path / "reference.jsonl"
-    generate_file(config(tiny_llama, tiny_adapters, questions, reference))
+    generate(config(tiny_llama, tiny_adapters, questions, reference))
     lines = reference.read_bytes().splitlines(keepends=True)
     output = tmp_path / "crashed.jsonl"
     output.write_bytes(b"".join(lines[:37]) + lines[37][: len(lines[37]) // 2])

@@ -137,8 +137,8 @@ def test_export_replaces_an_existing_output_only_once_the_new_one_is_complete(ti
 def test_duplicate_ids_are_errors_naming_both_rows(tiny_llama, tmp_path):
     from bactrian.data.generate import DataGenerateConfig, generate
     from bactrian.eval.judge import load_questions
+    from bactrian.infer import generate as answering
     from bactrian.infer.config import GenerateConfig
-    from bactrian.infer.generate import generate_file
 
     rows = [{"id": "a", "instruction": "One."}, {"id": "b", "instruction": "Two."}, {"id": "a", "instruction": "3."}]
     source = write_jsonl(tmp_path / "en.jsonl", rows)
@@ -150,7 +150,7 @@ def test_duplicate_ids_are_errors_naming_both_rows(tiny_llama, tmp_path):
         generate(DataGenerateConfig(input=str(source), model="m", base_url="http://127.0.0.1:9/v1",
                                     output_dir=str(tmp_path / "g")))
     with pytest.raises(BactrianError, match=both_rows):
-        generate_file(GenerateConfig(base_model=str(tiny_llama), input_file=str(source),
+        answering.generate(GenerateConfig(base_model=str(tiny_llama), input_file=str(source),
                                      output_file=str(tmp_path / "o.jsonl")))
     questions = tmp_path / "questions"
     questions.mkdir()

@@ -54,14 +54,14 @@ def test_generate_refuses_sampling_settings_with_beams_and_records_only_what_dec
     import json
 
     from bactrian.infer.config import GenerateConfig
-    from bactrian.infer.generate import generate_file
+    from bactrian.infer.generate import generate
 
     source = write_jsonl(tmp_path / "q.jsonl", [{"id": "q", "instruction": "Hi"}])
     settings = dict(base_model=str(tiny_llama), input_file=str(source), max_new_tokens=3)
     with pytest.raises(ConfigError, match="--num_beams above 1 .* ignores --temperature"):
-        generate_file(GenerateConfig(**settings, output_file=str(tmp_path / "a.jsonl"), num_beams=2, temperature=0.7))
-    generate_file(GenerateConfig(**settings, output_file=str(tmp_path / "b.jsonl"), num_beams=2))
-    generate_file(GenerateConfig(**settings, output_file=str(tmp_path / "c.jsonl"), temperature=0.7, seed=5))
+        generate(GenerateConfig(**settings, output_file=str(tmp_path / "a.jsonl"), num_beams=2, temperature=0.7))
+    generate(GenerateConfig(**settings, output_file=str(tmp_path / "b.jsonl"), num_beams=2))
+    generate(GenerateConfig(**settings, output_file=str(tmp_path / "c.jsonl"), temperature=0.7, seed=5))
     beams = json.loads((tmp_path / "b.jsonl").read_text())["generation"]
     sampled = json.loads((tmp_path / "c.jsonl").read_text())["generation"]
     assert beams == {"num_beams": 2, "max_new_tokens": 3, "stop": []}

@@ -111,14 +111,14 @@ def test_a_bad_fallback_is_refused(tiny_llama):
 
 def test_generate_rows_say_why(tiny_llama, tiny_adapters, tmp_path):
     from bactrian.infer.config import GenerateConfig
-    from bactrian.infer.generate import generate_file
+    from bactrian.infer.generate import generate
 
     from conftest import write_jsonl
 
     questions = write_jsonl(tmp_path / "q.jsonl", [{"id": "q0", "instruction": GERMAN},
                                                    {"id": "q1", "instruction": SWAHILI}])
     output = tmp_path / "out.jsonl"
-    generate_file(GenerateConfig(base_model=str(tiny_llama), lora_weights=[str(tiny_adapters["de"])],
+    generate(GenerateConfig(base_model=str(tiny_llama), lora_weights=[str(tiny_adapters["de"])],
                                  input_file=str(questions), output_file=str(output), max_new_tokens=3))
     rows = {row["id"]: row for row in map(json.loads, output.read_text().splitlines())}
     assert rows["q0"]["adapter"] == "de" and rows["q0"]["route"]["rule"] == "covers-language"

@@ -134,17 +134,17 @@ def _is_main_process() -> bool:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from .demo import DemoConfig, run_demo
+    from .demo import DemoConfig, demo
 
-    print(run_demo(build_config(DemoConfig, args)))
+    print(demo(build_config(DemoConfig, args)))
 
 
 def _generate(args: argparse.Namespace) -> None:
     from .infer.config import GenerateConfig
-    from .infer.generate import generate_file
+    from .infer.generate import generate
 
     config = build_config(GenerateConfig, args)
-    written = generate_file(config)
+    written = generate(config)
     print(f"Wrote {written} rows to {config.output_file}")
 
 
@@ -156,10 +156,10 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _chat(args: argparse.Namespace) -> None:
-    from .infer.chat import launch
+    from .infer.chat import chat
     from .infer.config import ChatConfig
 
-    launch(build_config(ChatConfig, args))
+    chat(build_config(ChatConfig, args))
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -198,7 +198,7 @@ def _data(name: str):
 
         verbs = {"translate": (translate.TranslateConfig, translate.translate),
                  "generate": (generate.DataGenerateConfig, generate.generate),
-                 "filter": (filters.FilterConfig, filters.filter_dataset),
+                 "filter": (filters.FilterConfig, filters.filter),
                  "stats": (stats.StatsConfig, stats.stats)}
         if name == "build":
             result = build.build(args.config)

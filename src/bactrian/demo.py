@@ -40,7 +40,7 @@ def split_held_out(records: list[Record]) -> tuple[list[Record], list[Record]]:
     return [record for record in records if record not in held_out], held_out
 
 
-def run_demo(config: DemoConfig) -> str:
+def demo(config: DemoConfig) -> str:
     """Tune, compare, and return the report the CLI prints (progress goes to the log)."""
     from .train.trainer import finetune
 

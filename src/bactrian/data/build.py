@@ -14,7 +14,7 @@ import yaml
 from ..errors import ConfigError
 from ..fileio import atomic_write_bytes, atomic_write_with
 from ..records import read_rows
-from .filters import FilterConfig, filter_dataset
+from . import filters
 from .generate import DataGenerateConfig, generate
 from .jobs import remove_other_languages
 from .translate import TranslateConfig, translate
@@ -38,7 +38,7 @@ def build(recipe_path: str) -> dict[str, Any]:
         source = str(stages / "translated")
     results["generate"] = generate(_stage(DataGenerateConfig, recipe["generate"], input=source,
                                           output_dir=str(stages / "generated")))
-    summary = filter_dataset(_stage(FilterConfig, recipe.get("filter", {}), input=str(stages / "generated"),
+    summary = filters.filter(_stage(filters.FilterConfig, recipe.get("filter", {}), input=str(stages / "generated"),
                                     output_dir=str(stages / "filtered"), drop=True))
     kept = read_rows(str(stages / "filtered")) if any(entry["kept"] for entry in summary.values()) else []
     counts = write_parquet(kept, out)

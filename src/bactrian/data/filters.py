@@ -112,7 +112,8 @@ class FilterConfig:
     near_duplicate_threshold: float = option(0.9, "MinHash Jaccard similarity above which rows are near duplicates.")
 
 
-def filter_dataset(config: FilterConfig) -> dict[str, Any]:
+def filter(config: FilterConfig) -> dict[str, Any]:
+    """`bactrian data filter` (named after its verb like every entry point; it shadows the builtin here only)."""
     rows = read_job_input(config.input, config.output_dir)
     settings = FilterSettings(config.min_chars, config.max_chars, config.near_duplicate_threshold)
     reasons = filter_rows(rows, settings)

@@ -16,9 +16,9 @@ from ..endpoints.cache import RequestCache
 from ..endpoints.client import ChatClient, chat_client
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_bytes, atomic_write_json
+from ..infer import generate as answering
 from ..infer.config import GenerateConfig
 from ..infer.engine import build_engine
-from ..infer.generate import generate_file
 from ..langid import detect_language
 from ..records import check_unique_ids, parsing, read_jsonl, write_jsonl_rows
 from .config import JudgeConfig
@@ -165,7 +165,7 @@ def _answers(config: JudgeConfig, questions: list[dict[str, Any]], out: Path) ->
         if model not in engine.model_names:
             raise ConfigError(f"--model {model}: not loaded. Loaded: {', '.join(engine.model_names)}.")
     answers_file = out / "answers.jsonl"
-    generate_file(GenerateConfig(input_file=str(out / "questions.jsonl"), output_file=str(answers_file),
+    answering.generate(GenerateConfig(input_file=str(out / "questions.jsonl"), output_file=str(answers_file),
                                  adapter=[config.model_a, config.model_b], max_new_tokens=config.max_new_tokens),
                   engine)
     return {(row["id"], row["model"]): row["output"] for _, row in read_jsonl(answers_file)}

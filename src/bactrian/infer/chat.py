@@ -109,7 +109,7 @@ def build_app(engine: Engine, batcher: Batcher | None = None) -> Any:
     return app
 
 
-def launch(config: ChatConfig) -> None:
+def chat(config: ChatConfig) -> None:
     engine = build_engine(config)
     app = build_app(engine)
     log.info("Chat UI on http://%s:%d", config.server_name, config.server_port)

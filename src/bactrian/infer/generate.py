@@ -56,7 +56,7 @@ def _drop_torn_last_line(path: Path, block: int = 1 << 16) -> None:
             handle.truncate(complete)
 
 
-def generate_file(config: GenerateConfig, engine: Engine | None = None) -> int:
+def generate(config: GenerateConfig, engine: Engine | None = None) -> int:
     """Answer every row not answered yet (with `engine`, or one built from the config); returns rows written."""
     if not config.input_file or not config.output_file:
         raise ConfigError("--input_file and --output_file are required.")
