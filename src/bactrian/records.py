@@ -69,7 +69,7 @@ def _read_path(path: str, langs: list[str] | None) -> list[Record]:
             return _read_saved_dataset(local, langs)
         return _read_language_folder(local, langs)
     if local.is_file():
-        return list(read_seed_or_records(local, _single(langs)))
+        return list(_read_seed_or_records(local, _single(langs)))
     if local.suffix in DATA_SUFFIXES or path.startswith((".", "/")):
         raise DataError(f"{path}: no such file or folder.")
     return _read_hub_dataset(path, langs)
@@ -84,12 +84,12 @@ def language_of_file(path: Path) -> str | None:
     return languages.get(path.stem).code if languages.is_known(path.stem) else None
 
 
-def read_file(path: Path, default_lang: str | None = None) -> Iterator[Record]:
+def _read_file(path: Path, default_lang: str | None = None) -> Iterator[Record]:
     """Records of one JSON, JSONL or Parquet file. The language comes from each row's `lang`, else the
     file name (`fr.jsonl`), else `default_lang`."""
     stem_lang = language_of_file(path)
     for index, where, row in _raw_rows(path):
-        yield to_record(row, path, where, stem_lang or default_lang, f"{path.stem}-{index}")
+        yield _to_record(row, path, where, stem_lang or default_lang, f"{path.stem}-{index}")
 
 
 def _raw_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
@@ -166,7 +166,7 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
         yield index, f"row {index}", row
 
 
-def to_record(row: Any, source: Path | str, where: str, default_lang: str | None, default_id: str) -> Record:
+def _to_record(row: Any, source: Path | str, where: str, default_lang: str | None, default_id: str) -> Record:
     """Validate one raw row. Null, missing and empty `input` are the same."""
     if not isinstance(row, dict):
         raise DataError(f"{source}: {where}: expected an object with instruction/output, found {type(row).__name__}.")
@@ -209,15 +209,15 @@ def _read_language_folder(folder: Path, langs: list[str] | None) -> list[Record]
     for path in files:
         if langs and language_of_file(path) not in (None, *langs):
             continue
-        records.extend(read_seed_or_records(path, _single(langs)))
+        records.extend(_read_seed_or_records(path, _single(langs)))
     return records
 
 
-def read_seed_or_records(path: Path, default_lang: str | None) -> Iterator[Record]:
+def _read_seed_or_records(path: Path, default_lang: str | None) -> Iterator[Record]:
     """Read a file in either the flat record format or the self-instruct seed format."""
     if path.suffix == ".jsonl" and _looks_like_seed_file(path):
-        return read_seed_tasks(path, default_lang)
-    return read_file(path, default_lang)
+        return _read_seed_tasks(path, default_lang)
+    return _read_file(path, default_lang)
 
 
 def _looks_like_seed_file(path: Path) -> bool:
@@ -229,7 +229,7 @@ def _looks_like_seed_file(path: Path) -> bool:
         return False
 
 
-def read_seed_tasks(path: Path, default_lang: str | None) -> Iterator[Record]:
+def _read_seed_tasks(path: Path, default_lang: str | None) -> Iterator[Record]:
     """The self-instruct seed format: one task per line with `instances: [{input, output}]`; one record each."""
     stem_lang = language_of_file(path)
     for index, where, task in _jsonl_rows(path):
@@ -243,7 +243,7 @@ def read_seed_tasks(path: Path, default_lang: str | None) -> Iterator[Record]:
             task_id = task.get("id") or f"{path.stem}-{index}"
             row["id"] = task_id if len(instances) == 1 else f"{task_id}-{number}"
             where_instance = f"{where}, instances[{number}]"
-            yield to_record(row, path, where_instance, stem_lang or default_lang, row["id"])
+            yield _to_record(row, path, where_instance, stem_lang or default_lang, row["id"])
 
 
 def _read_saved_dataset(folder: Path, langs: list[str] | None) -> list[Record]:
@@ -259,7 +259,7 @@ def _read_saved_dataset(folder: Path, langs: list[str] | None) -> list[Record]:
         default = languages.get(split_name).code if languages.is_known(split_name) else _single(langs)
         for index, row in enumerate(split):
             where = f"split {split_name!r} row {index}"
-            records.append(to_record(row, folder, where, default, f"{split_name}-{index}"))
+            records.append(_to_record(row, folder, where, default, f"{split_name}-{index}"))
     return records
 
 
@@ -278,7 +278,7 @@ def _read_hub_dataset(dataset_id: str, langs: list[str] | None) -> list[Record]:
         except Exception as exc:  # network, missing config, auth: all surface as one clear message
             raise DataError(f"{dataset_id}: could not load config {lang!r} from the hub ({exc}).") from exc
         for index, row in enumerate(split):
-            records.append(to_record(row, f"{dataset_id}[{lang}]", f"row {index}", lang, f"{lang}-{index}"))
+            records.append(_to_record(row, f"{dataset_id}[{lang}]", f"row {index}", lang, f"{lang}-{index}"))
     return records
 
 
@@ -316,30 +316,19 @@ def check_unique_ids(keys: Iterable[tuple[Any, str]]) -> None:
 
 
 def read_instructions(path: Path) -> list[Instruction]:
-    """Rows of a JSON, JSONL or Parquet file to generate answers for; errors name the file, line and field."""
-    if not path.is_file():
+    """Rows to generate answers for (instruction, optional input, lang, id), from `read_rows`."""
+    if not Path(path).is_file():
         raise DataError(f"{path}: no such file.")
-    rows: list[Instruction] = []
-    places: list[tuple[str, str]] = []
-    for index, where, row in _raw_rows(path):
-        if not isinstance(row, dict):
-            raise DataError(f"{path}: {where}: expected an object with an instruction, found {type(row).__name__}.")
-        instruction = _text_field(row, "instruction", path, where, required=True)
-        lang = row.get("lang")
-        if lang is not None and not languages.is_known(str(lang)):
-            raise DataError(f"{path}: {where}: field 'lang' has unknown language {lang!r}.")
-        rows.append(Instruction(str(row.get("id") or f"{path.stem}-{index}"),
-                                languages.get(str(lang)).code if lang else None, instruction,
-                                _text_field(row, "input", path, where, required=False)))
-        places.append((rows[-1].id, f"{path}: {where}"))
-    check_unique_ids(places)
-    return rows
+    return [Instruction(row["id"], row["lang"], row["instruction"], row["input"])
+            for row in read_rows(str(path), lang_required=False)]
 
 
-def read_rows(path: str) -> list[dict[str, Any]]:
-    """Raw rows (all their fields) of a JSON/JSONL/Parquet file or a folder of per-language files (named by
-    language code; other files there, such as reports, are ignored); each gets
-    `lang` (from the row, else the file name) and `id` (from the row, else <file>-<row>)."""
+def read_rows(path: str, lang_required: bool = True) -> list[dict[str, Any]]:
+    """The one reader of rows: every field of each row of a JSON/JSONL/Parquet file or of a folder of
+    per-language files (named by language; other files there, such as reports, are ignored), checked: an
+    `instruction`, an optional `input`, `lang` from the row or else the file name (required unless
+    `lang_required` is off, then None when unknown), `id` from the row or else <file>-<row>, unique (per
+    language when languages are required: a translated row keeps its source's id)."""
     local = Path(path)
     files = sorted(p for p in local.iterdir() if p.suffix in DATA_SUFFIXES and language_of_file(p)) \
         if local.is_dir() else [local]
@@ -347,18 +336,22 @@ def read_rows(path: str) -> list[dict[str, Any]]:
         raise DataError(f"{path}: no .json, .jsonl or .parquet data here.")
     rows, places = [], []
     for file in files:
-        stem_lang = language_of_file(file)
         for index, where, row in _raw_rows(file):
-            if not isinstance(row, dict):
-                raise DataError(f"{file}: {where}: expected an object, found {type(row).__name__}.")
-            _text_field(row, "instruction", file, where, required=True)
-            _text_field(row, "input", file, where, required=False)
-            lang = row.get("lang") or stem_lang
-            if not lang or not languages.is_known(str(lang)):
-                raise DataError(f"{file}: {where}: field 'lang' is missing or unknown ({lang!r}); name the file "
-                                "after its language or add a 'lang' field.")
-            rows.append({**row, "id": str(row.get("id") or f"{file.stem}-{index}"),
-                         "lang": languages.get(str(lang)).code, "input": row.get("input") or ""})
-            places.append(((rows[-1]["lang"], rows[-1]["id"]), f"{file}: {where}"))
-    check_unique_ids(places)  # per language: a translated row keeps its source's id
+            rows.append(_checked_row(row, file, where, index, lang_required))
+            key = (rows[-1]["lang"], rows[-1]["id"]) if lang_required else rows[-1]["id"]
+            places.append((key, f"{file}: {where}"))
+    check_unique_ids(places)
     return rows
+
+
+def _checked_row(row: Any, file: Path, where: str, index: int, lang_required: bool) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise DataError(f"{file}: {where}: expected an object with an instruction, found {type(row).__name__}.")
+    _text_field(row, "instruction", file, where, required=True)
+    _text_field(row, "input", file, where, required=False)
+    lang = row.get("lang") or language_of_file(file)
+    if (lang or lang_required) and not (lang and languages.is_known(str(lang))):
+        raise DataError(f"{file}: {where}: field 'lang' is missing or unknown ({lang!r}); name the file "
+                        "after its language or add a 'lang' field.")
+    return {**row, "id": str(row.get("id") or f"{file.stem}-{index}"),
+            "lang": languages.get(str(lang)).code if lang else None, "input": row.get("input") or ""}
