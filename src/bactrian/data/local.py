@@ -11,7 +11,7 @@ import torch
 
 from .. import languages
 from ..endpoints.cache import RequestCache, request_key
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
 
 SOURCE_CODES = {"nllb": "eng_Latn", "m2m100": "en", "mbart50": "en_XX"}
 
@@ -57,7 +57,7 @@ def translate_locally(model_name: str, segments: dict[str, list[str]], cache: Re
         token = target_token(family, lang)
         forced = tokenizer.convert_tokens_to_ids(token)
         if forced is None or forced == tokenizer.unk_token_id:
-            raise ConfigError(f"{model_name} has no language code {token} for {lang}.")
+            raise ModelError(f"{model_name} has no language code {token} for {lang}.")
         keys = {text: request_key(engine="hf-mt", model=model_name, target=token, text=text) for text in texts}
         todo = [text for text in dict.fromkeys(texts) if cache.get(keys[text]) is None]
         for batch in _batches(todo, batch_size):
