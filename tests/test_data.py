@@ -434,19 +434,20 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_done(tiny_llama, tmp_path):
     from bactrian.endpoints.cache import RequestCache
 
     source = write_jsonl(tmp_path / "fr.jsonl", [{"id": f"q{i}", "instruction": f"Question {i} ?"} for i in range(40)])
-    counter: dict = {}
-    with LiveServer(counting_app(create_app(Engine(str(tiny_llama))), counter)) as url:
+    counter: dict = {"hold": True}  # requests after the 8th wait: the job is interrupted at a known point
+    with LiveServer(counting_app(create_app(Engine(str(tiny_llama))), counter, hold_after=8)) as url:
         out = tmp_path / "out"
         command = [sys.executable, "-m", "bactrian", "data", "generate", "--input", str(source), "--model", "base",
                    "--base_url", f"{url}/v1", "--max_tokens", "6", "--concurrency", "2", "--output_dir", str(out)]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 120
-        while counter.get("requests", 0) < 8 and time.time() < deadline:
+        while counter.get("requests", 0) < 10 and time.time() < deadline:
             time.sleep(0.005)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
+        counter["hold"] = False
         assert process.returncode == 130 and "interrupted" in stderr
         stored = len(RequestCache(out / "requests.sqlite").connection.execute("SELECT key FROM results").fetchall())
-        assert stored >= 6
+        assert stored == 8
         assert subprocess.run(command, capture_output=True).returncode == 0
     assert len((out / "fr.jsonl").read_text().splitlines()) == 40
