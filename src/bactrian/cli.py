@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level if _is_main_process() else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+    for noisy in ("httpx", "httpx2"):  # one INFO line per request otherwise (httpx2: the openai client's own)
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         args.func(args)
     except BactrianError as exc:
