@@ -439,7 +439,9 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_done(tiny_llama, tmp_path):
         out = tmp_path / "out"
         command = [sys.executable, "-m", "bactrian", "data", "generate", "--input", str(source), "--model", "base",
                    "--base_url", f"{url}/v1", "--max_tokens", "6", "--concurrency", "2", "--output_dir", str(out)]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # SIGINT's default action, even where this test runs with SIGINT ignored (a background job inherits that)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 120
         while counter.get("requests", 0) < 10 and time.time() < deadline:
             time.sleep(0.005)
