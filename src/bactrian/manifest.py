@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,15 @@ from .fileio import atomic_write_json, file_sha256
 MANIFEST = "bactrian.json"
 
 
-def fingerprint_inputs(paths: list[str]) -> list[dict[str, str]]:
-    """A sha256 for each local data file (every file of a folder), the id for a hub dataset."""
+def fingerprint_inputs(paths: list[str], include: Callable[[Path], bool] = lambda _: True) -> list[dict[str, str]]:
+    """A sha256 for each local data file that `include` keeps (every file of a folder), the id for a hub
+    dataset."""
     entries: list[dict[str, str]] = []
     for spec in paths:
         path = Path(spec)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for file in files:
-            if file.is_file():
+            if file.is_file() and include(file):
                 entries.append({"path": str(file), "sha256": file_sha256(file)})
         if not path.exists():
             entries.append({"hub_id": spec})

@@ -76,14 +76,15 @@ def run_identity(config: FinetuneConfig) -> dict[str, Any]:
     """What makes two runs the same run: the settings of RUN_KEYS and the hash of every data file it reads."""
     settings = {key: getattr(config, key) for key in RUN_KEYS}
     settings["lang"] = languages.parse_langs(config.lang)
-    data = [entry for entry in fingerprint_inputs(config.data_path) if _read_for(entry, settings["lang"])]
+    langs = settings["lang"]
+    data = fingerprint_inputs(config.data_path, include=lambda file: _read_for(file, langs))
     return {"settings": json.loads(json.dumps(settings)), "data": data}
 
 
-def _read_for(entry: dict[str, str], langs: list[str]) -> bool:
-    """Whether a data file matters to a run on `langs`: a file named after another language does not."""
-    stem = Path(entry.get("path", "")).stem
-    return not (langs and languages.is_known(stem) and languages.get(stem).code not in langs)
+def _read_for(file: Path, langs: list[str]) -> bool:
+    """Whether a data file matters to a run on `langs` (a file named after another language does not): only
+    those are hashed, so each language of a --per_language run hashes its own files."""
+    return not (langs and languages.is_known(file.stem) and languages.get(file.stem).code not in langs)
 
 
 def identity_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
