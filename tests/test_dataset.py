@@ -1,5 +1,6 @@
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -18,43 +19,45 @@ def _record(output="Red is a primary colour.", input=""):
     return Record("x-1", "en", "Name a primary colour.", input, output)
 
 
+def _example(tokenizer, cutoff_len=256, train_on_inputs=False, record=None):
+    record = record or _record()
+    ((ids, masked),) = ds.tokenize_batch([record], tokenizer, load_template("bactrian"), cutoff_len, train_on_inputs)
+    return ds.Example.from_tokens(record.id, record.lang, ids, masked)
+
+
 def test_prompt_tokens_masked_and_output_plus_eos_learned(tokenizer):
     template = load_template("bactrian")
-    example = ds.tokenize(_record(), tokenizer, template, cutoff_len=256, train_on_inputs=False)
+    example = _example(tokenizer)
     prompt_ids = tokenizer(template.render("Name a primary colour.", ""))["input_ids"]
     output_ids = tokenizer("Red is a primary colour.", add_special_tokens=False)["input_ids"]
     assert list(example.input_ids) == prompt_ids + output_ids + [tokenizer.eos_token_id]
     assert list(example.labels) == [-100] * len(prompt_ids) + output_ids + [tokenizer.eos_token_id]
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
-    with_inputs = ds.tokenize(_record(), tokenizer, template, cutoff_len=256, train_on_inputs=True)
+    with_inputs = _example(tokenizer, train_on_inputs=True)
     assert with_inputs.labels == with_inputs.input_ids
 
 
+def test_batch_tokenization_equals_the_tokenizers_own_call(tokenizer):
+    texts = ["Name a primary colour.", "Écris une salutation.", "", "2 + 3 = 5."]
+    for special in (True, False):
+        assert ds.encode(tokenizer, texts, special) == tokenizer(texts, add_special_tokens=special)["input_ids"]
+
+
 def test_truncation_keeps_eos_of_examples_that_fit(tokenizer):
-    template = load_template("bactrian")
-    full = ds.tokenize(_record(), tokenizer, template, cutoff_len=256, train_on_inputs=False)
-    exact = ds.tokenize(_record(), tokenizer, template, cutoff_len=len(full.input_ids), train_on_inputs=False)
+    full = _example(tokenizer)
+    exact = _example(tokenizer, cutoff_len=len(full.input_ids))
     assert exact.input_ids[-1] == tokenizer.eos_token_id
-    cut = ds.tokenize(_record(), tokenizer, template, cutoff_len=len(full.input_ids) - 3, train_on_inputs=False)
+    cut = _example(tokenizer, cutoff_len=len(full.input_ids) - 3)
     assert len(cut.input_ids) == len(full.input_ids) - 3 and cut.input_ids == full.input_ids[:-3]
-
-
-def test_examples_with_nothing_to_learn_are_left_out_with_a_warning(tokenizer, caplog):
-    template = load_template("bactrian")
-    examples = ds.tokenize_all([_record()], tokenizer, template, cutoff_len=4, train_on_inputs=False)
-    assert examples == [] and "nothing left to learn" in caplog.text
-
-
-def _records(counts):
-    return [Record(f"{lang}-{i}", lang, "i", "", "o") for lang, n in counts.items() for i in range(n)]
+    assert _example(tokenizer, cutoff_len=4).num_targets == 0
 
 
 def test_validation_split_is_stratified_by_language_and_seeded():
-    records = _records({"en": 600, "fr": 300, "sw": 100})
-    train, val = ds.stratified_split(records, 100)
-    assert Counter(r.lang for r in val) == {"en": 60, "fr": 30, "sw": 10}
-    assert len(train) == 900 and not {r.id for r in train} & {r.id for r in val}
-    assert ds.stratified_split(records, 100)[1] == val
+    langs = np.array(["en"] * 600 + ["fr"] * 300 + ["sw"] * 100)
+    train, val = ds.stratified_split(langs, 100)
+    assert Counter(langs[val]) == {"en": 60, "fr": 30, "sw": 10}
+    assert len(train) == 900 and not set(train) & set(val)
+    assert np.array_equal(ds.stratified_split(langs, 100)[1], val)
 
 
 def test_language_temperature_probabilities():
@@ -67,14 +70,14 @@ def test_language_temperature_probabilities():
 
 
 def test_epoch_order_follows_temperature_quotas():
-    examples = [ds.Example(f"{lang}-{i}", lang, (1, 2), (1, 2)) for lang, n in {"en": 90, "sw": 10}.items()
-                for i in range(n)]
-    order = ds.epoch_order(examples, 2.0, seed=1, epoch=0)
-    langs = Counter(examples[i].lang for i in order)
-    assert langs == {"en": 75, "sw": 25} and len(order) == 100
-    plain = ds.epoch_order(examples, 1.0, seed=1, epoch=0)
-    assert sorted(plain) == list(range(100)) and plain != list(range(100))
-    assert plain == ds.epoch_order(examples, 1.0, seed=1, epoch=0) != ds.epoch_order(examples, 1.0, 1, 1)
+    langs = np.array(["en"] * 90 + ["sw"] * 10)
+    order = ds.epoch_order(langs, 2.0, seed=1, epoch=0)
+    assert Counter(langs[order]) == {"en": 75, "sw": 25} and len(order) == 100
+    assert len(set(order[langs[order] == "en"])) == 75  # drawn without repeats while a language lasts
+    plain = ds.epoch_order(langs, 1.0, seed=1, epoch=0)
+    assert sorted(plain) == list(range(100)) and list(plain) != list(range(100))
+    assert np.array_equal(plain, ds.epoch_order(langs, 1.0, seed=1, epoch=0))
+    assert not np.array_equal(plain, ds.epoch_order(langs, 1.0, 1, 1))
 
 
 def test_packing_fills_rows_and_restarts_positions():
@@ -101,12 +104,12 @@ def test_padded_batches_pad_right_with_a_mask():
 
 
 def test_global_batches_cover_each_epoch_once():
-    examples = [ds.Example(str(i), "en", (1,), (1,)) for i in range(10)]
-    schedule = ds.global_batches(examples, batch_size=4, temperature=1.0, seed=3, start_step=0, total_steps=6)
-    first_epoch = [i for _, batch in schedule[:3] for i in batch]
+    langs = np.array(["en"] * 10)
+    schedule = list(ds.global_batches(langs, batch_size=4, temperature=1.0, seed=3, start_step=0, total_steps=6))
+    first_epoch = [int(i) for _, batch in schedule[:3] for i in batch]
     assert sorted(first_epoch) == list(range(10)) and [len(b) for _, b in schedule[:3]] == [4, 4, 2]
-    resumed = ds.global_batches(examples, 4, 1.0, 3, start_step=4, total_steps=6)
-    assert resumed == schedule[4:]
+    resumed = list(ds.global_batches(langs, 4, 1.0, 3, start_step=4, total_steps=6))
+    assert [(step, list(batch)) for step, batch in resumed] == [(step, list(batch)) for step, batch in schedule[4:]]
 
 
 @pytest.mark.parametrize("softcap", [None, 30.0])

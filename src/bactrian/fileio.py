@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -81,7 +82,14 @@ def atomic_write_json(path: str | os.PathLike, value: Any) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """The file's sha256, computed once per process for each (file, size, modification time)."""
+    stat = os.stat(path)
+    return _sha256_of(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256_of(path: str, size: int, mtime_ns: int, chunk_size: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk_size):

@@ -32,16 +32,103 @@ class Record:
         return asdict(self)
 
 
-def load_records(data_paths: str | list[str], langs: list[str] | None = None) -> list[Record]:
-    """Read every record from one or more data paths, keeping only `langs` when given.
+@dataclass(frozen=True)
+class Segment:
+    """A run of whole lines of a JSONL file: bytes [start, end), the first of them line `first_line`."""
 
-    A language asked for but absent from the data is an error, as is data that ends up empty."""
+    start: int
+    end: int
+    first_line: int
+
+
+@dataclass(frozen=True)
+class Source:
+    """One unit of instruction data as it is read: a data file (`file`), a `datasets` save_to_disk folder
+    (`saved`) or one language config of a hub dataset (`hub`). Rows that name no language get `default_lang`
+    (a single --lang) unless the file or split is named after one."""
+
+    location: str
+    kind: str
+    default_lang: str | None = None
+
+    def records(self, segment: Segment | None = None) -> Iterator[Record]:
+        """The records, streamed; `segment` restricts a JSONL file to some of its lines."""
+        if self.kind == "saved":
+            return _read_saved_dataset(Path(self.location), self.default_lang)
+        if self.kind == "hub":
+            return _read_hub_config(self.location, str(self.default_lang))
+        return _read_seed_or_records(Path(self.location), self.default_lang, segment)
+
+    def segments(self, size: int) -> list[Segment | None]:
+        """Pieces of about `size` bytes that can be read apart (only plain JSONL files split; others: [None])."""
+        path = Path(self.location)
+        if self.kind != "file" or path.suffix != ".jsonl" or _looks_like_seed_file(path):
+            return [None]
+        return jsonl_segments(path, size) or [None]
+
+
+def sources(data_paths: str | list[str], langs: list[str] | None = None) -> list[Source]:
+    """What the data paths hold, in reading order (a folder's files sorted; files named after a language not in
+    `langs` left out), without reading any rows."""
     paths = [data_paths] if isinstance(data_paths, str) else list(data_paths)
     if not paths:
         raise DataError("No --data_path given.")
-    records: list[Record] = []
-    for path in paths:
-        records.extend(_read_path(path, langs))
+    return [source for path in paths for source in _sources_of(path, langs)]
+
+
+def _sources_of(path: str, langs: list[str] | None) -> list[Source]:
+    local = Path(path)
+    if local.is_dir():
+        if (local / "dataset_info.json").exists() or (local / "dataset_dict.json").exists():
+            return [Source(str(local), "saved", _single(langs))]
+        files = sorted(file for file in local.iterdir() if file.suffix in DATA_SUFFIXES and file.is_file())
+        if not files:
+            raise DataError(f"{local}: no .json, .jsonl or .parquet files in this folder.")
+        return [Source(str(file), "file", _single(langs)) for file in files
+                if not langs or language_of_file(file) in (None, *langs)]
+    if local.is_file():
+        return [Source(str(local), "file", _single(langs))]
+    if local.suffix in DATA_SUFFIXES or path.startswith((".", "/")):
+        raise DataError(f"{path}: no such file or folder.")
+    if not langs:
+        raise DataError(f"{path}: a hub dataset with one config per language needs --lang (e.g. --lang fr,de or all).")
+    return [Source(path, "hub", lang) for lang in langs]
+
+
+def jsonl_segments(path: Path, size: int) -> list[Segment]:
+    """Cut a JSONL file into segments of about `size` bytes at line ends, numbering their first lines (one pass
+    over the file, counting newlines in C)."""
+    total = path.stat().st_size
+    segments: list[Segment] = []
+    start, line = 0, 1
+    with open(path, "rb") as handle:
+        while start < total:
+            handle.seek(min(start + size, total))
+            handle.readline()  # to the end of the line the cut falls in
+            end = handle.tell()
+            segments.append(Segment(start, end, line))
+            handle.seek(start)
+            line += _count_newlines(handle, end - start)
+            start = end
+    return segments
+
+
+def _count_newlines(handle: Any, length: int, block: int = 1 << 24) -> int:
+    count = 0
+    while length > 0:
+        chunk = handle.read(min(block, length))
+        count += chunk.count(b"\n")
+        length -= len(chunk)
+    return count
+
+
+def load_records(data_paths: str | list[str], langs: list[str] | None = None) -> list[Record]:
+    """Read every record from one or more data paths into memory, keeping only `langs` when given (training
+    streams through `sources` instead).
+
+    A language asked for but absent from the data is an error, as is data that ends up empty."""
+    paths = [data_paths] if isinstance(data_paths, str) else list(data_paths)
+    records = [record for source in sources(paths, langs) for record in source.records()]
     records = _without_empty_outputs(records)
     if langs:
         records = [record for record in records if record.lang in langs]
@@ -62,19 +149,6 @@ def _without_empty_outputs(records: list[Record]) -> list[Record]:
     return [record for record in records if record.output.strip()]
 
 
-def _read_path(path: str, langs: list[str] | None) -> list[Record]:
-    local = Path(path)
-    if local.is_dir():
-        if (local / "dataset_info.json").exists() or (local / "dataset_dict.json").exists():
-            return _read_saved_dataset(local, langs)
-        return _read_language_folder(local, langs)
-    if local.is_file():
-        return list(_read_seed_or_records(local, _single(langs)))
-    if local.suffix in DATA_SUFFIXES or path.startswith((".", "/")):
-        raise DataError(f"{path}: no such file or folder.")
-    return _read_hub_dataset(path, langs)
-
-
 def _single(langs: list[str] | None) -> str | None:
     return langs[0] if langs and len(langs) == 1 else None
 
@@ -84,18 +158,18 @@ def language_of_file(path: Path) -> str | None:
     return languages.get(path.stem).code if languages.is_known(path.stem) else None
 
 
-def _read_file(path: Path, default_lang: str | None = None) -> Iterator[Record]:
-    """Records of one JSON, JSONL or Parquet file. The language comes from each row's `lang`, else the
-    file name (`fr.jsonl`), else `default_lang`."""
+def _read_file(path: Path, default_lang: str | None = None, segment: Segment | None = None) -> Iterator[Record]:
+    """Records of one JSON, JSONL or Parquet file (of one segment of a JSONL file). The language comes from each
+    row's `lang`, else the file name (`fr.jsonl`), else `default_lang`."""
     stem_lang = language_of_file(path)
-    for index, where, row in _raw_rows(path):
+    for index, where, row in _raw_rows(path, segment):
         yield _to_record(row, path, where, stem_lang or default_lang, f"{path.stem}-{index}")
 
 
-def _raw_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
+def _raw_rows(path: Path, segment: Segment | None = None) -> Iterator[tuple[int, str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return _jsonl_rows(path)
+        return _jsonl_rows(path, segment)
     if suffix == ".json":
         return _json_rows(path)
     if suffix == ".parquet":
@@ -103,18 +177,25 @@ def _raw_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
     raise DataError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl or .parquet.")
 
 
-def read_jsonl(path: Path, limit: int | None = None) -> Iterator[tuple[int, Any]]:
-    """(line number, value) of each non-blank line of a JSONL file, streamed; the one reader of JSONL files."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if limit is not None and number > limit:
+def read_jsonl(path: Path, limit: int | None = None, segment: Segment | None = None) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSONL file (of one segment of it), streamed; the one
+    reader of JSONL files."""
+    segment = segment or Segment(0, -1, 1)
+    with open(path, "rb") as handle:
+        handle.seek(segment.start)
+        position = segment.start
+        for number, line in enumerate(handle, start=segment.first_line):
+            if (limit is not None and number > limit) or position == segment.end:
                 return
+            position += len(line)
             if not line.strip():
                 continue
             try:
                 yield number, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}: line {number}: not valid JSON ({exc.msg})") from exc
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}: line {number}: not UTF-8 text ({exc.reason})") from exc
 
 
 @contextmanager
@@ -126,8 +207,8 @@ def parsing(path: Path | str, where: str, what: str) -> Iterator[None]:
         raise DataError(f"{path}: {where}: not {what} ({type(exc).__name__}: {exc}).") from exc
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
-    for number, row in read_jsonl(path):
+def _jsonl_rows(path: Path, segment: Segment | None = None) -> Iterator[tuple[int, str, Any]]:
+    for number, row in read_jsonl(path, segment=segment):
         yield number - 1, f"line {number}", row
 
 
@@ -158,12 +239,16 @@ def _line_of_item(text: str, index: int) -> int:
 def _parquet_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
     import pyarrow.parquet as pq
 
+    index = 0
     try:
-        table = pq.read_table(path)
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                yield index, f"row {index}", row
+                index += 1
+    except DataError:
+        raise
     except Exception as exc:  # pyarrow raises several unrelated types for a broken file
-        raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
-    for index, row in enumerate(table.to_pylist()):
-        yield index, f"row {index}", row
+        raise DataError(f"{path}: not a readable Parquet file (at row {index}: {exc})") from exc
 
 
 def _to_record(row: Any, source: Path | str, where: str, default_lang: str | None, default_id: str) -> Record:
@@ -201,23 +286,11 @@ def _text_field(row: dict, field: str, source: Path | str, where: str, required:
     return value
 
 
-def _read_language_folder(folder: Path, langs: list[str] | None) -> list[Record]:
-    files = sorted(path for path in folder.iterdir() if path.suffix in DATA_SUFFIXES and path.is_file())
-    if not files:
-        raise DataError(f"{folder}: no .json, .jsonl or .parquet files in this folder.")
-    records: list[Record] = []
-    for path in files:
-        if langs and language_of_file(path) not in (None, *langs):
-            continue
-        records.extend(_read_seed_or_records(path, _single(langs)))
-    return records
-
-
-def _read_seed_or_records(path: Path, default_lang: str | None) -> Iterator[Record]:
+def _read_seed_or_records(path: Path, default_lang: str | None, segment: Segment | None = None) -> Iterator[Record]:
     """Read a file in either the flat record format or the self-instruct seed format."""
     if path.suffix == ".jsonl" and _looks_like_seed_file(path):
         return _read_seed_tasks(path, default_lang)
-    return _read_file(path, default_lang)
+    return _read_file(path, default_lang, segment)
 
 
 def _looks_like_seed_file(path: Path) -> bool:
@@ -246,7 +319,8 @@ def _read_seed_tasks(path: Path, default_lang: str | None) -> Iterator[Record]:
             yield _to_record(row, path, where_instance, stem_lang or default_lang, row["id"])
 
 
-def _read_saved_dataset(folder: Path, langs: list[str] | None) -> list[Record]:
+def _read_saved_dataset(folder: Path, default_lang: str | None) -> Iterator[Record]:
+    """A `datasets` save_to_disk folder, read row by row from its memory-mapped Arrow files."""
     import datasets
 
     loaded = datasets.load_from_disk(str(folder))
@@ -254,32 +328,23 @@ def _read_saved_dataset(folder: Path, langs: list[str] | None) -> list[Record]:
         parts = [(name, split) for name, split in loaded.items()]
     else:
         parts = [("train", loaded)]
-    records: list[Record] = []
     for split_name, split in parts:
-        default = languages.get(split_name).code if languages.is_known(split_name) else _single(langs)
+        default = languages.get(split_name).code if languages.is_known(split_name) else default_lang
         for index, row in enumerate(split):
             where = f"split {split_name!r} row {index}"
-            records.append(_to_record(row, folder, where, default, f"{split_name}-{index}"))
-    return records
+            yield _to_record(row, folder, where, default, f"{split_name}-{index}")
 
 
-def _read_hub_dataset(dataset_id: str, langs: list[str] | None) -> list[Record]:
-    """A hub dataset with one config per language, as MBZUAI/Bactrian-X (`--lang fr,de`)."""
+def _read_hub_config(dataset_id: str, lang: str) -> Iterator[Record]:
+    """One language config of a hub dataset with one config per language, as MBZUAI/Bactrian-X (`--lang fr,de`)."""
     import datasets
 
-    if not langs:
-        raise DataError(
-            f"{dataset_id}: a hub dataset with one config per language needs --lang (e.g. --lang fr,de or all)."
-        )
-    records: list[Record] = []
-    for lang in langs:
-        try:
-            split = datasets.load_dataset(dataset_id, lang, split="train")
-        except Exception as exc:  # network, missing config, auth: all surface as one clear message
-            raise DataError(f"{dataset_id}: could not load config {lang!r} from the hub ({exc}).") from exc
-        for index, row in enumerate(split):
-            records.append(_to_record(row, f"{dataset_id}[{lang}]", f"row {index}", lang, f"{lang}-{index}"))
-    return records
+    try:
+        split = datasets.load_dataset(dataset_id, lang, split="train")
+    except Exception as exc:  # network, missing config, auth: all surface as one clear message
+        raise DataError(f"{dataset_id}: could not load config {lang!r} from the hub ({exc}).") from exc
+    for index, row in enumerate(split):
+        yield _to_record(row, f"{dataset_id}[{lang}]", f"row {index}", lang, f"{lang}-{index}")
 
 
 def write_jsonl(path: Path, records: Iterable[Record]) -> None:

@@ -50,5 +50,8 @@ class FinetuneConfig(ModelOptions):
                             choices=("none", "tensorboard", "wandb"))
     wandb_project: str = option("", "Weights & Biases project (with --report_to wandb).")
     wandb_run_name: str = option("", "Weights & Biases run name (with --report_to wandb).")
+    num_proc: int = option(0, "Processes that tokenize the data when it is not cached yet (0: one per core).")
+    cache_dir: str = option("", "Where tokenized data is cached (default: $BACTRIAN_HOME/tokenized, i.e. "
+                                "~/.cache/bactrian/tokenized); put it on shared storage for multi-node runs.")
     per_language: bool = option(False, "Train one adapter per language of --lang (or of the data) into "
                                        "OUTPUT_DIR/<lang>/; finished languages are skipped on a rerun.")

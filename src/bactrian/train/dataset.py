@@ -1,21 +1,21 @@
-"""Turn instruction records into training examples: tokenize and mask, split, sample languages, batch, pack."""
+"""Turn instruction records into training examples: tokenize and mask, split, sample languages, batch, pack.
+Splitting, sampling and the batch schedule work on the rows' languages alone (an index), never on the
+examples themselves, so they cost the same memory whatever the rows hold."""
 
 from __future__ import annotations
 
-import logging
 import math
 import random
-from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import DataError
 from ..prompts import PromptTemplate
 from ..records import Record
-
-log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 VAL_SPLIT_SEED = 42  # the original's validation split seed
@@ -28,52 +28,58 @@ class Example:
     input_ids: tuple[int, ...]
     labels: tuple[int, ...]
 
+    @classmethod
+    def from_tokens(cls, example_id: str, lang: str, input_ids: list[int], masked: int) -> Example:
+        """An example whose first `masked` tokens are not learned."""
+        labels = [IGNORE_INDEX] * masked + list(input_ids[masked:])
+        return cls(example_id, lang, tuple(input_ids), tuple(labels))
+
     @property
     def num_targets(self) -> int:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
-def tokenize(record: Record, tokenizer: Any, template: PromptTemplate, cutoff_len: int,
-             train_on_inputs: bool) -> Example:
-    """prompt + output + EOS. Prompt tokens get label -100 unless train_on_inputs; the output and its EOS are
-    always learned. The prompt and the output are tokenized apart, so the mask boundary is exact."""
-    prompt = template.render(record.instruction, record.input, tokenizer)
-    prompt_ids = tokenizer(prompt, add_special_tokens=not template.uses_chat_template)["input_ids"]
-    output_ids = tokenizer(record.output, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    input_ids = (prompt_ids + output_ids)[:cutoff_len]
-    prompt_labels = list(prompt_ids) if train_on_inputs else [IGNORE_INDEX] * len(prompt_ids)
-    labels = (prompt_labels + output_ids)[:cutoff_len]
-    return Example(record.id, record.lang, tuple(input_ids), tuple(labels))
+def tokenize_batch(records: list[Record], tokenizer: Any, template: PromptTemplate, cutoff_len: int,
+                   train_on_inputs: bool) -> list[tuple[list[int], int]]:
+    """(input_ids, masked) of each record: prompt + output + EOS, cut to cutoff_len; the first `masked` tokens
+    (the prompt's, unless train_on_inputs) are not learned, the output and its EOS always are. The prompt and the
+    output are tokenized apart, so the mask boundary is exact."""
+    prompts = encode(tokenizer, [template.render(r.instruction, r.input, tokenizer) for r in records],
+                     add_special_tokens=not template.uses_chat_template)
+    outputs = encode(tokenizer, [record.output for record in records], add_special_tokens=False)
+    rows = []
+    for prompt_ids, output_ids in zip(prompts, outputs):
+        input_ids = (prompt_ids + output_ids + [tokenizer.eos_token_id])[:cutoff_len]
+        rows.append((input_ids, 0 if train_on_inputs else min(len(prompt_ids), cutoff_len)))
+    return rows
 
 
-def tokenize_all(records: list[Record], tokenizer: Any, template: PromptTemplate, cutoff_len: int,
-                 train_on_inputs: bool) -> list[Example]:
-    examples = [tokenize(record, tokenizer, template, cutoff_len, train_on_inputs) for record in records]
-    useless = [example.id for example in examples if example.num_targets == 0]
-    if useless:
-        log.warning("%d example(s) have prompts of %d tokens or more and nothing left to learn; they are "
-                    "left out (first: %s). Raise --cutoff_len to keep them.", len(useless), cutoff_len, useless[0])
-    return [example for example in examples if example.num_targets > 0]
+def encode(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+    """Token ids of many texts. A fast tokenizer's Rust backend is called directly (no offsets, no Python
+    objects per token: about twice as fast), unless it truncates or pads by itself."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
+    return tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
 
 
-def stratified_split(records: list[Record], val_set_size: int,
-                     seed: int = VAL_SPLIT_SEED) -> tuple[list[Record], list[Record]]:
-    """Hold out `val_set_size` records, each language in proportion to its share (largest remainder)."""
+def stratified_split(langs: np.ndarray, val_set_size: int, seed: int = VAL_SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the training and the `val_set_size` held-out rows, each language held out in proportion to
+    its share (largest remainder); `langs` holds each row's language (any comparable values)."""
+    everything = np.arange(len(langs))
     if val_set_size <= 0:
-        return list(records), []
-    if val_set_size >= len(records):
-        raise DataError(f"--val_set_size {val_set_size} leaves no training data ({len(records)} records in all).")
-    by_lang: dict[str, list[int]] = defaultdict(list)
-    for index, record in enumerate(records):
-        by_lang[record.lang].append(index)
-    quotas = _largest_remainder({lang: len(ids) for lang, ids in by_lang.items()}, val_set_size)
+        return everything, everything[:0]
+    if val_set_size >= len(langs):
+        raise DataError(f"--val_set_size {val_set_size} leaves no training data ({len(langs)} rows in all).")
+    values, counts = np.unique(langs, return_counts=True)
+    quotas = _largest_remainder({str(value): int(count) for value, count in zip(values, counts)}, val_set_size)
     rng = random.Random(seed)
-    held_out: set[int] = set()
-    for lang in sorted(by_lang):
-        held_out.update(rng.sample(by_lang[lang], quotas[lang]))
-    train = [record for index, record in enumerate(records) if index not in held_out]
-    val = [record for index, record in enumerate(records) if index in held_out]
-    return train, val
+    held_out = []
+    for value in sorted(values, key=str):
+        pool = np.flatnonzero(langs == value)
+        held_out.extend(pool[rng.sample(range(len(pool)), quotas[str(value)])])
+    val = np.sort(np.asarray(held_out, dtype=np.int64))
+    return np.setdiff1d(everything, val, assume_unique=True), val
 
 
 def _largest_remainder(weights: dict[str, float], total: int) -> dict[str, int]:
@@ -95,47 +101,35 @@ def language_probabilities(counts: dict[str, int], temperature: float) -> dict[s
     return {lang: weight / norm for lang, weight in weights.items()}
 
 
-def epoch_order(examples: list[Example], temperature: float, seed: int, epoch: int) -> list[int]:
-    """The example indices of one epoch, deterministic in (seed, epoch). With T != 1 each language gets its
-    temperature quota of the epoch, drawn without repeats until a language's examples run out."""
-    rng = random.Random(f"{seed}-{epoch}")
+def epoch_order(langs: np.ndarray, temperature: float, seed: int, epoch: int) -> np.ndarray:
+    """The row positions of one epoch, deterministic in (seed, epoch), from the rows' languages alone. With T != 1
+    each language gets its temperature quota of the epoch, drawn without repeats until its rows run out."""
+    rng = np.random.default_rng([seed, epoch])
     if temperature == 1.0:
-        order = list(range(len(examples)))
-        rng.shuffle(order)
-        return order
-    by_lang: dict[str, list[int]] = defaultdict(list)
-    for index, example in enumerate(examples):
-        by_lang[example.lang].append(index)
-    probabilities = language_probabilities({lang: len(ids) for lang, ids in by_lang.items()}, temperature)
-    quotas = _largest_remainder(probabilities, len(examples))
-    order: list[int] = []
-    for lang in sorted(by_lang):
-        order.extend(_draw(by_lang[lang], quotas[lang], rng))
-    rng.shuffle(order)
-    return order
+        return rng.permutation(len(langs))
+    values, counts = np.unique(langs, return_counts=True)
+    probabilities = language_probabilities({str(v): int(n) for v, n in zip(values, counts)}, temperature)
+    quotas = _largest_remainder(probabilities, len(langs))
+    drawn = [_draw(np.flatnonzero(langs == value), quotas[str(value)], rng) for value in sorted(values, key=str)]
+    return rng.permutation(np.concatenate(drawn))
 
 
-def _draw(pool: list[int], count: int, rng: random.Random) -> list[int]:
-    drawn: list[int] = []
-    while len(drawn) < count:
-        cycle = list(pool)
-        rng.shuffle(cycle)
-        drawn.extend(cycle[: count - len(drawn)])
-    return drawn
+def _draw(pool: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    cycles = [rng.permutation(pool) for _ in range(math.ceil(count / len(pool)))]
+    return np.concatenate(cycles)[:count]
 
 
-def global_batches(examples: list[Example], batch_size: int, temperature: float, seed: int,
-                   start_step: int, total_steps: int) -> list[tuple[int, list[int]]]:
-    """(step, example indices) for steps start_step..total_steps-1; an epoch's last, short batch is kept."""
-    steps_per_epoch = math.ceil(len(examples) / batch_size)
-    orders: dict[int, list[int]] = {}
-    schedule: list[tuple[int, list[int]]] = []
+def global_batches(langs: np.ndarray, batch_size: int, temperature: float, seed: int, start_step: int,
+                   total_steps: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(step, row positions) for steps start_step..total_steps-1, made as they are needed (one epoch's order in
+    memory at a time); an epoch's last, short batch is kept."""
+    steps_per_epoch = math.ceil(len(langs) / batch_size)
+    order, order_epoch = None, None
     for step in range(start_step, total_steps):
         epoch, position = divmod(step, steps_per_epoch)
-        if epoch not in orders:
-            orders[epoch] = epoch_order(examples, temperature, seed, epoch)
-        schedule.append((step, orders[epoch][position * batch_size:(position + 1) * batch_size]))
-    return schedule
+        if epoch != order_epoch:
+            order, order_epoch = epoch_order(langs, temperature, seed, epoch), epoch
+        yield step, order[position * batch_size:(position + 1) * batch_size]
 
 
 @dataclass
@@ -211,6 +205,3 @@ def collate(rows: list[list[Example]], pad_id: int, packed: bool) -> MicroBatch:
         position_ids[row_index, start:] = torch.arange(width - start)
     return MicroBatch(input_ids, labels, position_ids, None if packed else attention_mask, example_index, ordered)
 
-
-def language_counts(examples: list[Example]) -> dict[str, int]:
-    return dict(sorted(Counter(example.lang for example in examples).items()))

@@ -11,9 +11,11 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,11 @@ from ..adapters import ADAPTER_WEIGHTS
 from ..errors import ConfigError, DataError, ModelError
 from ..fileio import atomic_write_json, fsync_dir, fsync_tree
 from ..manifest import fingerprint_inputs, read_manifest, write_manifest
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel, bactrian_home, load_model, load_tokenizer, resolve
 from ..prompts import PromptTemplate, load_template
-from ..records import load_records
+from ..records import sources
 from . import dataset as ds
+from . import token_cache
 from .config import FinetuneConfig
 from .distributed import DistributedContext
 from .loss import token_losses
@@ -157,7 +160,7 @@ def total_steps(config: FinetuneConfig, num_examples: int) -> int:
 
 class Trainer:
     def __init__(self, config: FinetuneConfig, context: DistributedContext, model: Any, tokenizer: Any,
-                 train: list[ds.Example], val: list[ds.Example]):
+                 train: token_cache.ExampleSet, val: list[ds.Example]):
         from transformers import get_linear_schedule_with_warmup
 
         self.config, self.context, self.model, self.tokenizer = config, context, model, tokenizer
@@ -175,8 +178,8 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         config = self.config
         self._open_reporting()
-        schedule = ds.global_batches(self.train, config.batch_size, config.lang_temperature, config.seed,
-                                     self.state.step, self.steps)
+        schedule = ds.global_batches(self.train.lang_codes, config.batch_size, config.lang_temperature,
+                                     config.seed, self.state.step, self.steps)
         bar = tqdm(total=self.steps, initial=self.state.step, desc="finetune", unit="step",
                    disable=not (self.context.is_main and sys.stderr.isatty()), dynamic_ncols=True)
         start_metrics = self.evaluate() if self.val and self.state.step == 0 else {}
@@ -184,7 +187,7 @@ class Trainer:
             self._log({"step": 0, **start_metrics})
         started, tokens_seen = time.perf_counter(), 0
         for step, indices in schedule:
-            loss, tokens = self.train_step([self.train[index] for index in indices])
+            loss, tokens = self.train_step(self.train.take(indices))
             tokens_seen += tokens
             self.state.step = step + 1
             rate = tokens_seen / max(time.perf_counter() - started, 1e-9)
@@ -393,15 +396,32 @@ def load_adapter_weights(model: Any, folder: Path) -> None:
         raise ModelError(f"{folder}: adapter does not fit this model (unexpected keys: {unexpected[:3]}).")
 
 
-def prepare_examples(config: FinetuneConfig, tokenizer: Any,
-                     template: PromptTemplate) -> tuple[list[ds.Example], list[ds.Example]]:
-    records = load_records(config.data_path, languages.parse_langs(config.lang) or None)
-    train_records, val_records = ds.stratified_split(records, config.val_set_size)
-    train = ds.tokenize_all(train_records, tokenizer, template, config.cutoff_len, config.train_on_inputs)
-    val = ds.tokenize_all(val_records, tokenizer, template, config.cutoff_len, config.train_on_inputs)
-    if not train:
-        raise DataError("No training examples left after tokenization; check --cutoff_len and the data.")
-    return train, val
+def tokenized_rows(config: FinetuneConfig, tokenizer: Any, template: PromptTemplate,
+                   context: DistributedContext) -> token_cache.TokenizedRows:
+    """The run's data sources, tokenized (from the cache when there), with what was left out said."""
+    settings = token_cache.Settings(template, config.cutoff_len, config.train_on_inputs)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else bactrian_home() / "tokenized"
+    num_proc = config.num_proc if config.num_proc > 0 else len(os.sched_getaffinity(0))
+    data = sources(config.data_path, languages.parse_langs(config.lang) or None)
+    rows = token_cache.open_rows(data, tokenizer, settings, cache_dir, num_proc, context)
+    summary = rows.summary()
+    if summary["left_out"] and context.is_main:
+        log.warning("Left out %s (first: %s). Raise --cutoff_len to keep rows whose prompt fills it.",
+                    ", ".join(f"{count} row(s) with {why}" for why, count in summary["left_out"].items()),
+                    ", ".join(summary["first_left_out"]))
+    return rows
+
+
+def prepare_examples(config: FinetuneConfig, tokenizer: Any, template: PromptTemplate,
+                     context: DistributedContext | None = None) -> tuple[token_cache.ExampleSet, list[ds.Example]]:
+    """The training rows (an index into the token cache) and the validation examples (held in memory)."""
+    rows = tokenized_rows(config, tokenizer, template, context or DistributedContext())
+    wanted = rows.rows_in(languages.parse_langs(config.lang))
+    if not len(wanted):
+        raise DataError(f"No instruction records to train on in {config.data_path} (rows with an empty output or "
+                        "no target token within --cutoff_len are left out); check the data and --cutoff_len.")
+    train, val = ds.stratified_split(rows.lang_codes[wanted], config.val_set_size)
+    return token_cache.ExampleSet(rows, wanted[train]), rows.take(wanted[val])
 
 
 def finetune(config: FinetuneConfig) -> dict[str, Any]:
@@ -413,7 +433,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     template = load_template(config.prompt_template_name)  # an unknown template fails before the model loads
     loaded = load_model(config.base_model, config.load_8bit, config.load_4bit, device=context.device())
     check_target_modules(loaded.model, config.lora_target_modules)
-    train, val = prepare_examples(config, loaded.tokenizer, template)
+    train, val = prepare_examples(config, loaded.tokenizer, template, context)
     model = attach_lora(loaded, config)
     trainer = Trainer(config, context, model, loaded.tokenizer, train, val)
     check_output_dir(trainer.output_dir, trainer.identity)
@@ -422,8 +442,8 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     if config.resume_from_checkpoint:
         trainer.resume(config.resume_from_checkpoint)
     if context.is_main:
-        log.info("Training on %d examples (%s), %d validation, %d steps.", len(train),
-                 ds.language_counts(train), len(val), trainer.steps)
+        log.info("Training on %d examples (%s; %d target tokens an epoch), %d validation, %d steps.", len(train),
+                 train.language_counts(), train.target_tokens(), len(val), trainer.steps)
     metrics = trainer.run()
     if context.is_main:
         save_adapter(trainer, loaded, template, train, val, metrics)
@@ -432,7 +452,7 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     return metrics
 
 
-def save_adapter(trainer: Trainer, loaded: LoadedModel, template: PromptTemplate, train: list[ds.Example],
+def save_adapter(trainer: Trainer, loaded: LoadedModel, template: PromptTemplate, train: token_cache.ExampleSet,
                  val: list[ds.Example], metrics: dict[str, Any]) -> None:
     config, output_dir = trainer.config, trainer.output_dir
     staging = output_dir / ".adapter.partial"
@@ -448,8 +468,9 @@ def save_adapter(trainer: Trainer, loaded: LoadedModel, template: PromptTemplate
         path.replace(output_dir / path.name)
     staging.rmdir()
     atomic_write_json(output_dir / STATE_FILE, asdict(trainer.state))
-    langs = sorted({example.lang for example in train})
-    examples = {"train": ds.language_counts(train), "validation": ds.language_counts(val)}
+    examples = {"train": train.language_counts(), "validation": dict(sorted(Counter(e.lang for e in val).items())),
+                "train_target_tokens_per_epoch": train.target_tokens()}
+    langs = sorted(examples["train"])
     write_model_card(output_dir, config, langs, examples, metrics)
     write_manifest(output_dir, "adapter", config,  # written last: its presence marks a finished adapter
                    base_model={"spec": config.base_model, **loaded.source.identity},
@@ -463,7 +484,7 @@ def finetune_per_language(config: FinetuneConfig) -> dict[str, Any]:
     if config.resume_from_checkpoint not in (None, "auto"):
         raise ConfigError("--per_language resumes each language from its own checkpoints (auto); a single "
                           f"--resume_from_checkpoint {config.resume_from_checkpoint} cannot serve every language.")
-    langs = languages.parse_langs(config.lang) or sorted({r.lang for r in load_records(config.data_path)})
+    langs = languages.parse_langs(config.lang) or _languages_in_data(config)
     root = Path(config.output_dir)
     results: dict[str, Any] = {}
     for lang in langs:
@@ -479,6 +500,13 @@ def finetune_per_language(config: FinetuneConfig) -> dict[str, Any]:
     if DistributedContext.from_env().is_main:
         atomic_write_json(root / "summary.json", {"languages": results})
     return {"languages": results}
+
+
+def _languages_in_data(config: FinetuneConfig) -> list[str]:
+    """Every language of the data, read from the token cache (built now if need be, for all the runs to share)."""
+    tokenizer = load_tokenizer(resolve(config.base_model).path)
+    template = load_template(config.prompt_template_name)
+    return tokenized_rows(config, tokenizer, template, DistributedContext.from_env()).languages()
 
 
 def _finished_run(folder: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
