@@ -88,8 +88,9 @@ def eval_loss(model, tokenizer, val_records, cutoff_len: int) -> float:
     from bactrian.prompts import load_template
     from bactrian.train import dataset as ds
     from bactrian.train.loss import token_losses
+    from bactrian.train.tokenize import tokenize_batch
 
-    tokens = ds.tokenize_batch(val_records, tokenizer, load_template("bactrian"), cutoff_len, False)
+    tokens = tokenize_batch(val_records, tokenizer, load_template("bactrian"), cutoff_len, False)
     examples = [ds.Example.from_tokens(r.id, r.lang, ids, masked) for r, (ids, masked) in zip(val_records, tokens)]
     model.eval()
     total, count = 0.0, 0

@@ -8,6 +8,7 @@ from transformers import AutoTokenizer
 from bactrian.prompts import load_template
 from bactrian.records import Record
 from bactrian.train import dataset as ds
+from bactrian.train import tokenize
 
 
 @pytest.fixture()
@@ -21,7 +22,8 @@ def _record(output="Red is a primary colour.", input=""):
 
 def _example(tokenizer, cutoff_len=256, train_on_inputs=False, record=None):
     record = record or _record()
-    ((ids, masked),) = ds.tokenize_batch([record], tokenizer, load_template("bactrian"), cutoff_len, train_on_inputs)
+    template = load_template("bactrian")
+    ((ids, masked),) = tokenize.tokenize_batch([record], tokenizer, template, cutoff_len, train_on_inputs)
     return ds.Example.from_tokens(record.id, record.lang, ids, masked)
 
 
@@ -40,7 +42,7 @@ def test_prompt_tokens_masked_and_output_plus_eos_learned(tokenizer):
 def test_batch_tokenization_equals_the_tokenizers_own_call(tokenizer):
     texts = ["Name a primary colour.", "Écris une salutation.", "", "2 + 3 = 5."]
     for special in (True, False):
-        assert ds.encode(tokenizer, texts, special) == tokenizer(texts, add_special_tokens=special)["input_ids"]
+        assert tokenize.encode(tokenizer, texts, special) == tokenizer(texts, add_special_tokens=special)["input_ids"]
 
 
 def test_truncation_keeps_eos_of_examples_that_fit(tokenizer):

@@ -14,7 +14,7 @@ from bactrian.errors import DataError
 from bactrian.models import load_tokenizer
 from bactrian.prompts import load_template
 from bactrian.records import jsonl_segments, load_records, sources
-from bactrian.train import token_cache
+from bactrian.train import token_cache, tokenize
 from bactrian.train.distributed import DistributedContext
 
 from conftest import sample_rows, write_jsonl
@@ -26,7 +26,7 @@ def tokenizer(tiny_llama):
 
 
 def settings(cutoff_len=256, train_on_inputs=False, template="bactrian"):
-    return token_cache.Settings(load_template(template), cutoff_len, train_on_inputs)
+    return tokenize.Settings(load_template(template), cutoff_len, train_on_inputs)
 
 
 def open_rows(data, tokenizer, cache, num_proc=1, **kwargs):
@@ -66,7 +66,7 @@ def test_parallel_build_equals_serial_and_a_rerun_maps_without_tokenizing(tokeni
     assert as_lists(serial) == as_lists(parallel) and len(serial) == 240 + 12
     assert len(list((tmp_path / "parallel").glob("*/part-*.arrow"))) > 3  # fr.jsonl was cut into pieces
     caplog.clear()
-    monkeypatch.setattr(token_cache.ds, "tokenize_batch", lambda *a: pytest.fail("tokenized again"))
+    monkeypatch.setattr(tokenize, "tokenize_batch", lambda *a: pytest.fail("tokenized again"))
     again = open_rows(data, tokenizer, tmp_path / "parallel", num_proc=2)
     assert as_lists(again) == as_lists(parallel) and "Tokenizing" not in caplog.text
     assert again.summary()["per_language"]["de"]["rows"] == 12
@@ -99,7 +99,7 @@ def test_key_covers_data_tokenizer_template_cutoff_and_masking(tokenizer, tmp_pa
 def test_an_interrupted_build_keeps_its_finished_pieces(tokenizer, tmp_path, monkeypatch):
     monkeypatch.setattr(token_cache, "SEGMENT_BYTES", 2000)
     data = big_file(tmp_path / "fr.jsonl")
-    real, calls, interrupted = token_cache._tokenize_piece, [], []
+    real, calls, interrupted = tokenize.tokenize_piece, [], []
 
     def stop_at_the_third(piece):
         calls.append(piece.path.name)
@@ -108,7 +108,7 @@ def test_an_interrupted_build_keeps_its_finished_pieces(tokenizer, tmp_path, mon
             raise RuntimeError("killed")
         real(piece)
 
-    monkeypatch.setattr(token_cache, "_tokenize_piece", stop_at_the_third)
+    monkeypatch.setattr(tokenize, "tokenize_piece", stop_at_the_third)
     with pytest.raises(RuntimeError, match="killed"):
         open_rows(data, tokenizer, tmp_path / "cache")
     assert not [path for path in (tmp_path / "cache").iterdir() if not path.name.startswith(".")]  # none visible

@@ -1,4 +1,4 @@
-"""Turn instruction records into training examples: tokenize and mask, split, sample languages, batch, pack.
+"""Training examples: split, sample languages, batch, pack (tokenizing is `tokenize.py`, its cache `token_cache.py`).
 Splitting, sampling and the batch schedule work on the rows' languages alone (an index), never on the
 examples themselves, so they cost the same memory whatever the rows hold."""
 
@@ -8,14 +8,11 @@ import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import DataError
-from ..prompts import PromptTemplate
-from ..records import Record
 
 IGNORE_INDEX = -100
 VAL_SPLIT_SEED = 42  # the original's validation split seed
@@ -37,30 +34,6 @@ class Example:
     @property
     def num_targets(self) -> int:
         return sum(label != IGNORE_INDEX for label in self.labels)
-
-
-def tokenize_batch(records: list[Record], tokenizer: Any, template: PromptTemplate, cutoff_len: int,
-                   train_on_inputs: bool) -> list[tuple[list[int], int]]:
-    """(input_ids, masked) of each record: prompt + output + EOS, cut to cutoff_len; the first `masked` tokens
-    (the prompt's, unless train_on_inputs) are not learned, the output and its EOS always are. The prompt and the
-    output are tokenized apart, so the mask boundary is exact."""
-    prompts = encode(tokenizer, [template.render(r.instruction, r.input, tokenizer) for r in records],
-                     add_special_tokens=not template.uses_chat_template)
-    outputs = encode(tokenizer, [record.output for record in records], add_special_tokens=False)
-    rows = []
-    for prompt_ids, output_ids in zip(prompts, outputs):
-        input_ids = (prompt_ids + output_ids + [tokenizer.eos_token_id])[:cutoff_len]
-        rows.append((input_ids, 0 if train_on_inputs else min(len(prompt_ids), cutoff_len)))
-    return rows
-
-
-def encode(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
-    """Token ids of many texts. A fast tokenizer's Rust backend is called directly (no offsets, no Python
-    objects per token: about twice as fast), unless it truncates or pads by itself."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and backend.truncation is None and backend.padding is None:
-        return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
-    return tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
 
 
 def stratified_split(langs: np.ndarray, val_set_size: int, seed: int = VAL_SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:

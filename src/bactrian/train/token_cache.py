@@ -17,12 +17,10 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import os
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from itertools import islice
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +32,9 @@ from .. import languages
 from ..errors import DataError
 from ..fileio import atomic_write_json, file_sha256, fsync_dir
 from ..manifest import fingerprint_inputs
-from ..prompts import PromptTemplate
-from ..records import Segment, Source
+from ..records import Source
 from . import dataset as ds
+from . import tokenize
 from .distributed import DistributedContext
 
 log = logging.getLogger(__name__)
@@ -44,36 +42,7 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 META = "meta.json"
 SEGMENT_BYTES = 32 << 20
-BATCH_ROWS = 2048
-SCHEMA = pa.schema([("id", pa.string()), ("lang", pa.string()), ("input_ids", pa.list_(pa.int32())),
-                    ("masked", pa.int32())])
 LANG_CODES = pa.array(languages.CODES)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What tokenization depends on, besides the data."""
-
-    template: PromptTemplate
-    cutoff_len: int
-    train_on_inputs: bool
-
-
-@dataclass(frozen=True)
-class Piece:
-    source: Source
-    segment: Segment | None
-    path: Path  # the Arrow file it becomes
-
-
-@dataclass
-class PieceStats:
-    rows: int = 0
-    tokens: int = 0
-    target_tokens: int = 0
-    per_language: dict[str, list[int]] = field(default_factory=dict)  # lang: [rows, tokens, target tokens]
-    left_out: Counter = field(default_factory=Counter)  # why: count
-    first_left_out: list[str] = field(default_factory=list)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -84,7 +53,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256((definition + extra).encode("utf-8")).hexdigest()
 
 
-def entry_key(source: Source, tokenizer_hash: str, settings: Settings) -> str:
+def entry_key(source: Source, tokenizer_hash: str, settings: tokenize.Settings) -> str:
     if source.kind == "file":
         content: Any = file_sha256(source.location)
     elif source.kind == "saved":
@@ -96,7 +65,7 @@ def entry_key(source: Source, tokenizer_hash: str, settings: Settings) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
 
-def open_rows(data_sources: list[Source], tokenizer: Any, settings: Settings, cache_dir: Path, num_proc: int,
+def open_rows(data_sources: list[Source], tokenizer: Any, settings: tokenize.Settings, cache_dir: Path, num_proc: int,
               context: DistributedContext) -> TokenizedRows:
     """The rows of `data_sources`, tokenized: entries that exist are mapped, missing ones built first. In a
     distributed run, global rank 0 builds; then, where the cache is not on shared storage, each machine's local
@@ -111,92 +80,33 @@ def open_rows(data_sources: list[Source], tokenizer: Any, settings: Settings, ca
     return TokenizedRows(entries)
 
 
-def build(missing: list[tuple[Source, Path]], tokenizer: Any, settings: Settings, num_proc: int) -> None:
+def build(missing: list[tuple[Source, Path]], tokenizer: Any, settings: tokenize.Settings, num_proc: int) -> None:
     started = time.perf_counter()
-    pieces = [Piece(source, segment, _staging(entry) / f"part-{number:05d}.arrow")
+    pieces = [tokenize.Piece(source, segment, _staging(entry) / f"part-{number:05d}.arrow")
               for source, entry in missing for number, segment in enumerate(source.segments(SEGMENT_BYTES))]
     for piece in pieces:
         piece.path.parent.mkdir(parents=True, exist_ok=True)
-    todo = [piece for piece in pieces if not _stats_file(piece.path).is_file()]
+    todo = [piece for piece in pieces if not tokenize.stats_file(piece.path).is_file()]
     workers = min(num_proc, len(todo))
     log.info("Tokenizing %d source(s) (%d piece(s), %d already done) with %d process(es) into %s.", len(missing),
              len(pieces), len(pieces) - len(todo), max(workers, 1), missing[0][1].parent)
-    if workers > 1:
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(workers, initializer=_start_worker, initargs=(tokenizer, settings, False)) as pool:
-            for _ in pool.imap_unordered(_tokenize_piece, todo):
-                pass
+    if workers > 1:  # a worker that dies (killed, out of memory) fails the build instead of hanging it
+        spawn = multiprocessing.get_context("spawn")
+        worker_tokenizer = tokenize.for_workers(tokenizer, settings.template)
+        with ProcessPoolExecutor(workers, mp_context=spawn, initializer=tokenize.start_worker,
+                                 initargs=(worker_tokenizer, settings, False)) as pool:
+            list(pool.map(tokenize.tokenize_piece, todo))
     else:
-        _start_worker(tokenizer, settings, True)
+        tokenize.start_worker(tokenizer, settings, True)
         for piece in todo:
-            _tokenize_piece(piece)
+            tokenize.tokenize_piece(piece)
     for source, entry in missing:
         _finish_entry(source, entry)
     log.info("Tokenized in %.1f s.", time.perf_counter() - started)
 
 
-_worker: dict[str, Any] = {}
-
-
-def _start_worker(tokenizer: Any, settings: Settings, parallel_tokenizer: bool) -> None:
-    """Set up a process that tokenizes pieces: with several such processes, each tokenizes on one core."""
-    os.environ["TOKENIZERS_PARALLELISM"] = "true" if parallel_tokenizer else "false"
-    _worker.update(tokenizer=tokenizer, settings=settings)
-
-
-def _tokenize_piece(piece: Piece) -> None:
-    """Tokenize one piece into its Arrow file and the file's counts, each written whole (temporary + rename)."""
-    tokenizer, settings = _worker["tokenizer"], _worker["settings"]
-    stats = PieceStats()
-    temporary = piece.path.with_name(f"{piece.path.name}.{os.getpid()}.tmp")
-    records = piece.source.records(piece.segment)
-    with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
-        while chunk := list(islice(records, BATCH_ROWS)):
-            kept = _keep(stats, "empty output", [(record, record.output.strip()) for record in chunk])
-            tokens = ds.tokenize_batch(kept, tokenizer, settings.template, settings.cutoff_len,
-                                       settings.train_on_inputs)
-            usable = _keep(stats, f"no target token within --cutoff_len {settings.cutoff_len}",
-                           [((record, row), len(row[0]) > row[1]) for record, row in zip(kept, tokens)])
-            _count(stats, usable)
-            writer.write_batch(pa.record_batch([
-                pa.array([record.id for record, _ in usable], pa.string()),
-                pa.array([record.lang for record, _ in usable], pa.string()),
-                pa.array([ids for _, (ids, _) in usable], pa.list_(pa.int32())),
-                pa.array([masked for _, (_, masked) in usable], pa.int32()),
-            ], schema=SCHEMA))
-        sink.flush()
-        os.fsync(sink.fileno())
-    temporary.replace(piece.path)
-    atomic_write_json(_stats_file(piece.path), stats.__dict__)
-
-
-def _keep(stats: PieceStats, why: str, judged: list[tuple[Any, Any]]) -> list:
-    """The items judged worth keeping; the others are counted under `why` (the first few named)."""
-    dropped = [item[0] if isinstance(item, tuple) else item for item, keep in judged if not keep]
-    if dropped:
-        stats.left_out[why] += len(dropped)
-        names = [f"{record.lang}:{record.id}" for record in dropped]
-        stats.first_left_out.extend(names[: max(0, 10 - len(stats.first_left_out))])
-    return [item for item, keep in judged if keep]
-
-
-def _count(stats: PieceStats, usable: list) -> None:
-    for record, (ids, masked) in usable:
-        counts = stats.per_language.setdefault(record.lang, [0, 0, 0])
-        counts[0] += 1
-        counts[1] += len(ids)
-        counts[2] += len(ids) - masked
-    stats.rows += len(usable)
-    stats.tokens += sum(len(ids) for _, (ids, _) in usable)
-    stats.target_tokens += sum(len(ids) - masked for _, (ids, masked) in usable)
-
-
 def _staging(entry: Path) -> Path:
     return entry.with_name(f".{entry.name}.partial")
-
-
-def _stats_file(piece_path: Path) -> Path:
-    return piece_path.with_suffix(".json")
 
 
 def _finish_entry(source: Source, entry: Path) -> None:
@@ -204,7 +114,7 @@ def _finish_entry(source: Source, entry: Path) -> None:
     there first (a second job on shared storage) wins; its entry is the same."""
     staging = _staging(entry)
     parts = sorted(staging.glob("part-*.json"))
-    totals = PieceStats()
+    totals = tokenize.PieceStats()
     for part in parts:
         piece = json.loads(part.read_text())
         totals.rows += piece["rows"]

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import resource
 import shutil
 import sys
 import time
@@ -33,7 +34,7 @@ from ..models import LoadedModel, bactrian_home, load_model, load_tokenizer, res
 from ..prompts import PromptTemplate, load_template
 from ..records import sources
 from . import dataset as ds
-from . import token_cache
+from . import token_cache, tokenize
 from .config import FinetuneConfig
 from .distributed import DistributedContext
 from .loss import token_losses
@@ -399,7 +400,7 @@ def load_adapter_weights(model: Any, folder: Path) -> None:
 def tokenized_rows(config: FinetuneConfig, tokenizer: Any, template: PromptTemplate,
                    context: DistributedContext) -> token_cache.TokenizedRows:
     """The run's data sources, tokenized (from the cache when there), with what was left out said."""
-    settings = token_cache.Settings(template, config.cutoff_len, config.train_on_inputs)
+    settings = tokenize.Settings(template, config.cutoff_len, config.train_on_inputs)
     cache_dir = Path(config.cache_dir) if config.cache_dir else bactrian_home() / "tokenized"
     num_proc = config.num_proc if config.num_proc > 0 else len(os.sched_getaffinity(0))
     data = sources(config.data_path, languages.parse_langs(config.lang) or None)
@@ -442,8 +443,9 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     if config.resume_from_checkpoint:
         trainer.resume(config.resume_from_checkpoint)
     if context.is_main:
-        log.info("Training on %d examples (%s; %d target tokens an epoch), %d validation, %d steps.", len(train),
-                 train.language_counts(), train.target_tokens(), len(val), trainer.steps)
+        log.info("Training on %d examples (%s; %d target tokens an epoch), %d validation, %d steps; peak RSS "
+                 "before training %d MB.", len(train), train.language_counts(), train.target_tokens(), len(val),
+                 trainer.steps, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
     metrics = trainer.run()
     if context.is_main:
         save_adapter(trainer, loaded, template, train, val, metrics)

@@ -1,0 +1,149 @@
+"""Tokenize and mask instruction records, in the processes that build the token cache. Nothing here imports
+torch or transformers, so a tokenizing process starts in a second: it gets the tokenizer's Rust backend alone
+(`WorkerTokenizer`) unless a chat template needs the whole tokenizer."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from ..fileio import atomic_write_json
+from ..prompts import PromptTemplate
+from ..records import Record, Segment, Source
+
+BATCH_ROWS = 2048
+SCHEMA = pa.schema([("id", pa.string()), ("lang", pa.string()), ("input_ids", pa.list_(pa.int32())),
+                    ("masked", pa.int32())])
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What tokenization depends on, besides the data."""
+
+    template: PromptTemplate
+    cutoff_len: int
+    train_on_inputs: bool
+
+
+@dataclass(frozen=True)
+class Piece:
+    source: Source
+    segment: Segment | None
+    path: Path  # the Arrow file it becomes
+
+
+@dataclass
+class PieceStats:
+    rows: int = 0
+    tokens: int = 0
+    target_tokens: int = 0
+    per_language: dict[str, list[int]] = field(default_factory=dict)  # lang: [rows, tokens, target tokens]
+    left_out: Counter = field(default_factory=Counter)  # why: count
+    first_left_out: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WorkerTokenizer:
+    """What tokenizing needs of a fast tokenizer when the template is plain text: cheap to send to a process."""
+
+    backend_tokenizer: Any
+    eos_token_id: int
+
+
+def for_workers(tokenizer: Any, template: PromptTemplate) -> Any:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if template.uses_chat_template or backend is None:
+        return tokenizer
+    return WorkerTokenizer(backend, tokenizer.eos_token_id)
+
+
+def tokenize_batch(records: list[Record], tokenizer: Any, template: PromptTemplate, cutoff_len: int,
+                   train_on_inputs: bool) -> list[tuple[list[int], int]]:
+    """(input_ids, masked) of each record: prompt + output + EOS, cut to cutoff_len; the first `masked` tokens
+    (the prompt's, unless train_on_inputs) are not learned, the output and its EOS always are. The prompt and the
+    output are tokenized apart, so the mask boundary is exact."""
+    prompts = encode(tokenizer, [template.render(r.instruction, r.input, tokenizer) for r in records],
+                     add_special_tokens=not template.uses_chat_template)
+    outputs = encode(tokenizer, [record.output for record in records], add_special_tokens=False)
+    rows, eos = [], [tokenizer.eos_token_id]
+    for prompt_ids, output_ids in zip(prompts, outputs):
+        input_ids = (prompt_ids + output_ids + eos)[:cutoff_len]
+        rows.append((input_ids, 0 if train_on_inputs else min(len(prompt_ids), cutoff_len)))
+    return rows
+
+
+def encode(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+    """Token ids of many texts. A fast tokenizer's Rust backend is called directly (no offsets, no Python
+    objects per token: about twice as fast), unless it truncates or pads by itself."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
+    return tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
+
+
+
+
+_worker: dict[str, Any] = {}
+
+
+def start_worker(tokenizer: Any, settings: Settings, parallel_tokenizer: bool) -> None:
+    """Set up a process that tokenizes pieces: with several such processes, each tokenizes on one core."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if parallel_tokenizer else "false"
+    _worker.update(tokenizer=tokenizer, settings=settings)
+
+
+def tokenize_piece(piece: Piece) -> None:
+    """Tokenize one piece into its Arrow file and the file's counts, each written whole (temporary + rename)."""
+    tokenizer, settings = _worker["tokenizer"], _worker["settings"]
+    stats = PieceStats()
+    temporary = piece.path.with_name(f"{piece.path.name}.{os.getpid()}.tmp")
+    records = piece.source.records(piece.segment)
+    with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
+        while chunk := list(islice(records, BATCH_ROWS)):
+            kept = _keep(stats, "empty output", [(record, record.output.strip()) for record in chunk])
+            tokens = tokenize_batch(kept, tokenizer, settings.template, settings.cutoff_len,
+                                       settings.train_on_inputs)
+            usable = _keep(stats, f"no target token within --cutoff_len {settings.cutoff_len}",
+                           [((record, row), len(row[0]) > row[1]) for record, row in zip(kept, tokens)])
+            _count(stats, usable)
+            writer.write_batch(pa.record_batch([
+                pa.array([record.id for record, _ in usable], pa.string()),
+                pa.array([record.lang for record, _ in usable], pa.string()),
+                pa.array([ids for _, (ids, _) in usable], pa.list_(pa.int32())),
+                pa.array([masked for _, (_, masked) in usable], pa.int32()),
+            ], schema=SCHEMA))
+        sink.flush()
+        os.fsync(sink.fileno())
+    temporary.replace(piece.path)
+    atomic_write_json(stats_file(piece.path), stats.__dict__)
+
+
+def _keep(stats: PieceStats, why: str, judged: list[tuple[Any, Any]]) -> list:
+    """The items judged worth keeping; the others are counted under `why` (the first few named)."""
+    dropped = [item[0] if isinstance(item, tuple) else item for item, keep in judged if not keep]
+    if dropped:
+        stats.left_out[why] += len(dropped)
+        names = [f"{record.lang}:{record.id}" for record in dropped]
+        stats.first_left_out.extend(names[: max(0, 10 - len(stats.first_left_out))])
+    return [item for item, keep in judged if keep]
+
+
+def _count(stats: PieceStats, usable: list) -> None:
+    for record, (ids, masked) in usable:
+        counts = stats.per_language.setdefault(record.lang, [0, 0, 0])
+        counts[0] += 1
+        counts[1] += len(ids)
+        counts[2] += len(ids) - masked
+    stats.rows += len(usable)
+    stats.tokens += sum(len(ids) for _, (ids, _) in usable)
+    stats.target_tokens += sum(len(ids) - masked for _, (ids, masked) in usable)
+
+
+def stats_file(piece_path: Path) -> Path:
+    return piece_path.with_suffix(".json")
