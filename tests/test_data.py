@@ -46,6 +46,19 @@ def test_filters_on_real_text():
                        FilterSettings(max_chars=10)) == [["length"]]
 
 
+def test_filter_on_several_processes_equals_one(monkeypatch):
+    from bactrian.data import filters
+
+    french, german = ntrex("fra"), ntrex("deu")
+    rows = [{"id": f"{lang}-{n}", "lang": lang, "instruction": "i", "output": text}
+            for n in range(3) for lang, texts in (("fr", french), ("de", german), ("de", french)) for text in texts]
+    monkeypatch.setattr(filters, "CHUNK_ROWS", 4)  # several chunks, duplicates across them
+    parallel = filter_rows(rows, FilterSettings(), num_proc=2)
+    assert parallel == filter_rows(rows, FilterSettings(), num_proc=1)
+    assert sum(reasons == ["duplicate"] for reasons in parallel) == 2 * (len(french) + len(german))
+    assert sum("wrong_language" in reasons for reasons in parallel) == 3 * len(french)
+
+
 def test_protected_spans_and_code_instructions():
     text, spans = protect("See https://x.org and `ls -l` then {{name}}:\n```py\nprint(1)\n```")
     assert text == "See ⟦0⟧ and ⟦1⟧ then ⟦2⟧:\n⟦3⟧" and len(spans) == 4

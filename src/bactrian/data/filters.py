@@ -5,8 +5,11 @@ report counts them."""
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import os
 import re
 from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,31 +56,59 @@ def _shingles(text: str, size: int = 5) -> set[str]:
     return {flat[i:i + size] for i in range(max(1, len(flat) - size + 1))}
 
 
-def filter_rows(rows: list[dict[str, Any]], settings: FilterSettings) -> list[list[str]]:
+def filter_rows(rows: list[dict[str, Any]], settings: FilterSettings, num_proc: int = 1) -> list[list[str]]:
     """Reasons for every row, duplicates included: the first of a group of exact or near duplicates (per
-    language, on instruction + input + output) is kept, the others are flagged."""
-    from datasketch import MinHash, MinHashLSH
+    language, on instruction + input + output) is kept, the others are flagged. The per-row work (checks,
+    language ID, MinHash signatures) runs on `num_proc` processes; only the duplicate index is sequential."""
+    from datasketch import MinHashLSH
 
-    reasons = [reasons_for(row, settings) for row in rows]
+    checked = _check_rows(rows, settings, num_proc)
+    reasons = [row_reasons for row_reasons, _, _ in checked]
     seen_exact: set[tuple[str, str]] = set()
     indexes: dict[str, Any] = defaultdict(lambda: MinHashLSH(threshold=settings.near_duplicate_threshold,
-                                                             num_perm=64))
-    for index, row in enumerate(rows):
-        if "empty" in reasons[index]:
+                                                             num_perm=MINHASH_PERMUTATIONS))
+    for index, (row, (row_reasons, digest, signature)) in enumerate(zip(rows, checked)):
+        if digest is None:
             continue
-        text = f"{row.get('instruction', '')}\n{row.get('input', '')}\n{row.get('output', '')}"
-        digest = hashlib.sha256(" ".join(text.lower().split()).encode()).hexdigest()
         if (row["lang"], digest) in seen_exact:
-            reasons[index].append("duplicate")
+            row_reasons.append("duplicate")
             continue
         seen_exact.add((row["lang"], digest))
-        signature = MinHash(num_perm=64, seed=1)
-        signature.update_batch([shingle.encode() for shingle in _shingles(text)])
         if indexes[row["lang"]].query(signature):
-            reasons[index].append("near_duplicate")
+            row_reasons.append("near_duplicate")
         else:
             indexes[row["lang"]].insert(str(index), signature)
     return reasons
+
+
+MINHASH_PERMUTATIONS = 64
+CHUNK_ROWS = 2000
+
+
+def _check_rows(rows: list[dict[str, Any]], settings: FilterSettings, num_proc: int) -> list[tuple]:
+    chunks = [rows[start:start + CHUNK_ROWS] for start in range(0, len(rows), CHUNK_ROWS)]
+    if num_proc <= 1 or len(chunks) <= 1:
+        return [checked for chunk in chunks for checked in _check_chunk(chunk, settings)]
+    with ProcessPoolExecutor(min(num_proc, len(chunks)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        return [checked for part in pool.map(_check_chunk, chunks, [settings] * len(chunks)) for checked in part]
+
+
+def _check_chunk(rows: list[dict[str, Any]], settings: FilterSettings) -> list[tuple]:
+    """(reasons, digest, MinHash) of each row; no digest for an empty row (it cannot be a duplicate)."""
+    from datasketch import MinHash
+
+    checked = []
+    for row in rows:
+        reasons = reasons_for(row, settings)
+        if "empty" in reasons:
+            checked.append((reasons, None, None))
+            continue
+        text = f"{row.get('instruction', '')}\n{row.get('input', '')}\n{row.get('output', '')}"
+        digest = hashlib.sha256(" ".join(text.lower().split()).encode()).hexdigest()
+        signature = MinHash(num_perm=MINHASH_PERMUTATIONS, seed=1)
+        signature.update_batch([shingle.encode() for shingle in _shingles(text)])
+        checked.append((reasons, digest, signature))
+    return checked
 
 
 def report(rows: list[dict[str, Any]], reasons: list[list[str]]) -> dict[str, Any]:
@@ -110,13 +141,14 @@ class FilterConfig:
     min_chars: int = option(1, "Shortest acceptable output, in characters.")
     max_chars: int = option(20000, "Longest acceptable output, in characters.")
     near_duplicate_threshold: float = option(0.9, "MinHash Jaccard similarity above which rows are near duplicates.")
+    num_proc: int = option(0, "Processes for the per-row checks (language ID, MinHash); 0: one per core.")
 
 
 def filter(config: FilterConfig) -> dict[str, Any]:
     """`bactrian data filter` (named after its verb like every entry point; it shadows the builtin here only)."""
     rows = read_job_input(config.input, config.output_dir)
     settings = FilterSettings(config.min_chars, config.max_chars, config.near_duplicate_threshold)
-    reasons = filter_rows(rows, settings)
+    reasons = filter_rows(rows, settings, config.num_proc or len(os.sched_getaffinity(0)))
     kept = [row if config.drop else {**row, "filter_reasons": why} for row, why in zip(rows, reasons)
             if not (config.drop and why)]
     out = Path(config.output_dir)
