@@ -19,7 +19,6 @@ import logging
 import multiprocessing
 import shutil
 import time
-from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -116,14 +115,7 @@ def _finish_entry(source: Source, entry: Path) -> None:
     parts = sorted(staging.glob("part-*.json"))
     totals = tokenize.PieceStats()
     for part in parts:
-        piece = json.loads(part.read_text())
-        totals.rows += piece["rows"]
-        totals.tokens += piece["tokens"]
-        totals.target_tokens += piece["target_tokens"]
-        for lang, counts in piece["per_language"].items():
-            totals.per_language[lang] = [a + b for a, b in zip(totals.per_language.get(lang, [0, 0, 0]), counts)]
-        totals.left_out.update(piece["left_out"])
-        totals.first_left_out.extend(piece["first_left_out"][: max(0, 10 - len(totals.first_left_out))])
+        totals.merge(json.loads(part.read_text()))
     for leftover in staging.glob("*.tmp"):
         leftover.unlink(missing_ok=True)
     atomic_write_json(staging / META, {"version": CACHE_VERSION, "source": source.__dict__, "pieces": len(parts),
@@ -184,19 +176,12 @@ class TokenizedRows:
 
     def summary(self) -> dict[str, Any]:
         """Rows, tokens and target tokens (per language too), and what was left out, over all entries."""
-        per_language: dict[str, list[int]] = {}
-        left_out: Counter = Counter()
+        totals = tokenize.PieceStats()
         for meta in self.metas:
-            for lang, counts in meta["per_language"].items():
-                per_language[lang] = [a + b for a, b in zip(per_language.get(lang, [0, 0, 0]), counts)]
-            left_out.update(meta["left_out"])
-        return {"rows": sum(meta["rows"] for meta in self.metas),
-                "tokens": sum(meta["tokens"] for meta in self.metas),
-                "target_tokens": sum(meta["target_tokens"] for meta in self.metas),
-                "per_language": {lang: dict(zip(("rows", "tokens", "target_tokens"), counts))
-                                 for lang, counts in sorted(per_language.items())},
-                "left_out": dict(left_out),
-                "first_left_out": [row for meta in self.metas for row in meta["first_left_out"]][:10]}
+            totals.merge(meta)
+        per_language = {lang: dict(zip(("rows", "tokens", "target_tokens"), counts))
+                        for lang, counts in sorted(totals.per_language.items())}
+        return {**totals.__dict__, "per_language": per_language, "left_out": dict(totals.left_out)}
 
 
 class ExampleSet:

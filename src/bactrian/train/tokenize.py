@@ -47,6 +47,16 @@ class PieceStats:
     left_out: Counter = field(default_factory=Counter)  # why: count
     first_left_out: list[str] = field(default_factory=list)
 
+    def merge(self, other: dict[str, Any]) -> None:
+        """Add the counts of another piece (or entry), as written in its JSON."""
+        self.rows += other["rows"]
+        self.tokens += other["tokens"]
+        self.target_tokens += other["target_tokens"]
+        for lang, counts in other["per_language"].items():
+            self.per_language[lang] = [a + b for a, b in zip(self.per_language.get(lang, [0, 0, 0]), counts)]
+        self.left_out.update(other["left_out"])
+        self.first_left_out.extend(other["first_left_out"][: max(0, 10 - len(self.first_left_out))])
+
 
 @dataclass(frozen=True)
 class WorkerTokenizer:

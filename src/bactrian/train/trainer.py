@@ -30,7 +30,7 @@ from ..adapters import ADAPTER_WEIGHTS
 from ..errors import ConfigError, DataError, ModelError
 from ..fileio import atomic_write_json, fsync_dir, fsync_tree
 from ..manifest import fingerprint_inputs, read_manifest, write_manifest
-from ..models import LoadedModel, bactrian_home, load_model, load_tokenizer, resolve
+from ..models import LoadedModel, bactrian_home, cpu_runs_bf16_fast, load_model, load_tokenizer, resolve
 from ..prompts import PromptTemplate, load_template
 from ..records import sources
 from . import dataset as ds
@@ -153,6 +153,13 @@ def attach_lora(loaded: LoadedModel, config: FinetuneConfig) -> Any:
     return get_peft_model(model, lora)
 
 
+def uses_bf16_autocast(setting: str, device_type: str) -> bool:
+    """--bf16: `auto` autocasts on a CPU that runs bf16 fast (on a GPU the weights are bf16 already)."""
+    if setting == "auto":
+        return device_type == "cpu" and cpu_runs_bf16_fast()
+    return setting == "true"
+
+
 def total_steps(config: FinetuneConfig, num_examples: int) -> int:
     if config.max_steps > 0:
         return config.max_steps
@@ -173,6 +180,8 @@ class Trainer:
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, config.warmup_steps, self.steps)
         self.state = TrainState()
         self.writer = None
+        self.device_type = next(model.parameters()).device.type
+        self.autocast = uses_bf16_autocast(config.bf16, self.device_type)
         self.identity = run_identity(config)
 
     # -- the loop ---------------------------------------------------------------------------------------
@@ -216,8 +225,9 @@ class Trainer:
         tokens = 0
         for micro in ds.micro_batches(share, config.micro_batch_size, self.tokenizer.pad_token_id, config.packing,
                                       config.cutoff_len, config.group_by_length):
-            losses, _ = token_losses(self.model, micro)
-            (losses.sum() / global_targets).backward()
+            with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.autocast):
+                losses, _ = token_losses(self.model, micro)
+            (losses.float().sum() / global_targets).backward()
             loss_sum += losses.detach().double().sum().cpu()
             tokens += micro.num_tokens
         self.context.sum_gradients(self.params)
@@ -238,7 +248,8 @@ class Trainer:
         share = self.val[self.context.rank::self.context.world_size]
         for micro in ds.micro_batches(share, self.config.micro_batch_size, self.tokenizer.pad_token_id,
                                       self.config.packing, self.config.cutoff_len, group_by_length=True):
-            losses, owners = token_losses(self.model, micro)
+            with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.autocast):
+                losses, owners = token_losses(self.model, micro)
             for loss, owner in zip(losses.double().cpu().tolist(), owners.cpu().tolist()):
                 row = codes.index(micro.examples[owner].lang)
                 sums[row, 0] += loss
