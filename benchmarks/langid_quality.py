@@ -11,7 +11,6 @@ Prints the table (markdown, for benchmarks/RESULTS.md) and writes bench-out/lang
 
 from __future__ import annotations
 
-import csv
 import math
 import random
 import time
@@ -43,13 +42,9 @@ def ntrex_lines() -> dict[str, list[str]]:
 
 def flores_lines() -> dict[str, list[str]]:
     from bactrian import languages
+    from bactrian.eval.tasks import sib200_rows
 
-    lines = {}
-    for lang in languages.LANGUAGES:
-        with open(SIB / lang.flores / "dev.tsv", encoding="utf-8") as handle:
-            rows = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-            lines[lang.code] = [row["text"] for row in rows if row["text"].strip()]
-    return lines
+    return {lang: [row["text"] for row in sib200_rows(SIB.parent, lang)[1]] for lang in languages.CODES}
 
 
 def score(lines: dict[str, list[str]]) -> dict[str, dict]:

@@ -1,12 +1,12 @@
 """Language ID among the 52 languages: the script, the restricted model, the close-pair markers, and the bar on
 real sentences (NTREX-128, and FLORES-200 through SIB-200, when ../shared/data is beside the checkout)."""
 
-import csv
 import random
 
 import pytest
 
 from bactrian import languages
+from bactrian.eval.tasks import sib200_rows
 from bactrian.langid import detect_language, markers, rank, written_in
 
 from conftest import needs_shared_data
@@ -66,13 +66,8 @@ def test_scripts_decide_alone_and_latin_names_do_not_outvote_them():
 
 
 def _sib_sentences() -> dict[str, list[str]]:
-    folder = needs_shared_data("eval", "sib-200")
-    sentences = {}
-    for lang in languages.LANGUAGES:
-        with open(folder / lang.flores / "dev.tsv", encoding="utf-8") as handle:
-            rows = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-            sentences[lang.code] = [row["text"] for row in rows if row["text"].strip()]
-    return sentences
+    folder = needs_shared_data("eval")
+    return {lang: [row["text"] for row in sib200_rows(folder, lang)[1]] for lang in languages.CODES}
 
 
 @pytest.mark.parametrize("cut", [None, 40])

@@ -160,13 +160,19 @@ def _xwinograd(root: Path | None, langs: list[str]) -> dict[str, list[Item]]:
     return items
 
 
+def sib200_rows(root: Path | None, lang: str) -> tuple[Path | None, list[dict]]:
+    """The SIB-200 dev rows (`index_id`, `category`, `text`) of a language, from `root` or else the hub, and the
+    file they came from (None from the hub). Its texts are FLORES-200 sentences."""
+    flores = languages.get(lang).flores
+    path = _find(root, "sib-200", [f"{flores}/dev.tsv"]) or _find(root, "sib200", [f"{flores}/dev.tsv"])
+    return path, _tsv(path) if path else _hub_rows("sib200", flores, "validation")
+
+
 def _sib200(root: Path | None, langs: list[str]) -> dict[str, list[Item]]:
     langs = langs or list(languages.CODES)
     items: dict[str, list[Item]] = {}
     for lang in langs:
-        flores = languages.get(lang).flores
-        path = _find(root, "sib-200", [f"{flores}/dev.tsv"]) or _find(root, "sib200", [f"{flores}/dev.tsv"])
-        rows = _tsv(path) if path else _hub_rows("sib200", flores, "validation")
+        path, rows = sib200_rows(root, lang)
         labels_file = path.parent / "labels.txt" if path else None
         labels = (labels_file.read_text(encoding="utf-8").split() if labels_file and labels_file.is_file()
                   else sorted({str(row["category"]) for row in rows}))
