@@ -181,3 +181,17 @@ def test_index_costs_nine_bytes_a_row(tokenizer, tmp_path):
     assert np.array_equal(rows.rows_in(["fr"]), np.arange(len(rows)))
     with pytest.raises(DataError, match="de asked for"):
         rows.rows_in(["de"])
+
+
+def test_per_language_runs_and_reruns_tokenize_each_file_once(tiny_llama, lang_folder, tmp_path, caplog):
+    from bactrian.train.trainer import finetune
+
+    caplog.set_level("INFO")
+    config = make_config(tiny_llama, lang_folder, tmp_path / "adapters", per_language=True, max_steps=1,
+                         val_set_size=0, cache_dir=str(tmp_path / "cache"))
+    finetune(config)
+    assert caplog.text.count("Tokenizing") == 1 and "Tokenizing 3 source(s)" in caplog.text  # all languages, once
+    caplog.clear()
+    finetune(make_config(tiny_llama, lang_folder, tmp_path / "together", lang=["fr", "de"], max_steps=1,
+                         val_set_size=0, cache_dir=str(tmp_path / "cache")))
+    assert "Tokenizing" not in caplog.text

@@ -84,15 +84,19 @@ def _sources_of(path: str, langs: list[str] | None) -> list[Source]:
         files = sorted(file for file in local.iterdir() if file.suffix in DATA_SUFFIXES and file.is_file())
         if not files:
             raise DataError(f"{local}: no .json, .jsonl or .parquet files in this folder.")
-        return [Source(str(file), "file", _single(langs)) for file in files
-                if not langs or language_of_file(file) in (None, *langs)]
+        return [_file_source(file, langs) for file in files if not langs or language_of_file(file) in (None, *langs)]
     if local.is_file():
-        return [Source(str(local), "file", _single(langs))]
+        return [_file_source(local, langs)]
     if local.suffix in DATA_SUFFIXES or path.startswith((".", "/")):
         raise DataError(f"{path}: no such file or folder.")
     if not langs:
         raise DataError(f"{path}: a hub dataset with one config per language needs --lang (e.g. --lang fr,de or all).")
     return [Source(path, "hub", lang) for lang in langs]
+
+
+def _file_source(path: Path, langs: list[str] | None) -> Source:
+    """A file named after its language needs no default (and so is the same Source whatever --lang says)."""
+    return Source(str(path), "file", None if language_of_file(path) else _single(langs))
 
 
 def jsonl_segments(path: Path, size: int) -> list[Segment]:
