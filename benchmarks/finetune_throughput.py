@@ -243,7 +243,7 @@ def child(way: str, name: str) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def parent(models: list[str]) -> None:
+def parent(models: list[str], ways: list[str]) -> None:
     if not DATA.is_dir():
         sys.exit(f"{DATA} is absent: this benchmark needs ../shared/data beside the checkout.")
     OUT.mkdir(exist_ok=True)
@@ -251,7 +251,7 @@ def parent(models: list[str]) -> None:
         model_path(name)  # build or convert once, outside the timed processes
     results = []
     for name in models:
-        for way in WAYS:
+        for way in ways:
             print(f"running {way} on {name} ...", flush=True)
             started = time.perf_counter()
             process = subprocess.run([sys.executable, __file__, "--child", way, "--models", name],
@@ -272,9 +272,10 @@ def print_table(results: list[dict]) -> None:
           f"{'peak RSS MB':>12} {'eval loss':>10}")
     for row in results:
         same = {r["way"]: r for r in results if r["model"] == row["model"]}
+        versus_trl = f"{row['tokens_per_second'] / same['trl']['tokens_per_second']:>6.2f}x" if "trl" in same else \
+            f"{'-':>7}"
         print(f"{row['model']:<8} {row['way']:<9} {row['tokens_per_second']:>9.1f} "
-              f"{row['tokens_per_second'] / same['original']['tokens_per_second']:>7.2f}x "
-              f"{row['tokens_per_second'] / same['trl']['tokens_per_second']:>6.2f}x "
+              f"{row['tokens_per_second'] / same['original']['tokens_per_second']:>7.2f}x {versus_trl} "
               f"{row['whole_process_s']:>8.1f} {same['original']['whole_process_s'] / row['whole_process_s']:>7.2f}x "
               f"{row['peak_rss_mb']:>12.0f} {row['eval_loss']:>10.4f}")
 
@@ -282,9 +283,10 @@ def print_table(results: list[dict]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="tiny,default")
+    parser.add_argument("--ways", default=",".join(WAYS), help="which of bactrian,original,trl to run")
     parser.add_argument("--child", choices=WAYS)
     arguments = parser.parse_args()
     if arguments.child:
         child(arguments.child, arguments.models)
     else:
-        parent(arguments.models.split(","))
+        parent(arguments.models.split(","), arguments.ways.split(","))
