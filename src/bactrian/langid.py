@@ -84,14 +84,6 @@ def _letters_by_script(text: str) -> Counter:
     return Counter(_script_of(char) for char in text if char.isalpha())
 
 
-def script_share(text: str, script: str) -> float:
-    """The share of the text's letters written in `script` (Jpan counts kana and Han)."""
-    counts = _letters_by_script(text)
-    total = sum(counts.values())
-    wanted = counts[script] + (counts["Hans"] if script == "Jpan" else 0)
-    return wanted / total if total else 0.0
-
-
 @functools.lru_cache(maxsize=None)
 def _model(script: str):
     """langid.py's model restricted to the 52 languages written in `script` (one per script, loaded once)."""
