@@ -195,3 +195,21 @@ def test_per_language_runs_and_reruns_tokenize_each_file_once(tiny_llama, lang_f
     finetune(make_config(tiny_llama, lang_folder, tmp_path / "together", lang=["fr", "de"], max_steps=1,
                          val_set_size=0, cache_dir=str(tmp_path / "cache")))
     assert "Tokenizing" not in caplog.text
+
+
+def test_a_hub_config_is_keyed_by_its_downloaded_revision(tokenizer, tmp_path, monkeypatch):
+    import datasets
+
+    published = {"rows": sample_rows("fr")}
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, name, split: datasets.Dataset.from_list(
+        published["rows"]))
+    hub = token_cache.open_rows(sources("MBZUAI/Bactrian-X", ["fr"]), tokenizer, settings(), tmp_path / "cache", 1,
+                                DistributedContext())
+    assert len(hub) == 4 and hub.languages() == ["fr"]
+    token_cache.open_rows(sources("MBZUAI/Bactrian-X", ["fr"]), tokenizer, settings(), tmp_path / "cache", 1,
+                          DistributedContext())
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # the same revision maps the same entry
+    published["rows"] = sample_rows("fr", copies=2)  # the dataset is updated on the hub
+    again = token_cache.open_rows(sources("MBZUAI/Bactrian-X", ["fr"]), tokenizer, settings(), tmp_path / "cache",
+                                  1, DistributedContext())
+    assert len(again) == 8 and len(list((tmp_path / "cache").iterdir())) == 2

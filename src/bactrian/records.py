@@ -339,15 +339,19 @@ def _read_saved_dataset(folder: Path, default_lang: str | None) -> Iterator[Reco
             yield _to_record(row, folder, where, default, f"{split_name}-{index}")
 
 
-def _read_hub_config(dataset_id: str, lang: str) -> Iterator[Record]:
-    """One language config of a hub dataset with one config per language, as MBZUAI/Bactrian-X (`--lang fr,de`)."""
+def hub_split(dataset_id: str, lang: str) -> Any:
+    """The train split of one language config of a hub dataset (datasets caches it locally after the first load)."""
     import datasets
 
     try:
-        split = datasets.load_dataset(dataset_id, lang, split="train")
+        return datasets.load_dataset(dataset_id, lang, split="train")
     except Exception as exc:  # network, missing config, auth: all surface as one clear message
         raise DataError(f"{dataset_id}: could not load config {lang!r} from the hub ({exc}).") from exc
-    for index, row in enumerate(split):
+
+
+def _read_hub_config(dataset_id: str, lang: str) -> Iterator[Record]:
+    """One language config of a hub dataset with one config per language, as MBZUAI/Bactrian-X (`--lang fr,de`)."""
+    for index, row in enumerate(hub_split(dataset_id, lang)):
         yield _to_record(row, f"{dataset_id}[{lang}]", f"row {index}", lang, f"{lang}-{index}")
 
 

@@ -31,7 +31,7 @@ from .. import languages
 from ..errors import DataError
 from ..fileio import atomic_write_json, file_sha256, fsync_dir
 from ..manifest import fingerprint_inputs
-from ..records import Source
+from ..records import Source, hub_split
 from . import dataset as ds
 from . import tokenize
 from .distributed import DistributedContext
@@ -52,13 +52,19 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256((definition + extra).encode("utf-8")).hexdigest()
 
 
-def entry_key(source: Source, tokenizer_hash: str, settings: tokenize.Settings) -> str:
+def content_of(source: Source) -> Any:
+    """What identifies a source's content: a file's sha256, a folder's files' hashes, a hub split's fingerprint
+    (datasets' hash of the downloaded revision), so that changed data is never served from the cache."""
     if source.kind == "file":
-        content: Any = file_sha256(source.location)
-    elif source.kind == "saved":
-        content = fingerprint_inputs([source.location])
-    else:
-        content = source.location  # a hub config: the id is all there is before downloading it
+        return file_sha256(source.location)
+    if source.kind == "saved":
+        return fingerprint_inputs([source.location])
+    split = hub_split(source.location, str(source.default_lang))
+    return [source.location, getattr(split, "_fingerprint", None) or len(split)]
+
+
+def entry_key(source: Source, tokenizer_hash: str, settings: tokenize.Settings) -> str:
+    content = content_of(source)
     key = json.dumps([CACHE_VERSION, source.kind, source.default_lang, content, tokenizer_hash,
                       settings.template.to_dict(), settings.cutoff_len, settings.train_on_inputs], sort_keys=True)
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
