@@ -35,10 +35,10 @@ SCRIPT_NAMES = {
     "Jpan": ("HIRAGANA", "KATAKANA"), "Khmr": ("KHMER",), "Mlym": ("MALAYALAM",), "Mymr": ("MYANMAR",),
     "Sinh": ("SINHALA",), "Taml": ("TAMIL",), "Telu": ("TELUGU",), "Thai": ("THAI",),
 }
-CANDIDATES: dict[str, tuple[str, ...]] = {}
-for _lang in languages.LANGUAGES:
-    CANDIDATES.setdefault("Hans" if _lang.script == "Jpan" else _lang.script, ())
-    CANDIDATES["Hans" if _lang.script == "Jpan" else _lang.script] += (_lang.code,)
+_SCRIPT_OF_LANGUAGE = {lang.code: "Hans" if lang.script == "Jpan" else lang.script for lang in languages.LANGUAGES}
+CANDIDATES: dict[str, tuple[str, ...]] = {  # the 52 languages by script (Japanese with Chinese: Han is shared)
+    script: tuple(code for code, own in _SCRIPT_OF_LANGUAGE.items() if own == script)
+    for script in dict.fromkeys(_SCRIPT_OF_LANGUAGE.values())}
 
 # Close groups and their exclusive markers: letters (any occurrence) and words (whole words, lower case) that
 # one language of the group uses and the others do not.
@@ -143,13 +143,19 @@ def _decided_by_markers(ranked: list[tuple[str, float]], found: set[str]) -> str
     return next(iter(pointed)) if len(pointed) == 1 else None
 
 
+def _judged(text: str) -> tuple[list[tuple[str, float]], set[str], str | None]:
+    """The model's ranking, the markers found, and the language the markers decide on (if any)."""
+    ranked = rank(text)
+    found = markers(text) if ranked else set()
+    return ranked, found, _decided_by_markers(ranked, found) if ranked else None
+
+
 def detect_language_scored(text: str) -> tuple[str | None, float]:
     """The ISO code of the Bactrian-X language the text is most likely written in (None for a text without
     letters), with the probability the model gives it."""
-    ranked = rank(text)
+    ranked, _, decided = _judged(text)
     if not ranked:
         return None, 0.0
-    decided = _decided_by_markers(ranked, markers(text))
     if decided is not None:
         return decided, max(dict(ranked).get(decided, 0.0), MIN_SCORE)
     return ranked[0]
@@ -166,11 +172,9 @@ def written_in(text: str, code: str) -> bool:
     language the model often mistakes for a neighbour (MISTAKEN_FOR, and English for any Latin-script language,
     since names and borrowings are English), that neighbour on top with `code` nearly as likely
     (CLOSE_RATIO) and no marker of another close language present."""
-    ranked = rank(text)
+    ranked, found, decided = _judged(text)
     if not ranked:
         return False
-    found = markers(text)
-    decided = _decided_by_markers(ranked, found)
     if decided is not None:
         return decided == code
     top, top_probability = ranked[0]

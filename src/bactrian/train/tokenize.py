@@ -97,8 +97,6 @@ def encode(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> list[l
     return tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
 
 
-
-
 _worker: dict[str, Any] = {}
 
 
@@ -116,11 +114,12 @@ def tokenize_piece(piece: Piece) -> None:
     records = piece.source.records(piece.segment)
     with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
         while chunk := list(islice(records, BATCH_ROWS)):
-            kept = _keep(stats, "empty output", [(record, record.output.strip()) for record in chunk])
-            tokens = tokenize_batch(kept, tokenizer, settings.template, settings.cutoff_len,
-                                       settings.train_on_inputs)
-            usable = _keep(stats, f"no target token within --cutoff_len {settings.cutoff_len}",
-                           [((record, row), len(row[0]) > row[1]) for record, row in zip(kept, tokens)])
+            kept = [record for record in chunk if record.output.strip()]
+            _left_out(stats, "empty output", [record for record in chunk if not record.output.strip()])
+            tokens = tokenize_batch(kept, tokenizer, settings.template, settings.cutoff_len, settings.train_on_inputs)
+            usable = [(record, row) for record, row in zip(kept, tokens) if len(row[0]) > row[1]]
+            _left_out(stats, f"no target token within --cutoff_len {settings.cutoff_len}",
+                      [record for record, row in zip(kept, tokens) if len(row[0]) <= row[1]])
             _count(stats, usable)
             writer.write_batch(pa.record_batch([
                 pa.array([record.id for record, _ in usable], pa.string()),
@@ -134,25 +133,22 @@ def tokenize_piece(piece: Piece) -> None:
     atomic_write_json(stats_file(piece.path), stats.__dict__)
 
 
-def _keep(stats: PieceStats, why: str, judged: list[tuple[Any, Any]]) -> list:
-    """The items judged worth keeping; the others are counted under `why` (the first few named)."""
-    dropped = [item[0] if isinstance(item, tuple) else item for item, keep in judged if not keep]
+def _left_out(stats: PieceStats, why: str, dropped: list[Record]) -> None:
+    """Count rows left out under `why`, naming the first few."""
     if dropped:
         stats.left_out[why] += len(dropped)
         names = [f"{record.lang}:{record.id}" for record in dropped]
         stats.first_left_out.extend(names[: max(0, 10 - len(stats.first_left_out))])
-    return [item for item, keep in judged if keep]
 
 
-def _count(stats: PieceStats, usable: list) -> None:
+def _count(stats: PieceStats, usable: list[tuple[Record, tuple[list[int], int]]]) -> None:
     for record, (ids, masked) in usable:
         counts = stats.per_language.setdefault(record.lang, [0, 0, 0])
-        counts[0] += 1
-        counts[1] += len(ids)
-        counts[2] += len(ids) - masked
-    stats.rows += len(usable)
-    stats.tokens += sum(len(ids) for _, (ids, _) in usable)
-    stats.target_tokens += sum(len(ids) - masked for _, (ids, masked) in usable)
+        for position, amount in enumerate((1, len(ids), len(ids) - masked)):
+            counts[position] += amount
+        stats.rows += 1
+        stats.tokens += len(ids)
+        stats.target_tokens += len(ids) - masked
 
 
 def stats_file(piece_path: Path) -> Path:
