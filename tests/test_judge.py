@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse
 from bactrian.endpoints.cache import RequestCache
 from bactrian.endpoints.client import ChatClient, Limits
 from bactrian.eval.config import JudgeConfig
-from bactrian.eval.judge import judge, load_questions, parse_scores
+from bactrian.eval.generative import vicuna_questions
+from bactrian.eval.judge import judge, parse_scores
 from bactrian.infer.engine import Engine
 from bactrian.infer.server import create_app
 
@@ -30,7 +31,7 @@ def test_parse_scores(text, scores):
 
 def test_vicuna_questions_per_language():
     folder = needs_shared_data("chat-eval", "vicuna-80")
-    questions = load_questions(folder, ["de", "ja"], 16)
+    questions = vicuna_questions(folder, ["de", "ja"], 16)
     assert {q["lang"] for q in questions} == {"de", "ja"} and len(questions) == 32
     assert questions[0]["category"] == "generic" and questions[0]["id"] == "de-1"
 

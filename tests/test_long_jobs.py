@@ -136,7 +136,7 @@ def test_export_replaces_an_existing_output_only_once_the_new_one_is_complete(ti
 
 def test_duplicate_ids_are_errors_naming_both_rows(tiny_llama, tmp_path):
     from bactrian.data.generate import DataGenerateConfig, generate
-    from bactrian.eval.judge import load_questions
+    from bactrian.eval.generative import vicuna_questions
     from bactrian.infer import generate as answering
     from bactrian.infer.config import GenerateConfig
 
@@ -157,7 +157,7 @@ def test_duplicate_ids_are_errors_naming_both_rows(tiny_llama, tmp_path):
     write_jsonl(questions / "questions_German.jsonl", [{"question_id": 1, "text": "Hallo?"},
                                                         {"question_id": 1, "text": "Wie?"}])
     with pytest.raises(BactrianError, match="questions_German.jsonl: line 2: duplicate id 'de-1'"):
-        load_questions(questions, [], 16)
+        vicuna_questions(questions, [], 16)
     other = write_jsonl(tmp_path / "de.jsonl", [{"id": "a", "instruction": "Eins."}])
     folder = tmp_path / "both"
     folder.mkdir()

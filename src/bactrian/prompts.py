@@ -63,6 +63,9 @@ BUILTIN: dict[str, PromptTemplate] = {
         ),
         response_split="### Response:",
     ),
+    "raw": PromptTemplate(  # the text as it is: benchmarks' own prompts for a base model (lm-eval's format)
+        name="raw", prompt_input="{instruction}\n\n{input}", prompt_no_input="{instruction}", response_split=""
+    ),
     "chat": PromptTemplate(
         name="chat", prompt_input="", prompt_no_input="", response_split="", uses_chat_template=True
     ),

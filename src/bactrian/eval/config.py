@@ -10,14 +10,25 @@ from ..options import option
 
 @dataclass
 class EvalConfig(EngineConfig):
-    tasks: list[str] = option(["xcopa"], "Tasks, comma separated: xcopa, xstorycloze, xwinograd, sib200, or a "
-                                         ".jsonl/.yaml file of {context, choices, label} items.")
-    data_dir: str = option("", "Folder with the tasks' files as published (xcopa/val.LANG.jsonl, sib-200/CODE/"
-                               "dev.tsv, ...); without it, tasks load from the hub.")
+    tasks: list[str] = option(["xcopa"], "Tasks, comma separated. Multiple choice (log-likelihood): xcopa, "
+                                         "xstorycloze, xwinograd, sib200, belebele, or a .jsonl/.yaml file of "
+                                         "{context, choices, label} items. Generated answers: confusion (language "
+                                         "confusion), mgsm_direct, mgsm_cot (native chain of thought), ntrex, "
+                                         "flores (translation, both ways), xquad, mlqa.")
+    data_dir: str = option("", "Folder with the tasks' files as published, found anywhere below it "
+                               "(xcopa/val.LANG.jsonl, sib-200/CODE/dev.tsv, mgsm_LANG.tsv, xquad.LANG.json, "
+                               "newstest2019-ref.*.txt, questions_LANGUAGE.jsonl, ...); without it, tasks load "
+                               "from the hub.")
     langs: list[str] = option([], "Languages to evaluate (default: all the task has).")
     output_dir: str = option("./eval-report", "Where results.json, report.md and the charts go.")
-    batch_size: int = option(16, "Packed rows (of 128 tokens) scored per forward pass.")
-    limit: int = option(0, "Evaluate only the first N items per language (0: all).")
+    batch_size: int = option(16, "Multiple choice: packed rows (of 128 tokens) scored per forward pass.")
+    gen_batch_size: int = option(16, "Generated answers: prompts decoded together.")
+    max_new_tokens: int = option(0, "Most tokens of a generated answer (0: each task's own: 256 for confusion "
+                                    "and MGSM as lm-eval, 192 translation, 32 QA).")
+    confusion_prompts: str = option("", "Prompts of the confusion task: a folder of questions_<Language>.jsonl "
+                                        "(Vicuna-80 format) or a file of instructions with lang (JSON/JSONL/"
+                                        "Parquet). Default: the questions_*.jsonl found under --data_dir.")
+    limit: int = option(0, "Evaluate only the first N items per language (translation: per direction; 0: all).")
 
 
 @dataclass

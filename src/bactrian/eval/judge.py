@@ -14,14 +14,15 @@ from typing import Any
 from .. import languages
 from ..endpoints.cache import RequestCache
 from ..endpoints.client import ChatClient, chat_client
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..fileio import atomic_write_bytes, atomic_write_json
 from ..infer import generate as answering
 from ..infer.config import GenerateConfig
 from ..infer.engine import build_engine
 from ..langid import detect_language
-from ..records import check_unique_ids, parsing, read_jsonl, write_jsonl_rows
+from ..records import read_jsonl, write_jsonl_rows
 from .config import JudgeConfig
+from .generative import vicuna_questions
 
 SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 VERDICT = (
@@ -36,29 +37,6 @@ VERDICT = (
     "subsequent line, please provide a comprehensive explanation of your evaluation, avoiding any potential bias "
     "and ensuring that the order in which the responses were presented does not affect your judgment."
 )
-FILE_LANGUAGES = {"Deutsch": "de"}  # Vicuna-80 translations name most files in English, German in German
-
-
-def load_questions(folder: Path, langs: list[str], per_lang: int) -> list[dict[str, Any]]:
-    if not folder.is_dir():
-        raise ConfigError(f"--questions_dir {folder}: not a folder.")
-    questions, places = [], []
-    for path in sorted(folder.glob("questions_*.jsonl")):
-        name = path.stem.removeprefix("questions_")
-        lang = FILE_LANGUAGES.get(name) or (languages.get(name).code if languages.is_known(name) else None)
-        if lang is None or (langs and lang not in langs):
-            continue
-        for number, row in read_jsonl(path, limit=per_lang):
-            with parsing(path, f"line {number}", "a question row"):
-                questions.append({"id": f"{lang}-{row['question_id']}", "lang": lang, "instruction": row["text"],
-                                  "category": row.get("category", "")})
-            places.append((questions[-1]["id"], f"{path}: line {number}"))
-    if not questions:
-        raise DataError(f"{folder}: no questions_<Language>.jsonl files for {langs or 'any language'}.")
-    check_unique_ids(places)
-    return questions
-
-
 def parse_scores(text: str) -> tuple[float, float] | None:
     """The two scores of a verdict: "9/10 ... 4/10", else a first line of two numbers, else the first two
     numbers in 0-10 (not counting the "1" and "2" of "Assistant 1", "Assistant 2")."""
@@ -143,8 +121,8 @@ def judge(config: JudgeConfig) -> dict[str, Any]:
     if not config.model_b or not config.judge_base_url:
         raise ConfigError("--model_b and --judge_base_url are required.")
     out = Path(config.output_dir)
-    questions = load_questions(Path(config.questions_dir), languages.parse_langs(config.langs),
-                               config.questions_per_lang)
+    questions = vicuna_questions(Path(config.questions_dir), languages.parse_langs(config.langs),
+                                 config.questions_per_lang)
     cache = RequestCache(out / "judge-cache.sqlite")
     try:
         asyncio.run(_preflight(config, cache))  # a refused key or a dead endpoint stops us before any answer

@@ -28,44 +28,93 @@ def summarise(predictions: list[dict[str, Any]]) -> dict[str, Any]:
             "acc_norm": correct_norm / n, "acc_norm_ci95": wilson_interval(correct_norm, n)}
 
 
+ACCURACY = [["acc", "accuracy %", 100.0]]  # the metrics of a multiple-choice task: key, label, scale
+
+
 def markdown(results: dict[str, Any]) -> str:
-    """Per task: languages as rows, models as columns (accuracy %, ± half the 95% interval), averages last."""
+    """Per task and metric: languages (or directions) as rows, models as columns (± half the 95% interval),
+    averages last."""
     lines = ["# Evaluation", ""]
     for task, by_model in results["tasks"].items():
         models = list(by_model)
-        langs = sorted({lang for per_lang in by_model.values() for lang in per_lang})
-        lines += [f"## {task} (accuracy %, 95% interval)", "", "| language | " + " | ".join(models) + " |",
-                  "| --- |" + " ---: |" * len(models)]
-        for lang in langs:
-            cells = [_cell(by_model[model].get(lang)) for model in models]
-            lines.append(f"| {lang} | " + " | ".join(cells) + " |")
-        averages = [100 * sum(s["acc"] for s in by_model[m].values()) / len(by_model[m]) for m in models]
-        lines += ["| **average** | " + " | ".join(f"**{a:.1f}**" for a in averages) + " |", ""]
+        groups = sorted({group for per_group in by_model.values() for group in per_group})
+        notes = results.get("notes", {}).get(task)
+        for key, label, scale in results.get("metrics", {}).get(task, ACCURACY):
+            lines += [f"## {task}: {label}, 95% interval", "", *([notes, ""] if notes else []),
+                      "| language | " + " | ".join(models) + " |", "| --- |" + " ---: |" * len(models)]
+            for group in groups:
+                cells = [_cell(by_model[model].get(group), key, scale) for model in models]
+                lines.append(f"| {group} | " + " | ".join(cells) + " |")
+            averages = [_average(by_model[model], key, scale) for model in models]
+            lines += ["| **average** | " + " | ".join(f"**{a:.1f}**" if a is not None else "-" for a in averages)
+                      + " |", ""]
     return "\n".join(lines) + "\n"
 
 
-def _cell(summary: dict[str, Any] | None) -> str:
-    if summary is None:
+def _average(per_group: dict[str, dict[str, Any]], key: str, scale: float) -> float | None:
+    values = [summary[key] for summary in per_group.values() if summary.get(key) is not None]
+    return scale * sum(values) / len(values) if values else None
+
+
+def _cell(summary: dict[str, Any] | None, key: str, scale: float) -> str:
+    if summary is None or summary.get(key) is None:
         return "-"
-    low, high = summary["acc_ci95"]
-    return f"{100 * summary['acc']:.1f} ± {50 * (high - low):.1f}"
+    low, high = summary[f"{key}_ci95"]
+    return f"{scale * summary[key]:.1f} ± {scale * (high - low) / 2:.1f}"
 
 
-def bar_chart(task: str, by_model: dict[str, dict[str, Any]], path: Path) -> None:
+def _chart_name(task: str, kind: str) -> str:
+    return f"{Path(task).stem if task.endswith(('.jsonl', '.yaml', '.yml')) else task}{kind}.png"
+
+
+def _interval(summary: dict[str, Any] | None, key: str, scale: float) -> tuple[float, float, float]:
+    """A bar: the value, and how far its 95% interval reaches below and above it (0s when there is none)."""
+    if summary is None or summary.get(key) is None:
+        return 0.0, 0.0, 0.0
+    value, (low, high) = scale * summary[key], summary[f"{key}_ci95"]
+    return value, value - scale * low, scale * high - value
+
+
+def bar_chart(task: str, by_model: dict[str, dict[str, Any]], metric: list, path: Path) -> None:
+    key, label, scale = metric
     models = list(by_model)
-    langs = sorted({lang for per_lang in by_model.values() for lang in per_lang})
+    groups = sorted({group for per_group in by_model.values() for group in per_group})
     width = 0.8 / len(models)
-    figure, axes = figure_and_axes(max(6, 0.6 * len(langs) * len(models) + 2))
+    figure, axes = figure_and_axes(max(6, 0.6 * len(groups) * len(models) + 2))
     for number, model in enumerate(models):
-        values = [100 * by_model[model][lang]["acc"] if lang in by_model[model] else 0 for lang in langs]
-        errors = [[100 * (by_model[model][lang]["acc"] - by_model[model][lang]["acc_ci95"][0]) for lang in langs],
-                  [100 * (by_model[model][lang]["acc_ci95"][1] - by_model[model][lang]["acc"]) for lang in langs]]
-        axes.bar([i + number * width for i in range(len(langs))], values, width, yerr=errors, capsize=2, label=model)
-    axes.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(langs))], langs)
-    axes.set_ylabel("accuracy (%)")
-    axes.set_ylim(0, 100)
-    axes.set_title(f"{task}: accuracy per language (95% interval)")
+        bars = [_interval(by_model[model].get(group), key, scale) for group in groups]
+        axes.bar([i + number * width for i in range(len(groups))], [bar[0] for bar in bars], width,
+                 yerr=[[bar[1] for bar in bars], [bar[2] for bar in bars]], capsize=2, label=model)
+    axes.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(groups))], groups)
+    axes.set_ylabel(label)
+    axes.set_title(f"{task}: {label} (95% interval)")
     axes.legend()
+    save_png(figure, path)
+
+
+def heatmap(task: str, by_model: dict[str, dict[str, Any]], metric: list, path: Path) -> None:
+    """Models (rows) x languages (columns) of the task's first metric; below the base, each cell also gives the
+    difference from the base: which adapter helps which language."""
+    import numpy as np
+
+    key, label, scale = metric
+    models = list(by_model)
+    groups = sorted({group for per_group in by_model.values() for group in per_group})
+    values = np.array([[scale * by_model[m][g][key] if (by_model[m].get(g) or {}).get(key) is not None else np.nan
+                        for g in groups] for m in models])
+    figure, axes = figure_and_axes(max(6, 0.9 * len(groups) + 2), max(2.5, 0.6 * len(models) + 1.5))
+    image = axes.imshow(values, cmap="viridis", aspect="auto")
+    for row, model in enumerate(models):
+        for column in range(len(groups)):
+            if not np.isnan(values[row, column]):
+                delta = values[row, column] - values[0, column] if row and models[0] == "base" else None
+                text = f"{values[row, column]:.0f}" + (f"\n{delta:+.0f}" if delta is not None and
+                                                          not np.isnan(delta) else "")
+                axes.text(column, row, text, ha="center", va="center", fontsize=7, color="white")
+    axes.set_xticks(range(len(groups)), groups, rotation=45 if len(groups) > 12 else 0)
+    axes.set_yticks(range(len(models)), models)
+    axes.set_title(f"{task}: {label}")
+    figure.colorbar(image, ax=axes)
     save_png(figure, path)
 
 
@@ -74,4 +123,6 @@ def write_reports(results: dict[str, Any], output_dir: Path) -> None:
     atomic_write_json(output_dir / "results.json", results)
     atomic_write_bytes(output_dir / "report.md", markdown(results).encode("utf-8"))
     for task, by_model in results["tasks"].items():
-        bar_chart(task, by_model, output_dir / f"{task}.png")
+        metric = results.get("metrics", {}).get(task, ACCURACY)[0]
+        bar_chart(task, by_model, metric, output_dir / _chart_name(task, ""))
+        heatmap(task, by_model, metric, output_dir / _chart_name(task, "-heatmap"))

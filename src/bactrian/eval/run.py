@@ -1,5 +1,6 @@
-"""`bactrian eval`: zero-shot multiple choice by log-likelihood, every model (the base and each adapter) on the
-same items, sharing one loaded base model."""
+"""`bactrian eval`: every model (the base and each adapter) on the same items, sharing one loaded base model.
+Multiple-choice tasks are scored by log-likelihood; generative tasks are answered through the engine in batches
+(answers are kept in the output folder, so a rerun reuses them), then scored per answer and per language."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ from typing import Any
 
 from .. import __version__, languages
 from ..errors import ConfigError
-from ..infer.engine import build_engine
+from ..infer import generate as answering
+from ..infer.config import GenerateConfig
+from ..infer.engine import Engine, build_engine
 from ..infer.routing import BASE
 from ..manifest import public_config
+from ..records import read_jsonl, write_jsonl_rows
 from .config import EvalConfig
+from .generative import TASKS, GenerativeTask, Prompt
 from .report import summarise, write_reports
 from .scoring import loglikelihoods
 from .tasks import Item, load_task
@@ -30,30 +35,97 @@ def predictions(items: list[Item], scores: list[list[float]]) -> list[dict[str, 
     return rows
 
 
+def _first(prompts: list[Prompt], limit: int) -> list[Prompt]:
+    """The first `limit` prompts of each group (language or direction)."""
+    seen: dict[str, int] = {}
+    kept = []
+    for prompt in prompts:
+        seen[prompt.group] = seen.get(prompt.group, 0) + 1
+        if not limit or seen[prompt.group] <= limit:
+            kept.append(prompt)
+    return kept
+
+
 def evaluate(config: EvalConfig) -> dict[str, Any]:
-    if config.prompt_template_name != EvalConfig.prompt_template_name:
-        raise ConfigError("--prompt_template_name: eval scores each task's own prompts (as lm-evaluation-harness "
-                          "does), so no template is used; drop the option.")
+    generative = [task for task in config.tasks if task in TASKS]
+    if not generative and config.prompt_template_name != EvalConfig.prompt_template_name:
+        raise ConfigError("--prompt_template_name: multiple-choice tasks score each task's own prompts (as "
+                          "lm-evaluation-harness does), so no template is used; drop the option.")
     langs = languages.parse_langs(config.langs)
-    tasks = {task: load_task(task, config.data_dir, langs) for task in config.tasks}
+    root = Path(config.data_dir) if config.data_dir else None
+    multiple_choice = {task: load_task(task, config.data_dir, langs) for task in config.tasks if task not in TASKS}
     if config.limit:
-        tasks = {task: {lang: items[: config.limit] for lang, items in per_lang.items()}
-                 for task, per_lang in tasks.items()}
+        multiple_choice = {task: {lang: items[: config.limit] for lang, items in per_lang.items()}
+                           for task, per_lang in multiple_choice.items()}
+    prompts = {task: _first(TASKS[task].read(root, langs, config.confusion_prompts), config.limit)
+               for task in generative}
     engine = build_engine(config)
     models = [BASE, *engine.adapters]
     results: dict[str, Any] = {"bactrian_version": __version__, "config": public_config(config), "models": models,
-                               "tasks": {}, "examples": {}}
-    for task, per_lang in tasks.items():
-        results["tasks"][task], results["examples"][task] = {}, {}
-        all_items = [item for items in per_lang.values() for item in items]
-        for name in models:
-            with engine.using(name) as model:
-                scores = loglikelihoods(model, engine.tokenizer, all_items, config.batch_size)
-            rows = predictions(all_items, scores)
-            results["examples"][task][name] = rows
-            results["tasks"][task][name] = {lang: summarise([r for r in rows if r["lang"] == lang])
-                                            for lang in per_lang}
-            log.info("%s / %s: %s", task, name, {lang: round(s["acc"], 3)
-                                                  for lang, s in results["tasks"][task][name].items()})
+                               "tasks": {}, "examples": {}, "metrics": {}, "notes": {}}
+    for task, per_lang in multiple_choice.items():
+        results["tasks"][task], results["examples"][task] = _multiple_choice(engine, config, models, per_lang)
+    for task in generative:
+        results["tasks"][task], results["examples"][task] = _generated(engine, config, models, TASKS[task],
+                                                                       prompts[task])
+        results["metrics"][task] = [[m.key, m.label, m.scale] for m in TASKS[task].metrics]
+        results["notes"][task] = TASKS[task].notes
     write_reports(results, Path(config.output_dir))
     return results
+
+
+def _multiple_choice(engine: Engine, config: EvalConfig, models: list[str],
+                     per_lang: dict[str, list[Item]]) -> tuple[dict, dict]:
+    summaries, examples = {}, {}
+    all_items = [item for items in per_lang.values() for item in items]
+    for name in models:
+        with engine.using(name) as model:
+            scores = loglikelihoods(model, engine.tokenizer, all_items, config.batch_size)
+        rows = predictions(all_items, scores)
+        examples[name] = rows
+        summaries[name] = {lang: summarise([r for r in rows if r["lang"] == lang]) for lang in per_lang}
+        log.info("%s: %s", name, {lang: round(s["acc"], 3) for lang, s in summaries[name].items()})
+    return summaries, examples
+
+
+def _generated(engine: Engine, config: EvalConfig, models: list[str], task: GenerativeTask,
+               prompts: list[Prompt]) -> tuple[dict, dict]:
+    """Each model's answer to each prompt (reusing the answers a previous run wrote), scored."""
+    answers = answer_prompts(engine, config, task, prompts, models)
+    summaries, examples = {}, {}
+    for name in models:
+        rows = []
+        for prompt in prompts:
+            answer = answers[(prompt.id, name)]
+            rows.append({"id": prompt.id, "lang": prompt.lang, "group": prompt.group, "answer": answer["output"],
+                         "finish_reason": answer["finish_reason"], **task.score(prompt, answer["output"])})
+        examples[name] = rows
+        groups = dict.fromkeys(prompt.group for prompt in prompts)
+        summaries[name] = {group: task.summarise([row for row in rows if row["group"] == group]) for group in groups}
+        main = task.metrics[0].key
+        log.info("%s / %s %s: %s", task.name, name, main, {group: s[main] for group, s in summaries[name].items()})
+    return summaries, examples
+
+
+def answer_prompts(engine: Engine, config: EvalConfig, task: GenerativeTask, prompts: list[Prompt],
+                   models: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Answers by (prompt id, model), generated like `bactrian generate` (greedy; resumed from the task's answers
+    file), one language at a time so that each keeps its own stop strings."""
+    out = Path(config.output_dir)
+    answers_file = out / "answers" / f"{task.name}.jsonl"
+    for lang in dict.fromkeys(prompt.lang for prompt in prompts):
+        prompts_file = out / "prompts" / f"{task.name}.{lang}.jsonl"
+        write_jsonl_rows(prompts_file, ({"id": p.id, "lang": p.lang, "instruction": p.instruction, "input": p.input}
+                                        for p in prompts if p.lang == lang))
+        settings = GenerateConfig(input_file=str(prompts_file), output_file=str(answers_file), adapter=models,
+                                  batch_size=config.gen_batch_size, stop=task.stop(lang),
+                                  max_new_tokens=config.max_new_tokens or task.max_new_tokens)
+        answering.generate(settings, engine)
+    answers = {(row["id"], row["model"]): row for _, row in read_jsonl(answers_file)}
+    expected = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": settings.max_new_tokens}
+    for prompt in prompts:
+        made = answers[(prompt.id, models[0])]["generation"]
+        if any(made.get(key) != value for key, value in expected.items()):
+            raise ConfigError(f"{answers_file}: answers were generated with other settings ({made}); use another "
+                              "--output_dir or delete that file to answer again.")
+    return answers

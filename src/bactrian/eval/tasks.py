@@ -19,7 +19,7 @@ XCOPA_CONNECTORS = {
 }
 XWINOGRAD_NAMES = {"ja": "jp"}  # the dataset's own name for Japanese
 HUB_IDS = {"xcopa": "cambridgeltl/xcopa", "xstorycloze": "juletxara/xstory_cloze", "xwinograd": "Muennighoff/xwinograd",
-           "sib200": "Davlan/sib200"}
+           "sib200": "Davlan/sib200", "belebele": "facebook/belebele"}
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,15 @@ def shared(context: str, continuations: list[str]) -> tuple[str, ...]:
 
 def load_task(task: str, data_dir: str, langs: list[str]) -> dict[str, list[Item]]:
     """Items per language for a named task or a generic task file (.jsonl / .yaml)."""
-    readers = {"xcopa": _xcopa, "xstorycloze": _xstorycloze, "xwinograd": _xwinograd, "sib200": _sib200}
+    readers = {"xcopa": _xcopa, "xstorycloze": _xstorycloze, "xwinograd": _xwinograd, "sib200": _sib200,
+               "belebele": _belebele}
     if task in readers:
         return readers[task](Path(data_dir) if data_dir else None, langs)
     path = Path(task)
     if path.suffix in (".jsonl", ".yaml", ".yml") and path.is_file():
         return _generic(path)
-    raise ConfigError(f"Unknown task {task!r}: use xcopa, xstorycloze, xwinograd, sib200 or a .jsonl/.yaml file.")
+    raise ConfigError(f"Unknown task {task!r}: use xcopa, xstorycloze, xwinograd, sib200, belebele, a generative "
+                      "task (confusion, mgsm_direct, mgsm_cot, ntrex, flores, xquad, mlqa) or a .jsonl/.yaml file.")
 
 
 def _find(root: Path | None, task: str, patterns: list[str]) -> Path | None:
@@ -187,6 +189,35 @@ def _sib200(root: Path | None, langs: list[str]) -> dict[str, list[Item]]:
             items[lang].append(Item(f"sib200-{lang}-{row.get('index_id', index)}", lang,
                                     shared(f"{text}\nTopic:", continuations), tuple(continuations),
                                     labels.index(category), tuple(labels)))
+    return items
+
+
+BELEBELE_LETTERS = ("A", "B", "C", "D")
+
+
+def _belebele(root: Path | None, langs: list[str]) -> dict[str, list[Item]]:
+    """Belebele's published JSONL (<FLORES code>.jsonl: flores_passage, question, mc_answer1-4,
+    correct_answer_num), with lm-evaluation-harness's prompt: the passage, the question, the four lettered answers,
+    and the letter scored."""
+    langs = langs or list(languages.CODES)
+    items: dict[str, list[Item]] = {}
+    for lang in langs:
+        flores = languages.get(lang).flores
+        path = _find(root, "belebele", [f"{flores}.jsonl"])
+        rows = _jsonl(path) if path else _hub_rows("belebele", flores, "test")
+        items[lang] = []
+        for index, row in enumerate(rows):
+            where = f"line {index + 1}"
+            answers = [str(_field(row, f"mc_answer{k}", path, where)) for k in range(1, 5)]
+            lettered = "\n".join(f"{letter}: {answer}" for letter, answer in zip(BELEBELE_LETTERS, answers))
+            passage, question = (str(_field(row, key, path, where)) for key in ("flores_passage", "question"))
+            context = f"P: {passage}\nQ: {question.strip()}\n{lettered}\nAnswer:"
+            label = str(_field(row, "correct_answer_num", path, where))
+            if label not in ("1", "2", "3", "4"):
+                raise DataError(f"{path}: {where}: field 'correct_answer_num' must be 1, 2, 3 or 4, not {label!r}.")
+            continuations = tuple(f" {letter}" for letter in BELEBELE_LETTERS)
+            items[lang].append(Item(f"belebele-{lang}-{index}", lang, shared(context, list(continuations)),
+                                    continuations, int(label) - 1, BELEBELE_LETTERS))
     return items
 
 
