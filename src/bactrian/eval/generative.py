@@ -125,10 +125,19 @@ def _confusion_prompts(root: Path | None, langs: list[str], source: str) -> list
     return [Prompt(row["id"], row["lang"], str(row["instruction"])) for row in vicuna_questions(folders[0], langs)]
 
 
+def _harmonic_mean(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return 2 * a * b / (a + b) if a + b else 0.0
+
+
 def _confusion_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """LPR, WPR (among the answers that pass at line level) and LCPR, their harmonic mean; LCPR's interval is
+    the harmonic mean of theirs (it grows with both)."""
     summary = {"n": len(rows), **_rate(rows, "line_pass", "judged"), **_rate(rows, "word_pass", "line_pass")}
-    lpr, wpr = summary["line_pass"], summary["word_pass"]
-    summary["lcpr"] = 2 * lpr * wpr / (lpr + wpr) if lpr and wpr else 0.0 if lpr is not None else None
+    summary["lcpr"] = _harmonic_mean(summary["line_pass"], summary["word_pass"])
+    summary["lcpr_ci95"] = tuple(_harmonic_mean(line, word) or 0.0 for line, word
+                                 in zip(summary["line_pass_ci95"], summary["word_pass_ci95"]))
     return summary
 
 

@@ -22,17 +22,19 @@ UNSPACED = {"zh", "ja", "th", "my", "km"}  # written without spaces: a "word" is
 _LATIN_WORD = re.compile(r"\b[a-z]{4,}\b")  # lower case: names and brands are capitalised
 
 
-def _normalise(text: str) -> str:
-    """As the paper's script: stop at a follow-up question the model wrote itself, drop ASCII punctuation."""
-    text = text.split("\nQ:")[0].strip()
-    return text.translate(str.maketrans("", "", string.punctuation)).replace("—", " ").replace("،", "")
+def _lines(answer: str) -> list[tuple[str, str]]:
+    """(line, normalised line) pairs, as the paper's script normalises: stop at a follow-up question the model
+    wrote itself, drop ASCII punctuation."""
+    table = str.maketrans("", "", string.punctuation)
+    return [(line, line.translate(table).replace("—", " ").replace("،", ""))
+            for line in answer.split("\nQ:")[0].strip().split("\n")]
 
 
 def _word_count(line: str, lang: str) -> int:
     return len("".join(line.split())) // 2 if lang in UNSPACED else len(line.split())
 
 
-def english_run(line: str, lang: str) -> str | None:
+def foreign_run(line: str, lang: str) -> str | None:
     """The first piece of `line` that is another language than `lang` at the word level: in a non-Latin-script
     language, a lower-case Latin word of 4+ letters (the paper's rule, without its English word list: any such
     word is foreign there); in a Latin-script language, RUN_WORDS consecutive words the model is sure are
@@ -55,13 +57,13 @@ def language_confusion(answer: str, lang: str) -> dict[str, Any]:
     """One answer's verdict: `line_pass` (every line of 5+ words is in `lang`), `word_pass` (no foreign word run
     in those lines; only judged when the lines pass), and what failed. An answer without such lines is skipped
     (`judged` False), as in the paper."""
-    lines = [line for line in _normalise(answer).split("\n") if _word_count(line, lang) >= MIN_LINE_WORDS]
+    lines = [(line, text) for line, text in _lines(answer) if _word_count(text, lang) >= MIN_LINE_WORDS]
     if not lines:
         return {"judged": False, "line_pass": None, "word_pass": None}
-    wrong_lines = [line for line in lines if not written_in(line, lang)]
-    if wrong_lines:
-        return {"judged": True, "line_pass": False, "word_pass": None, "failed": wrong_lines[0]}
-    run = next(filter(None, (english_run(line, lang) for line in lines)), None)
+    wrong = next((line for line, text in lines if not written_in(text, lang)), None)
+    if wrong is not None:
+        return {"judged": True, "line_pass": False, "word_pass": None, "failed": wrong}
+    run = next(filter(None, (foreign_run(text, lang) for _, text in lines)), None)
     return {"judged": True, "line_pass": True, "word_pass": run is None, **({"failed": run} if run else {})}
 
 
