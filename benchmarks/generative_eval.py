@@ -8,6 +8,10 @@
         MGSM direct with `bactrian eval` (template raw: lm-eval's prompt) against lm-evaluation-harness's
         mgsm_direct on the same model and files, each in its own process: seconds and scores, which must agree.
 
+    python benchmarks/generative_eval.py word-level
+        the word-level confusion rule on NTREX-128: how many reference lines of each language it flags (false
+        alarms), and how many it catches when the first six words of the English source line are appended.
+
 Prints tables and writes bench-out/generative_eval_<part>.json."""
 
 from __future__ import annotations
@@ -130,9 +134,35 @@ def mgsm_speed(langs: list[str], batch: int, max_tokens: int) -> None:
                                         "langs": langs, "batch": batch, "max_tokens": max_tokens})
 
 
+def word_level() -> None:
+    from bactrian import languages
+    from bactrian.eval.generative import ntrex_files
+    from bactrian.eval.metrics import foreign_run
+
+    source, references = ntrex_files(DATA / "translation")
+    english = source.read_text(encoding="utf-8").splitlines()
+    rows = {}
+    for lang, path in sorted(references.items()):
+        own = path.read_text(encoding="utf-8").splitlines()
+        mixed = [f"{line} {' '.join(source_line.split()[:6])}" for line, source_line in zip(own, english)]
+        rows[lang] = {"script": languages.get(lang).script, "lines": len(own),
+                      "false_alarms": sum(foreign_run(line, lang) is not None for line in own) / len(own),
+                      "caught": sum(foreign_run(line, lang) is not None for line in mixed) / len(mixed)}
+    print("| language | script | lines | reference lines flagged % | English run caught % |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for lang, row in rows.items():
+        print(f"| {lang} | {row['script']} | {row['lines']} | {100 * row['false_alarms']:.0f} | "
+              f"{100 * row['caught']:.0f} |")
+    for script in ("Latn", "other"):
+        chosen = [row for row in rows.values() if (row["script"] == "Latn") == (script == "Latn")]
+        print(f"{script}: flagged {100 * sum(r['false_alarms'] for r in chosen) / len(chosen):.1f}%, caught "
+              f"{100 * sum(r['caught'] for r in chosen) / len(chosen):.1f}% (mean over {len(chosen)} languages)")
+    save("generative_eval_word_level", rows)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=("quality", "mgsm-speed", "child"))
+    parser.add_argument("part", choices=("quality", "mgsm-speed", "word-level", "child"))
     parser.add_argument("--adapter", default="./bactrian-demo/adapter")
     parser.add_argument("--questions", type=int, default=16, help="Vicuna-80 questions per language")
     parser.add_argument("--lines", type=int, default=10, help="NTREX lines per direction")
@@ -146,6 +176,8 @@ if __name__ == "__main__":
     chosen = arguments.langs.split(",")
     if arguments.part == "quality":
         quality(arguments.adapter, arguments.questions, arguments.lines, arguments.batch)
+    elif arguments.part == "word-level":
+        word_level()
     elif arguments.part == "mgsm-speed":
         mgsm_speed(chosen, arguments.batch, arguments.max_tokens)
     else:
