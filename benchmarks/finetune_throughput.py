@@ -91,7 +91,7 @@ def eval_loss(model, tokenizer, val_records, cutoff_len: int) -> float:
     from bactrian.train.tokenize import tokenize_batch
 
     tokens = tokenize_batch(val_records, tokenizer, load_template("bactrian"), cutoff_len, False)
-    examples = [ds.Example.from_tokens(r.id, r.lang, ids, masked) for r, (ids, masked) in zip(val_records, tokens)]
+    examples = [ds.Example.from_tokens(r.id, r.lang, ids, masked) for r, (ids, masked, _) in zip(val_records, tokens)]
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():

@@ -23,7 +23,7 @@ def _record(output="Red is a primary colour.", input=""):
 def _example(tokenizer, cutoff_len=256, train_on_inputs=False, record=None):
     record = record or _record()
     template = load_template("bactrian")
-    ((ids, masked),) = tokenize.tokenize_batch([record], tokenizer, template, cutoff_len, train_on_inputs)
+    ((ids, masked, _),) = tokenize.tokenize_batch([record], tokenizer, template, cutoff_len, train_on_inputs)
     return ds.Example.from_tokens(record.id, record.lang, ids, masked)
 
 

@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_finetune import _flags, adapter_weights, make_config, max_difference
 
 from bactrian.errors import DataError
 from bactrian.models import load_tokenizer
@@ -18,6 +17,7 @@ from bactrian.train import token_cache, tokenize
 from bactrian.train.distributed import DistributedContext
 
 from conftest import sample_rows, write_jsonl
+from test_finetune import _flags, adapter_weights, make_config, max_difference
 
 
 @pytest.fixture()

@@ -194,9 +194,10 @@ def _data(name: str):
     def run(args: argparse.Namespace) -> None:
         import json
 
-        from .data import build, filters, generate, stats, translate
+        from .data import build, filters, generate, prefs, stats, translate
 
         verbs = {"translate": (translate.TranslateConfig, translate.translate),
+                 "prefs": (prefs.PrefsConfig, prefs.prefs),
                  "generate": (generate.DataGenerateConfig, generate.generate),
                  "filter": (filters.FilterConfig, filters.filter),
                  "stats": (stats.StatsConfig, stats.stats)}
@@ -221,6 +222,7 @@ def _languages(args: argparse.Namespace) -> None:
 def _verbs() -> list[tuple[str, str, Callable, type | None]]:
     from .data.filters import FilterConfig
     from .data.generate import DataGenerateConfig
+    from .data.prefs import PrefsConfig
     from .data.stats import StatsConfig
     from .data.translate import TranslateConfig
     from .demo import DemoConfig
@@ -252,6 +254,9 @@ def _verbs() -> list[tuple[str, str, Callable, type | None]]:
                         "and out-of-bounds rows; write a report.", _data("filter"), FilterConfig),
         ("data-build", "(bactrian data build --config recipe.yaml) Translate, generate and filter, then write the "
                        "dataset (Parquet per language and a dataset card).", _data("build"), None),
+        ("data-prefs", "(bactrian data prefs) Preference pairs per language for finetune --method dpo|orpo: the "
+                       "teacher's answer chosen, the model's own rejected when in the wrong language, echoing, cut "
+                       "off, or judged worse.", _data("prefs"), PrefsConfig),
         ("data-stats", "(bactrian data stats) Rows and mean tokens per language, and a chart.", _data("stats"),
          StatsConfig),
         ("languages", "List the 52 Bactrian-X languages and their codes.", _languages, None),

@@ -22,14 +22,21 @@ DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 @dataclass(frozen=True)
 class Record:
+    """An instruction and its answer (`output`); a preference record also has a `rejected` answer (its `output`
+    is the chosen one)."""
+
     id: str
     lang: str
     instruction: str
     input: str
     output: str
+    rejected: str = ""
 
     def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+        row = asdict(self)
+        if not self.rejected:
+            row.pop("rejected")
+        return row
 
 
 @dataclass(frozen=True)
@@ -256,12 +263,17 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
 
 
 def _to_record(row: Any, source: Path | str, where: str, default_lang: str | None, default_id: str) -> Record:
-    """Validate one raw row. Null, missing and empty `input` are the same."""
+    """Validate one raw row: an instruction record, or a preference record (`chosen` and `rejected` answers, with
+    `instruction`/`input` or TRL's `prompt`, plain text or conversational). Null, missing and empty `input` are
+    the same."""
     if not isinstance(row, dict):
         raise DataError(f"{source}: {where}: expected an object with instruction/output, found {type(row).__name__}.")
-    instruction = _text_field(row, "instruction", source, where, required=True)
-    output = _text_field(row, "output", source, where, required=True, may_be_blank=True)
-    text_input = _text_field(row, "input", source, where, required=False)
+    if "chosen" in row or "rejected" in row:
+        instruction, text_input, output, rejected = _preference_fields(row, source, where)
+    else:
+        instruction = _text_field(row, "instruction", source, where, required=True)
+        output = _text_field(row, "output", source, where, required=True, may_be_blank=True)
+        text_input, rejected = _text_field(row, "input", source, where, required=False), ""
     lang = row.get("lang") or default_lang
     if not lang:
         raise DataError(
@@ -273,7 +285,47 @@ def _to_record(row: Any, source: Path | str, where: str, default_lang: str | Non
     record_id = row.get("id")
     if record_id is None or record_id == "":
         record_id = default_id
-    return Record(str(record_id), languages.get(str(lang)).code, instruction, text_input, output)
+    return Record(str(record_id), languages.get(str(lang)).code, instruction, text_input, output, rejected)
+
+
+def _preference_fields(row: dict, source: Path | str, where: str) -> tuple[str, str, str, str]:
+    """(instruction, input, chosen, rejected) of a preference row. TRL's conversational format (lists of
+    {role, content} messages) becomes the last user message as the instruction, earlier ones before it."""
+    if "instruction" in row:
+        instruction = _text_field(row, "instruction", source, where, required=True)
+        text_input = _text_field(row, "input", source, where, required=False)
+    elif isinstance(row.get("prompt"), list):
+        instruction, text_input = _user_text(row["prompt"], source, where), ""
+    else:
+        instruction, text_input = _text_field(row, "prompt", source, where, required=True), ""
+    answers = []
+    for field in ("chosen", "rejected"):
+        value = row.get(field)
+        if isinstance(value, list):
+            answers.append(_assistant_text(value, field, source, where))
+        else:
+            answers.append(_text_field(row, field, source, where, required=True))
+    return instruction, text_input, answers[0], answers[1]
+
+
+def _messages(value: list, field: str, source: Path | str, where: str) -> list[dict]:
+    if not all(isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") for m in value):
+        raise DataError(f"{source}: {where}: field '{field}' must be a list of {{role, content}} messages.")
+    return value
+
+
+def _user_text(value: list, source: Path | str, where: str) -> str:
+    messages = [m["content"] for m in _messages(value, "prompt", source, where) if m["role"] in ("system", "user")]
+    if not messages:
+        raise DataError(f"{source}: {where}: field 'prompt' has no user message.")
+    return "\n\n".join(messages)
+
+
+def _assistant_text(value: list, field: str, source: Path | str, where: str) -> str:
+    replies = [m["content"] for m in _messages(value, field, source, where) if m["role"] == "assistant"]
+    if not replies or not "".join(replies).strip():
+        raise DataError(f"{source}: {where}: field '{field}' has no assistant message.")
+    return "\n\n".join(replies)
 
 
 def _text_field(row: dict, field: str, source: Path | str, where: str, required: bool,

@@ -64,16 +64,17 @@ def _stage(config_cls: type, section: dict[str, Any], **fixed: Any) -> Any:
     return config_cls(**{**section, **fixed})
 
 
-def write_parquet(rows: list[dict[str, Any]], out: Path) -> dict[str, int]:
-    """One Parquet file per language: the dataset columns, then every provenance column the rows carry."""
+def write_parquet(rows: list[dict[str, Any]], out: Path, first: tuple[str, ...] = DATASET_COLUMNS) -> dict[str, int]:
+    """One Parquet file per language: the dataset columns (`first`), then every provenance column the rows
+    carry."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     counts: dict[str, int] = {}
     for lang in sorted({row["lang"] for row in rows}):
         lang_rows = [row for row in rows if row["lang"] == lang]
-        extra = sorted({key for row in lang_rows for key in row} - set(DATASET_COLUMNS) - {"filter_reasons"})
-        columns = {key: [_text(row.get(key)) for row in lang_rows] for key in (*DATASET_COLUMNS, *extra)}
+        extra = sorted({key for row in lang_rows for key in row} - set(first) - {"filter_reasons"})
+        columns = {key: [_text(row.get(key)) for row in lang_rows] for key in (*first, *extra)}
         atomic_write_with(out / f"{lang}.parquet", lambda tmp, table=pa.table(columns): pq.write_table(table, tmp))
         counts[lang] = len(lang_rows)
     remove_other_languages(out, set(counts), ".parquet")

@@ -56,5 +56,13 @@ class FinetuneConfig(ModelOptions):
     num_proc: int = option(0, "Processes that tokenize the data when it is not cached yet (0: one per core).")
     cache_dir: str = option("", "Where tokenized data is cached (default: $BACTRIAN_HOME/tokenized, i.e. "
                                 "~/.cache/bactrian/tokenized); put it on shared storage for multi-node runs.")
+    method: str = option("sft", "What to learn: sft (the answers), dpo or orpo (preference pairs: prefer the chosen "
+                                "answer to the rejected one; records with chosen and rejected).",
+                         choices=("sft", "dpo", "orpo"))
+    beta: float = option(0.1, "dpo: how far the policy may move from the reference (DPO's beta); orpo: the weight "
+                              "of the odds-ratio term (ORPO's lambda).")
+    init_adapter: str = option("", "Start from this adapter's weights (e.g. the SFT adapter before dpo; its own "
+                                   "LoRA settings apply). With dpo it is also the reference, kept frozen; without "
+                                   "it the reference is the base model (adapter switched off).")
     per_language: bool = option(False, "Train one adapter per language of --lang (or of the data) into "
                                        "OUTPUT_DIR/<lang>/; finished languages are skipped on a rerun.")

@@ -36,6 +36,24 @@ class Example:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
+@dataclass(frozen=True)
+class Pair:
+    """A preference example: the prompt followed by the chosen answer, and by the rejected one."""
+
+    id: str
+    lang: str
+    chosen_ids: tuple[int, ...]
+    rejected_ids: tuple[int, ...]
+    prompt_len: int
+
+    def chosen(self, learn_prompt: bool = False) -> Example:
+        return Example.from_tokens(f"{self.id}#chosen", self.lang, list(self.chosen_ids),
+                                   0 if learn_prompt else self.prompt_len)
+
+    def rejected(self) -> Example:
+        return Example.from_tokens(f"{self.id}#rejected", self.lang, list(self.rejected_ids), self.prompt_len)
+
+
 def stratified_split(langs: np.ndarray, val_set_size: int, seed: int = VAL_SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
     """Positions of the training and the `val_set_size` held-out rows, each language held out in proportion to
     its share (largest remainder); `langs` holds each row's language (any comparable values)."""

@@ -4,7 +4,8 @@ Each data source (a file, a `datasets` folder, a hub config) gets one cache entr
 the tokenizer, the prompt template, --cutoff_len and --train_on_inputs: a rerun, a resumed run, every process of
 a distributed run and each --per_language run map the entries that exist and tokenize only what is new. An
 entry is a folder of Arrow IPC stream files (`datasets.Dataset.from_file` reads them too) with columns `id`,
-`lang`, `input_ids` (int32) and `masked` (how many leading tokens are not learned), plus `meta.json` with its
+`lang`, `input_ids` (int32) and `masked` (how many leading tokens are not learned; preference rows also have
+`rejected_ids`, and `input_ids` is then the chosen answer's sequence), plus `meta.json` with its
 row and token counts. Pieces (a source, or ~32 MiB of a JSONL file) are tokenized in parallel over --num_proc
 processes and each is written atomically, so an interrupted build resumes with the pieces it has; the entry
 becomes visible by one rename once complete.
@@ -66,7 +67,8 @@ def content_of(source: Source) -> Any:
 def entry_key(source: Source, tokenizer_hash: str, settings: tokenize.Settings) -> str:
     content = content_of(source)
     key = json.dumps([CACHE_VERSION, source.kind, source.default_lang, content, tokenizer_hash,
-                      settings.template.to_dict(), settings.cutoff_len, settings.train_on_inputs], sort_keys=True)
+                      settings.template.to_dict(), settings.cutoff_len, settings.train_on_inputs,
+                      settings.preference], sort_keys=True)
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
 
@@ -147,24 +149,30 @@ class TokenizedRows:
                 reader = pa.ipc.open_stream(pa.memory_map(str(entry / f"part-{number:05d}.arrow")))
                 self._batches.extend(batch for batch in reader if batch.num_rows)
         self._starts = np.cumsum([0] + [batch.num_rows for batch in self._batches])
-        lengths = [np.diff(batch.column("input_ids").offsets.to_numpy()) for batch in self._batches]
-        masked = [batch.column("masked").to_numpy() for batch in self._batches]
+        self.preference = bool(self._batches) and "rejected_ids" in self._batches[0].schema.names
+        columns = ("input_ids", "rejected_ids") if self.preference else ("input_ids",)
+        lengths = [sum(np.diff(batch.column(name).offsets.to_numpy()) for name in columns) for batch in self._batches]
+        masked = [len(columns) * batch.column("masked").to_numpy() for batch in self._batches]
         codes = [pc.index_in(batch.column("lang"), value_set=LANG_CODES).to_numpy() for batch in self._batches]
-        self.lengths = np.concatenate(lengths or [[]]).astype(np.int32)
+        self.lengths = np.concatenate(lengths or [[]]).astype(np.int32)  # a pair's: both sequences'
         self.targets = self.lengths - np.concatenate(masked or [[]]).astype(np.int32)
         self.lang_codes = np.concatenate(codes or [[]]).astype(np.uint8)
 
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def example(self, row: int) -> ds.Example:
+    def example(self, row: int) -> ds.Example | ds.Pair:
         batch_number = int(np.searchsorted(self._starts, row, side="right")) - 1
         batch, position = self._batches[batch_number], row - int(self._starts[batch_number])
+        row_id, lang = batch.column("id")[position].as_py(), languages.CODES[self.lang_codes[row]]
         ids = batch.column("input_ids")[position].values.to_numpy().tolist()
-        return ds.Example.from_tokens(batch.column("id")[position].as_py(), languages.CODES[self.lang_codes[row]],
-                                      ids, int(batch.column("masked")[position].as_py()))
+        masked = int(batch.column("masked")[position].as_py())
+        if self.preference:
+            rejected = batch.column("rejected_ids")[position].values.to_numpy().tolist()
+            return ds.Pair(row_id, lang, tuple(ids), tuple(rejected), masked)
+        return ds.Example.from_tokens(row_id, lang, ids, masked)
 
-    def take(self, rows: Any) -> list[ds.Example]:
+    def take(self, rows: Any) -> list[ds.Example] | list[ds.Pair]:
         return [self.example(int(row)) for row in rows]
 
     def rows_in(self, langs: list[str]) -> np.ndarray:
@@ -200,7 +208,7 @@ class ExampleSet:
     def __len__(self) -> int:
         return len(self.positions)
 
-    def take(self, indices: Any) -> list[ds.Example]:
+    def take(self, indices: Any) -> list[ds.Example] | list[ds.Pair]:
         return self.rows.take(self.positions[np.asarray(indices, dtype=np.int64)])
 
     def language_counts(self) -> dict[str, int]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ..errors import DataError
 from ..fileio import atomic_write_json
 from ..prompts import PromptTemplate
 from ..records import Record, Segment, Source
@@ -20,6 +21,8 @@ from ..records import Record, Segment, Source
 BATCH_ROWS = 2048
 SCHEMA = pa.schema([("id", pa.string()), ("lang", pa.string()), ("input_ids", pa.list_(pa.int32())),
                     ("masked", pa.int32())])
+# preference rows: `input_ids` is prompt + chosen, `rejected_ids` prompt + rejected, `masked` the prompt's length
+PREFERENCE_SCHEMA = SCHEMA.append(pa.field("rejected_ids", pa.list_(pa.int32())))
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,11 @@ class Settings:
     template: PromptTemplate
     cutoff_len: int
     train_on_inputs: bool
+    preference: bool = False  # rows are (prompt, chosen, rejected) for --method dpo / orpo
+
+    @property
+    def schema(self) -> pa.Schema:
+        return PREFERENCE_SCHEMA if self.preference else SCHEMA
 
 
 @dataclass(frozen=True)
@@ -74,17 +82,22 @@ def for_workers(tokenizer: Any, template: PromptTemplate) -> Any:
 
 
 def tokenize_batch(records: list[Record], tokenizer: Any, template: PromptTemplate, cutoff_len: int,
-                   train_on_inputs: bool) -> list[tuple[list[int], int]]:
-    """(input_ids, masked) of each record: prompt + output + EOS, cut to cutoff_len; the first `masked` tokens
-    (the prompt's, unless train_on_inputs) are not learned, the output and its EOS always are. The prompt and the
-    output are tokenized apart, so the mask boundary is exact."""
+                   train_on_inputs: bool, preference: bool = False) -> list[tuple[list[int], int, list[int]]]:
+    """(input_ids, masked, rejected_ids) of each record: prompt + output + EOS, cut to cutoff_len; the first
+    `masked` tokens (the prompt's, unless train_on_inputs) are not learned, the output and its EOS always are.
+    With `preference`, `output` is the chosen answer, `rejected_ids` the prompt + rejected answer + EOS, and
+    `masked` always the prompt's length. The prompt and the answers are tokenized apart, so the mask boundary is
+    exact."""
     prompts = encode(tokenizer, [template.render(r.instruction, r.input, tokenizer) for r in records],
                      add_special_tokens=not template.uses_chat_template)
     outputs = encode(tokenizer, [record.output for record in records], add_special_tokens=False)
+    rejected = encode(tokenizer, [record.rejected for record in records], add_special_tokens=False) if preference \
+        else [None] * len(records)
     rows, eos = [], [tokenizer.eos_token_id]
-    for prompt_ids, output_ids in zip(prompts, outputs):
-        input_ids = (prompt_ids + output_ids + eos)[:cutoff_len]
-        rows.append((input_ids, 0 if train_on_inputs else min(len(prompt_ids), cutoff_len)))
+    for prompt_ids, output_ids, rejected_ids in zip(prompts, outputs, rejected):
+        masked = 0 if train_on_inputs and not preference else min(len(prompt_ids), cutoff_len)
+        rows.append(((prompt_ids + output_ids + eos)[:cutoff_len], masked,
+                     (prompt_ids + rejected_ids + eos)[:cutoff_len] if preference else []))
     return rows
 
 
@@ -112,25 +125,39 @@ def tokenize_piece(piece: Piece) -> None:
     stats = PieceStats()
     temporary = piece.path.with_name(f"{piece.path.name}.{os.getpid()}.tmp")
     records = piece.source.records(piece.segment)
-    with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
+    with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_stream(sink, settings.schema) as writer:
         while chunk := list(islice(records, BATCH_ROWS)):
+            if settings.preference:
+                _check_preferences(piece, chunk)
             kept = [record for record in chunk if record.output.strip()]
             _left_out(stats, "empty output", [record for record in chunk if not record.output.strip()])
-            tokens = tokenize_batch(kept, tokenizer, settings.template, settings.cutoff_len, settings.train_on_inputs)
-            usable = [(record, row) for record, row in zip(kept, tokens) if len(row[0]) > row[1]]
+            tokens = tokenize_batch(kept, tokenizer, settings.template, settings.cutoff_len, settings.train_on_inputs,
+                                    settings.preference)
+            fits = [len(ids) > masked and (not settings.preference or len(rejected) > masked)
+                    for ids, masked, rejected in tokens]
+            usable = [(record, row) for record, row, fit in zip(kept, tokens, fits) if fit]
             _left_out(stats, f"no target token within --cutoff_len {settings.cutoff_len}",
-                      [record for record, row in zip(kept, tokens) if len(row[0]) <= row[1]])
+                      [record for record, fit in zip(kept, fits) if not fit])
             _count(stats, usable)
-            writer.write_batch(pa.record_batch([
-                pa.array([record.id for record, _ in usable], pa.string()),
-                pa.array([record.lang for record, _ in usable], pa.string()),
-                pa.array([ids for _, (ids, _) in usable], pa.list_(pa.int32())),
-                pa.array([masked for _, (_, masked) in usable], pa.int32()),
-            ], schema=SCHEMA))
+            columns = [pa.array([record.id for record, _ in usable], pa.string()),
+                       pa.array([record.lang for record, _ in usable], pa.string()),
+                       pa.array([row[0] for _, row in usable], pa.list_(pa.int32())),
+                       pa.array([row[1] for _, row in usable], pa.int32())]
+            if settings.preference:
+                columns.append(pa.array([row[2] for _, row in usable], pa.list_(pa.int32())))
+            writer.write_batch(pa.record_batch(columns, schema=settings.schema))
         sink.flush()
         os.fsync(sink.fileno())
     temporary.replace(piece.path)
     atomic_write_json(stats_file(piece.path), stats.__dict__)
+
+
+def _check_preferences(piece: Piece, records: list[Record]) -> None:
+    missing = next((record for record in records if not record.rejected), None)
+    if missing is not None:
+        raise DataError(f"{piece.source.location}: record {missing.id}: field 'rejected' is missing; --method dpo "
+                        "and orpo train on preference records ({instruction, input, chosen, rejected, lang} or "
+                        "TRL's {prompt, chosen, rejected}).")
 
 
 def _left_out(stats: PieceStats, why: str, dropped: list[Record]) -> None:
@@ -141,14 +168,17 @@ def _left_out(stats: PieceStats, why: str, dropped: list[Record]) -> None:
         stats.first_left_out.extend(names[: max(0, 10 - len(stats.first_left_out))])
 
 
-def _count(stats: PieceStats, usable: list[tuple[Record, tuple[list[int], int]]]) -> None:
-    for record, (ids, masked) in usable:
+def _count(stats: PieceStats, usable: list[tuple[Record, tuple[list[int], int, list[int]]]]) -> None:
+    """Rows, tokens and target tokens (a preference row's are its two sequences')."""
+    for record, (ids, masked, rejected) in usable:
+        tokens = len(ids) + len(rejected)
+        targets = tokens - masked * (2 if rejected else 1)
         counts = stats.per_language.setdefault(record.lang, [0, 0, 0])
-        for position, amount in enumerate((1, len(ids), len(ids) - masked)):
+        for position, amount in enumerate((1, tokens, targets)):
             counts[position] += amount
         stats.rows += 1
-        stats.tokens += len(ids)
-        stats.target_tokens += len(ids) - masked
+        stats.tokens += tokens
+        stats.target_tokens += targets
 
 
 def stats_file(piece_path: Path) -> Path:

@@ -34,7 +34,7 @@ from ..models import LoadedModel, bactrian_home, cpu_runs_bf16_fast, load_model,
 from ..prompts import PromptTemplate, load_template
 from ..records import sources
 from . import dataset as ds
-from . import token_cache, tokenize
+from . import preference, token_cache, tokenize
 from .config import FinetuneConfig
 from .distributed import DistributedContext
 from .loss import token_losses
@@ -48,7 +48,7 @@ OPTIMIZER_FILE = "optimizer.pt"
 # hashes, they identify a run. Checkpoints of another run are never resumed or pruned.
 RUN_KEYS = ("base_model", "lang", "batch_size", "learning_rate", "cutoff_len", "val_set_size", "lora_r",
             "lora_alpha", "lora_target_modules", "train_on_inputs", "seed", "packing", "lang_temperature",
-            "warmup_steps", "prompt_template_name", "max_steps", "num_epochs")
+            "warmup_steps", "prompt_template_name", "max_steps", "num_epochs", "method", "beta", "init_adapter")
 
 
 @dataclass
@@ -71,6 +71,10 @@ def validate(config: FinetuneConfig, world_size: int) -> None:
         raise ConfigError("--data_path is required (a file, a folder or a hub dataset id).")
     if config.cutoff_len < 2:
         raise ConfigError("--cutoff_len must be at least 2.")
+    if config.method != "sft" and config.beta <= 0:
+        raise ConfigError(f"--beta {config.beta}: must be positive.")
+    if config.init_adapter and not (Path(config.init_adapter) / ADAPTER_WEIGHTS).is_file():
+        raise ConfigError(f"--init_adapter {config.init_adapter}: no {ADAPTER_WEIGHTS} there.")
     if config.save_total_limit < 1:
         raise ConfigError(f"--save_total_limit {config.save_total_limit}: keep at least 1 checkpoint (it is the one a "
                           "resumed run continues from); --save_steps 0 saves none.")
@@ -140,7 +144,9 @@ def check_target_modules(model: torch.nn.Module, targets: list[str]) -> None:
 
 
 def attach_lora(loaded: LoadedModel, config: FinetuneConfig) -> Any:
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    """A new LoRA adapter on the base, or --init_adapter's weights to go on training (with dpo, also loaded a
+    second time, frozen, as the reference)."""
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     model = loaded.model
     if config.load_8bit or config.load_4bit:
@@ -148,6 +154,11 @@ def attach_lora(loaded: LoadedModel, config: FinetuneConfig) -> Any:
     elif config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(config.seed)
+    if config.init_adapter:
+        model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
+        if config.method == "dpo":
+            model.load_adapter(config.init_adapter, adapter_name=preference.REFERENCE, is_trainable=False)
+        return model
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=list(config.lora_target_modules), bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
@@ -183,6 +194,7 @@ class Trainer:
         self.device_type = next(model.parameters()).device.type
         self.autocast = uses_bf16_autocast(config.bf16, self.device_type)
         self.identity = run_identity(config)
+        self.step_rewards: dict[str, Any] = {}  # preference methods: the last step's rewards, for the log
 
     # -- the loop ---------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -215,12 +227,22 @@ class Trainer:
             self.writer.close()
         return metrics
 
-    def train_step(self, batch: list[ds.Example]) -> tuple[float, int]:
-        """One optimizer step on one global batch; returns its mean token loss and the tokens this rank saw."""
-        config = self.config
+    def train_step(self, batch: list[ds.Example] | list[ds.Pair]) -> tuple[float, int]:
+        """One optimizer step on one global batch; returns its loss (SFT: the mean token loss) and the tokens this
+        rank saw."""
         self.model.train()
-        global_targets = sum(example.num_targets for example in batch)
         share = batch[self.context.rank::self.context.world_size]
+        if self.config.method == "sft":
+            loss_sum, tokens = self._sft_gradients(share, sum(example.num_targets for example in batch))
+        else:
+            loss_sum, tokens = self._preference_gradients(share, batch)
+        self.context.sum_gradients(self.params)
+        self.context.sum_(loss_sum)
+        self._step_optimizer()
+        return float(loss_sum), tokens
+
+    def _sft_gradients(self, share: list[ds.Example], global_targets: int) -> tuple[torch.Tensor, int]:
+        config = self.config
         loss_sum = torch.zeros((), dtype=torch.float64)
         tokens = 0
         for micro in ds.micro_batches(share, config.micro_batch_size, self.tokenizer.pad_token_id, config.packing,
@@ -228,24 +250,78 @@ class Trainer:
             with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.autocast):
                 losses, _ = token_losses(self.model, micro)
             (losses.float().sum() / global_targets).backward()
-            loss_sum += losses.detach().double().sum().cpu()
+            loss_sum += losses.detach().double().sum().cpu() / global_targets
             tokens += micro.num_tokens
-        self.context.sum_gradients(self.params)
-        self.context.sum_(loss_sum)
+        return loss_sum, tokens
+
+    def _preference_gradients(self, share: list[ds.Pair], batch: list[ds.Pair]) -> tuple[torch.Tensor, int]:
+        """DPO or ORPO gradients of this rank's pairs, each loss divided by the global batch's pairs (ORPO's NLL
+        by its tokens); the rewards of the step are kept for the log."""
+        config = self.config
+        learn_prompt = config.method == "orpo" and config.train_on_inputs
+        nll_tokens = sum(preference.nll_tokens(pair, learn_prompt) for pair in batch)
+        loss_sum, tokens, stats = torch.zeros((), dtype=torch.float64), 0, preference.new_stats()
+        for start in range(0, len(share), config.micro_batch_size):
+            pairs = share[start:start + config.micro_batch_size]
+            loss, chosen, rejected, micro_tokens = self._pair_losses(pairs, learn_prompt, len(batch), nll_tokens)
+            loss.backward()
+            loss_sum += loss.detach().double().cpu()
+            tokens += micro_tokens
+            preference.add_stats(stats, pairs, chosen, rejected)
+        self.context.sum_(stats)
+        self.step_rewards = preference.summarise_stats(stats)
+        return loss_sum, tokens
+
+    def _pair_losses(self, pairs: list[ds.Pair], learn_prompt: bool, global_pairs: int,
+                     nll_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """This micro-batch's share of the step's loss, the pairs' rewards, and its tokens."""
+        config = self.config
+        micro, slots, starts = preference.pair_batch(pairs, self.tokenizer.pad_token_id, config.packing,
+                                                     config.cutoff_len, learn_prompt)
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.autocast):
+            policy = preference.forward_pairs(self.model, micro, slots, starts, len(pairs))
+            if config.method == "dpo":
+                with preference.reference_model(self.model, preference.REFERENCE in self.model.peft_config):
+                    reference = preference.forward_pairs(self.model, micro, slots, starts, len(pairs))
+        if config.method == "dpo":
+            losses, chosen, rejected = preference.dpo_losses(policy, reference, config.beta)
+            loss = losses.sum() / global_pairs
+        else:
+            losses, chosen, rejected = preference.orpo_losses(policy, config.beta)
+            loss = losses.sum() / global_pairs + policy.nll_sum / nll_tokens
+        return loss, chosen, rejected, micro.num_tokens
+
+    def _step_optimizer(self) -> None:
+        config = self.config
         if config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(loss_sum) / global_targets, tokens
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Eval loss per language and overall (token-weighted) on the validation split."""
+        """Eval loss per language and overall (token-weighted) on the validation split: of the answers (SFT) or
+        of the chosen answers (preference methods, so that adapters compare whatever trained them), and for
+        DPO / ORPO the validation pairs' rewards."""
         self.model.eval()
-        codes = sorted({example.lang for example in self.val})
-        sums = torch.zeros(len(codes), 2, dtype=torch.float64)  # [loss sum, target tokens] per language
+        if self.config.method == "sft":
+            return self._eval_loss(self.val)
+        rewards = preference.new_stats()
         share = self.val[self.context.rank::self.context.world_size]
+        for start in range(0, len(share), self.config.micro_batch_size):
+            pairs = share[start:start + self.config.micro_batch_size]
+            _, chosen, rejected, _ = self._pair_losses(pairs, False, 1, 1)
+            preference.add_stats(rewards, pairs, chosen, rejected)
+        self.context.sum_(rewards)
+        summary = preference.summarise_stats(rewards)
+        return {**self._eval_loss([pair.chosen() for pair in self.val]),
+                **{f"eval_{key}": value for key, value in summary.items()}}
+
+    def _eval_loss(self, examples: list[ds.Example]) -> dict[str, Any]:
+        codes = sorted({example.lang for example in examples})
+        sums = torch.zeros(len(codes), 2, dtype=torch.float64)  # [loss sum, target tokens] per language
+        share = examples[self.context.rank::self.context.world_size]
         for micro in ds.micro_batches(share, self.config.micro_batch_size, self.tokenizer.pad_token_id,
                                       self.config.packing, self.config.cutoff_len, group_by_length=True):
             with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.autocast):
@@ -263,7 +339,7 @@ class Trainer:
     def _after_step(self, loss: float, rate: float) -> None:
         config, step = self.config, self.state.step
         entry = {"step": step, "train_loss": round(loss, 6), "learning_rate": self.scheduler.get_last_lr()[0],
-                 "tokens_per_second": round(rate, 1)}
+                 "tokens_per_second": round(rate, 1), **self.step_rewards}
         self.state.log_history.append(entry)
         if config.logging_steps > 0 and step % config.logging_steps == 0:
             self._log(entry)
@@ -323,7 +399,7 @@ class Trainer:
         torch.save(rng_state(), staging / f"rng_state_{self.context.rank}.pt")
         self.context.barrier()
         if self.context.is_main:
-            self.model.save_pretrained(staging)
+            self.model.save_pretrained(staging, selected_adapters=["default"])
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
                        staging / OPTIMIZER_FILE)
             atomic_write_json(staging / STATE_FILE, {**asdict(self.state), "config": asdict(self.config),
@@ -411,7 +487,7 @@ def load_adapter_weights(model: Any, folder: Path) -> None:
 def tokenized_rows(config: FinetuneConfig, tokenizer: Any, template: PromptTemplate,
                    context: DistributedContext) -> token_cache.TokenizedRows:
     """The run's data sources, tokenized (from the cache when there), with what was left out said."""
-    settings = tokenize.Settings(template, config.cutoff_len, config.train_on_inputs)
+    settings = tokenize.Settings(template, config.cutoff_len, config.train_on_inputs, config.method != "sft")
     cache_dir = Path(config.cache_dir) if config.cache_dir else bactrian_home() / "tokenized"
     num_proc = config.num_proc if config.num_proc > 0 else len(os.sched_getaffinity(0))
     data = sources(config.data_path, languages.parse_langs(config.lang) or None)
@@ -470,7 +546,7 @@ def save_adapter(trainer: Trainer, loaded: LoadedModel, template: PromptTemplate
     config, output_dir = trainer.config, trainer.output_dir
     staging = output_dir / ".adapter.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    trainer.model.save_pretrained(staging)
+    trainer.model.save_pretrained(staging, selected_adapters=["default"])  # not DPO's frozen reference
     saved = load_file(str(staging / ADAPTER_WEIGHTS))
     expected = sum(1 for name, param in trainer.model.named_parameters() if param.requires_grad)
     if len(saved) != expected or not saved:  # the original's 443-byte empty adapters

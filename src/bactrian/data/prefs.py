@@ -1,0 +1,222 @@
+"""`bactrian data prefs`: preference pairs per language from instruction data and a model, for `finetune
+--method dpo|orpo`. The chosen answer is the dataset's (the teacher's); the rejected one is the model's own,
+when it shows what preference tuning should train away: an answer in another language, one that echoes the
+prompt, or one cut off at its token budget; or, with a judge endpoint, when the judge scores it below the
+teacher's in both orders. The model answers through the engine in batches and its answers are kept, so a rerun
+resumes. The output folder is a dataset `finetune --data_path` and `datasets.load_dataset` read as it is:
+`<lang>.parquet` (id, lang, instruction, input, chosen, rejected, kind) and `report.md`; the answers, the judge's
+request cache and `report.json` are under `work/`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import languages
+from ..endpoints.cache import RequestCache
+from ..endpoints.client import ChatClient, chat_client
+from ..errors import ConfigError, DataError
+from ..eval.judge import SYSTEM, VERDICT, parse_scores
+from ..eval.metrics import language_confusion
+from ..fileio import atomic_write_bytes, atomic_write_json
+from ..infer import generate as answering
+from ..infer.config import EngineConfig, GenerateConfig
+from ..infer.engine import build_engine
+from ..infer.routing import BASE
+from ..options import option
+from ..records import load_records, read_jsonl, write_jsonl_rows
+from .build import write_parquet
+
+log = logging.getLogger(__name__)
+
+KINDS = ("wrong_language", "echo", "cut_off", "empty", "judge")
+PAIR_COLUMNS = ("id", "lang", "instruction", "input", "chosen", "rejected", "kind")
+ECHO_CHARS = 40  # an answer that repeats this much of the prompt's start (or is part of the prompt) echoes it
+
+
+@dataclass
+class PrefsConfig(EngineConfig):
+    data_path: list[str] = option([], "Instruction data with the teacher's answers (any format finetune reads). "
+                                      "Repeatable.", repeat=True)
+    lang: list[str] = option([], "Languages to build pairs for (default: every language in the data).")
+    output_dir: str = option("./prefs", "Where <lang>.parquet and report.md go (a dataset finetune reads as it is); "
+                                        "the answers, judge cache and report.json go to its work/ folder.")
+    adapter: str = option("", "Which model answers: base or an adapter name (default: the one adapter loaded, "
+                              "else base).")
+    rows_per_lang: int = option(0, "Answer only the first N rows of each language (0: all).")
+    batch_size: int = option(16, "Rows decoded together.")
+    max_new_tokens: int = option(256, "The model's token budget; an answer that reaches it is cut off.")
+    judge_base_url: str = option("", "OpenAI-compatible endpoint of a judge for the answers no rule rejects: "
+                                     "the model's answer becomes the rejected one when scored below the "
+                                     "teacher's in both orders.")
+    judge_model: str = option("gpt-4", "The judge model's name at that endpoint.")
+    judge_api_key: str = option("", "API key of the judge (default: $OPENAI_API_KEY).")
+    judge_max_tokens: int = option(512, "Most tokens of each verdict.")
+    concurrency: int = option(16, "Judge requests in flight.")
+    requests_per_minute: int = option(0, "Judge requests per minute (0: no limit).")
+    tokens_per_minute: int = option(0, "Judge tokens per minute, estimated (0: no limit).")
+
+
+def prefs(config: PrefsConfig) -> dict[str, Any]:
+    if not config.data_path:
+        raise ConfigError("--data_path is required (the instruction data with the teacher's answers).")
+    out = Path(config.output_dir)
+    work = out / "work"
+    rows = _rows(config)
+    answers = _model_answers(config, rows, work)
+    pairs, verdicts = [], {}
+    for row in rows:
+        kind = rejection(row, answers[row["key"]])
+        if kind:
+            pairs.append(_pair(row, row["output"], answers[row["key"]]["output"], kind))
+    if config.judge_base_url:
+        unjudged = [row for row in rows if not rejection(row, answers[row["key"]])]
+        verdicts = _judge(config, unjudged, answers, work)
+        for row in unjudged:  # the lower-scored answer in both orders is the rejected one
+            teacher, model = row["output"], answers[row["key"]]["output"]
+            if verdicts[row["key"]] != "tie":
+                pairs.append(_pair(row, *((teacher, model) if verdicts[row["key"]] == "teacher" else (model, teacher)),
+                                   "judge"))
+    counts = write_parquet(pairs, out, PAIR_COLUMNS) if pairs else {}
+    report = _report(rows, pairs, verdicts)
+    atomic_write_json(work / "report.json", report)
+    atomic_write_bytes(out / "report.md", markdown(report).encode("utf-8"))
+    if not counts:
+        log.warning("No pairs: every answer of the model passed the rules%s.",
+                    "" if config.judge_base_url else " (a judge, --judge_base_url, compares the rest)")
+    return report
+
+
+def _rows(config: PrefsConfig) -> list[dict[str, Any]]:
+    """The rows to answer, each with a `key` (lang/id: Bactrian-X shares ids across languages)."""
+    records = load_records(config.data_path, languages.parse_langs(config.lang) or None)
+    taken: Counter = Counter()
+    rows = []
+    for record in records:
+        taken[record.lang] += 1
+        if not config.rows_per_lang or taken[record.lang] <= config.rows_per_lang:
+            rows.append({**record.to_dict(), "key": f"{record.lang}/{record.id}"})
+    keys = Counter(row["key"] for row in rows)
+    repeated = next((key for key, count in keys.items() if count > 1), None)
+    if repeated:
+        raise DataError(f"{config.data_path}: row id {repeated!r} appears {keys[repeated]} times in one language; "
+                        "pairs are kept by language and id, so ids must be unique within a language.")
+    return rows
+
+
+def _model_answers(config: PrefsConfig, rows: list[dict[str, Any]], out: Path) -> dict[str, dict[str, Any]]:
+    """The model's answer to every row, through the engine (resumed from answers.jsonl like `generate`)."""
+    engine = build_engine(config)
+    model = config.adapter or (next(iter(engine.adapters)) if len(engine.adapters) == 1 else BASE)
+    if model not in engine.model_names:
+        raise ConfigError(f"--adapter {model}: not loaded. Loaded: {', '.join(engine.model_names)}.")
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl_rows(out / "instructions.jsonl", ({"id": row["key"], "lang": row["lang"], "instruction":
+                                                   row["instruction"], "input": row["input"]} for row in rows))
+    answering.generate(GenerateConfig(input_file=str(out / "instructions.jsonl"),
+                                      output_file=str(out / "answers.jsonl"), adapter=[model],
+                                      batch_size=config.batch_size, max_new_tokens=config.max_new_tokens), engine)
+    return {row["id"]: row for _, row in read_jsonl(out / "answers.jsonl") if row["model"] == model}
+
+
+def _simple(text: str) -> str:
+    """Lower case, letters and digits only, single spaces: what an echo is compared on."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return " ".join(re.sub(r"[^\w]+", " ", text).split())
+
+
+def echoes(answer: str, instruction: str, text_input: str = "") -> bool:
+    """The answer repeats the prompt: it holds the prompt's first ECHO_CHARS characters (or the whole of a
+    shorter prompt), or it is itself a piece of the prompt."""
+    said, prompt = _simple(answer), _simple(f"{instruction} {text_input}")
+    return bool(said) and (prompt[:ECHO_CHARS] in said or said in prompt)
+
+
+def rejection(row: dict[str, Any], answer: dict[str, Any]) -> str | None:
+    """Why the model's answer makes a rejected example (the first that applies), or None."""
+    text = answer["output"]
+    if not text.strip():
+        return "empty"
+    if language_confusion(text, row["lang"])["line_pass"] is False:
+        return "wrong_language"
+    if echoes(text, row["instruction"], row["input"]):
+        return "echo"
+    if answer["finish_reason"] == "length":
+        return "cut_off"
+    return None
+
+
+def _pair(row: dict[str, Any], chosen: str, rejected: str, kind: str) -> dict[str, Any]:
+    return {"id": row["id"], "lang": row["lang"], "instruction": row["instruction"], "input": row["input"],
+            "chosen": chosen, "rejected": rejected, "kind": kind}
+
+
+def _judge(config: PrefsConfig, rows: list[dict[str, Any]], answers: dict[str, dict[str, Any]],
+           out: Path) -> dict[str, str]:
+    """Per row key: `teacher` when the judge scores the teacher's answer above the model's in both orders, `model`
+    when the other way round, else `tie` (mixed, equal or unparsed verdicts). Requests are cached."""
+    cache = RequestCache(out / "judge-cache.sqlite")
+    try:
+        return asyncio.run(_verdicts(config, rows, answers, chat_client(config.judge_base_url,
+                                                                        config.judge_api_key, cache, config)))
+    finally:
+        cache.close()
+
+
+async def _verdicts(config: PrefsConfig, rows: list[dict[str, Any]], answers: dict[str, dict[str, Any]],
+                    client: ChatClient) -> dict[str, str]:
+    async def score(row: dict[str, Any], teacher_first: bool) -> tuple[float, float] | None:
+        question = f"{row['instruction']}\n\n{row['input']}" if row["input"] else row["instruction"]
+        teacher, model = row["output"], answers[row["key"]]["output"]
+        first, second = (teacher, model) if teacher_first else (model, teacher)
+        prompt = VERDICT.format(question=question, first=first, second=second,
+                                language=languages.get(row["lang"]).name)
+        reply = await client.chat(config.judge_model, [{"role": "system", "content": SYSTEM},
+                                                        {"role": "user", "content": prompt}],
+                                  temperature=0, max_tokens=config.judge_max_tokens)
+        scores = parse_scores(reply["content"]) if reply else None
+        return scores if scores is None or teacher_first else (scores[1], scores[0])
+
+    async def verdict(row: dict[str, Any]) -> str:
+        both = await asyncio.gather(score(row, True), score(row, False))
+        if any(scores is None for scores in both):
+            return "tie"
+        if all(teacher > model for teacher, model in both):
+            return "teacher"
+        return "model" if all(teacher < model for teacher, model in both) else "tie"
+
+    try:
+        await client.check()
+        results = await asyncio.gather(*(verdict(row) for row in rows))
+    finally:
+        await client.close()
+    return {row["key"]: result for row, result in zip(rows, results)}
+
+
+def _report(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], verdicts: dict[str, str]) -> dict[str, Any]:
+    answered = Counter(row["lang"] for row in rows)
+    kinds = {lang: Counter() for lang in sorted(answered)}
+    for pair in pairs:
+        kinds[pair["lang"]][pair["kind"]] += 1
+    per_lang = {lang: {"answered": answered[lang], "pairs": sum(counts.values()),
+                       **{kind: counts[kind] for kind in KINDS}} for lang, counts in kinds.items()}
+    return {"languages": per_lang, "pairs": len(pairs), "answered": len(rows),
+            "judge": dict(Counter(verdicts.values())) if verdicts else None}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = ["# Preference pairs", "", "Rejected answers are the model's own: in another language, echoing the "
+             "prompt, cut off, empty, or scored below the teacher's by the judge (both orders).", "",
+             "| language | answered | pairs | " + " | ".join(KINDS) + " |", "| --- |" + " ---: |" * (2 + len(KINDS))]
+    for lang, counts in report["languages"].items():
+        lines.append(f"| {lang} | {counts['answered']} | {counts['pairs']} | "
+                     + " | ".join(str(counts[kind]) for kind in KINDS) + " |")
+    lines.append(f"| **all** | {report['answered']} | {report['pairs']} | "
+                 + " | ".join(str(sum(c[kind] for c in report["languages"].values())) for kind in KINDS) + " |")
+    return "\n".join(lines) + "\n"
