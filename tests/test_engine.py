@@ -39,6 +39,30 @@ def test_mixed_batch_gives_each_request_what_it_gets_alone(engine):
     assert len(set(texts.values())) == 3  # the adapter really changes the answer
 
 
+def test_a_bounded_stream_refills_its_batch_as_rows_finish(engine, monkeypatch):
+    """max_rows caps the rows in flight; a finished row's place goes to the next request at once (requests are
+    taken lazily), and every answer is what it is alone."""
+    from bactrian.infer.decoding import DecodeBatch
+
+    requests = [greedy(engine, PROMPTS[n % 4], BASE, max_new_tokens=2 + 3 * (n % 3)) for n in range(9)]
+    alone = [engine.generate([request])[0] for request in requests]
+    in_flight, taken = [], []
+    step = DecodeBatch.step
+    monkeypatch.setattr(DecodeBatch, "step", lambda self: (in_flight.append(len(self)), (yield from step(self)))[1])
+
+    def lazily():
+        for request in requests:
+            taken.append(len(in_flight))  # how many steps had run when this request was asked for
+            yield request
+
+    texts = [""] * len(requests)
+    for delta in engine.stream(lazily(), max_rows=3):
+        texts[delta.index] += delta.text
+    assert texts == [text for text, _, _ in alone]
+    assert taken[:3] == [0, 0, 0] and taken[-1] > 0
+    assert set(in_flight[:taken[-1]]) == {3} and max(in_flight) == 3  # full until the last request was taken
+
+
 def test_seeded_sampling_does_not_depend_on_the_batch(engine):
     sampled = [greedy(engine, prompt, "fr", temperature=0.9, top_p=0.9, top_k=50, seed=7) for prompt in PROMPTS]
     alone = [engine.generate([request])[0] for request in sampled]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -69,17 +69,30 @@ class Engine(Catalog):
                 reasons[delta.index], counts[delta.index] = delta.finish_reason, delta.completion_tokens
         return list(zip(texts, reasons, counts))
 
-    def stream(self, requests: list[Request]) -> Iterator[Delta]:
-        """Deltas of all requests as they are decoded. Beam search requests run apart (no streaming)."""
+    def stream(self, requests: Iterable[Request], max_rows: int = 0) -> Iterator[Delta]:
+        """Deltas of all requests (numbered in the order given) as they are decoded. With `max_rows`, at most that
+        many are decoded at once and the next ones are taken (lazily, from any iterable) as rows finish, so the
+        batch stays full. Beam search requests run apart, at the end (no streaming)."""
         with self.lock:
-            batch = DecodeBatch(self)
-            batch.admit([Row(request, index, self.loaded.device) for index, request in enumerate(requests)
-                         if request.params.num_beams <= 1])
+            batch, beams = DecodeBatch(self), []
+            numbered = enumerate(requests)
+
+            def fill() -> None:
+                while not max_rows or len(batch) < max_rows:
+                    index, request = next(numbered, (None, None))
+                    if request is None:
+                        return
+                    if request.params.num_beams > 1:
+                        beams.append((index, request))
+                    else:
+                        batch.admit([Row(request, index, self.loaded.device)])
+
+            fill()
             while len(batch):
                 yield from batch.step()
-            for index, request in enumerate(requests):
-                if request.params.num_beams > 1:
-                    yield self.beam_search(index, request)
+                fill()
+            for index, request in beams:
+                yield self.beam_search(index, request)
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,

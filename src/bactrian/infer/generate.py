@@ -1,6 +1,7 @@
-"""`bactrian generate`: answer every instruction of a file with one or more adapters (or `auto`), in batches,
-writing JSONL. Rerunning with the same output file resumes: rows already written are skipped, never repeated,
-and a last line cut short by a crash is dropped before appending."""
+"""`bactrian generate`: answer every instruction of a file with one or more adapters (or `auto`), by continuous
+batching, writing JSONL rows as answers finish (so in finishing order; each row names its id and model).
+Rerunning with the same output file resumes: rows already written are skipped, never repeated, and a last line
+cut short by a crash is dropped before appending."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -79,33 +81,53 @@ def generate(config: GenerateConfig, engine: Engine | None = None) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(todo), desc="generate", unit="row", disable=not sys.stderr.isatty())
     with open(output, "a", encoding="utf-8") as handle:
-        for start in range(0, len(todo), config.batch_size):
-            batch = todo[start:start + config.batch_size]
-            lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in answer(engine, config, batch)]
-            handle.write("".join(lines))
-            handle.flush()
-            os.fsync(handle.fileno())
-            bar.update(len(batch))
+        finished: list[dict[str, Any]] = []
+        for row in answers(engine, config, todo):
+            finished.append(row)
+            bar.update(1)
+            if len(finished) == config.batch_size:
+                _append(handle, finished)
+        _append(handle, finished)
     bar.close()
     return len(todo)
 
 
-def answer(engine: Engine, config: GenerateConfig, batch: list[tuple[int, Instruction, str]]) -> list[dict[str, Any]]:
-    requests, routed = [], []
-    for number, row, model in batch:
-        route = engine.resolve_adapter(model, f"{row.instruction}\n{row.input}")
-        params = SamplingParams(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
-                                max_new_tokens=config.max_new_tokens, stop=list(config.stop),
-                                seed=config.seed + number, num_beams=config.num_beams)
-        requests.append(Request(engine.render(route.adapter, row.instruction, row.input), params, route.adapter))
-        routed.append(route)
-    results = engine.generate(requests)
+def _append(handle: Any, rows: list[dict[str, Any]]) -> None:
+    """Write finished rows whole and durably (a crash loses at most the rows not yet written), then forget them."""
+    handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    handle.flush()
+    os.fsync(handle.fileno())
+    rows.clear()
+
+
+def answers(engine: Engine, config: GenerateConfig,
+            todo: list[tuple[int, Instruction, str]]) -> Iterator[dict[str, Any]]:
+    """The output row of each (row number, instruction, model) as its answer finishes: at most --batch_size are
+    decoded at once, the next taking a finished one's place (continuous batching), so no slot waits for the
+    longest answer of a batch."""
     used = ("num_beams", "max_new_tokens", "stop") if config.num_beams > 1 else (
         "temperature", "top_p", "top_k", "max_new_tokens", "stop")  # what decided the answer, nothing else
     settings = {key: getattr(config, key) for key in used}
-    return [{**asdict(row), "model": model, "adapter": route.adapter, "detected_lang": route.lang, "output": text,
-             "finish_reason": reason, "completion_tokens": tokens,
-             "generation": {**settings, **({"seed": request.params.seed} if config.temperature > 0 else {})},
-             **({"route": route.to_dict()} if model == AUTO else {})}
-            for (_, row, model), route, (text, reason, tokens), request
-            in zip(batch, routed, results, requests)]
+    routes: dict[int, Any] = {}
+
+    def requests() -> Iterator[Request]:
+        for index, (number, row, model) in enumerate(todo):
+            routes[index] = engine.resolve_adapter(model, f"{row.instruction}\n{row.input}")
+            params = SamplingParams(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+                                    max_new_tokens=config.max_new_tokens, stop=list(config.stop),
+                                    seed=config.seed + number, num_beams=config.num_beams)
+            yield Request(engine.render(routes[index].adapter, row.instruction, row.input), params,
+                          routes[index].adapter)
+
+    texts: dict[int, str] = {}
+    for delta in engine.stream(requests(), max_rows=config.batch_size):
+        texts[delta.index] = texts.get(delta.index, "") + delta.text
+        if not delta.finish_reason:
+            continue
+        number, row, model = todo[delta.index]
+        route = routes.pop(delta.index)
+        yield {**asdict(row), "model": model, "adapter": route.adapter, "detected_lang": route.lang,
+               "output": texts.pop(delta.index), "finish_reason": delta.finish_reason,
+               "completion_tokens": delta.completion_tokens,
+               "generation": {**settings, **({"seed": config.seed + number} if config.temperature > 0 else {})},
+               **({"route": route.to_dict()} if model == AUTO else {})}
