@@ -5,8 +5,11 @@ from bactrian.errors import ConfigError
 from bactrian.train.config import FinetuneConfig
 
 
-def parse(*argv):
-    return build_config(FinetuneConfig, build_parser().parse_args(["finetune", *argv]))
+def parse(*argv, verb="finetune"):
+    from bactrian.data.prefs import PrefsConfig
+
+    config_cls = PrefsConfig if verb == "data-prefs" else FinetuneConfig
+    return build_config(config_cls, build_parser().parse_args([verb, *argv]))
 
 
 def test_original_flag_names_and_styles():
@@ -62,15 +65,18 @@ def test_errors_exit_2_with_a_message(capsys, tmp_path):
     assert "bactrian finetune: error:" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("recipe", ["bactrian-x-multilingual-7b.yaml", "bactrian-x-monolingual-7b.yaml",
-                                    "cpu-demo.yaml"])
-def test_shipped_recipes_parse(recipe):
+@pytest.mark.parametrize("recipe, verb", [("bactrian-x-multilingual-7b.yaml", "finetune"),
+                                          ("bactrian-x-monolingual-7b.yaml", "finetune"), ("cpu-demo.yaml", "finetune"),
+                                          ("prefs-language-fidelity.yaml", "data-prefs"),
+                                          ("dpo-language-fidelity.yaml", "finetune")])
+def test_shipped_recipes_parse(recipe, verb):
     from pathlib import Path
 
     import yaml
 
     path = Path(__file__).resolve().parents[1] / "recipes" / recipe
-    config = parse("--config", str(path))
+    config = parse("--config", str(path), verb=verb)
     for key, value in yaml.safe_load(path.read_text()).items():  # every key lands, with its value and type
-        expected = [value] if key == "data_path" else value.split(",") if key == "lang" else value
+        expected = [value] if key == "data_path" and isinstance(value, str) else \
+            value.split(",") if key == "lang" else value
         assert getattr(config, key) == expected, key
