@@ -336,3 +336,15 @@ def test_data_prefs_builds_pairs_resumes_and_trains(tiny_llama, tiny_adapters, l
     assert all(row["chosen"].startswith("TEACHER") and row["kind"] == "judge" for row in pairs)
     finetune(make_config(tiny_llama, out, tmp_path / "dpo", method="dpo", val_set_size=0, max_steps=2))
     assert (tmp_path / "dpo" / "adapter_model.safetensors").is_file()
+
+
+def test_dpo_per_language(tiny_llama, tmp_path):
+    data = _preference_folder(tmp_path)
+    results = finetune(make_config(tiny_llama, data, tmp_path / "adapters", method="dpo", lang=["fr", "de"],
+                                   per_language=True, max_steps=2, val_set_size=2))
+    assert set(results["languages"]) == {"fr", "de"}
+    for lang in ("fr", "de"):
+        manifest = json.loads((tmp_path / "adapters" / lang / "bactrian.json").read_text())
+        assert manifest["languages"] == [lang] and manifest["config"]["method"] == "dpo"
+        assert list(manifest["metrics"]["eval_rewards_per_lang"]) == [lang]
+        assert "dpo" in (tmp_path / "adapters" / lang / "README.md").read_text().lower()
