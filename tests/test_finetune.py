@@ -165,24 +165,39 @@ def _flags(config: FinetuneConfig) -> list[str]:
     return flags + [arg for path in config.data_path for arg in ("--data_path", path)]
 
 
+def kill_then_resume(config: FinetuneConfig) -> None:
+    """Run `config` in a process killed (SIGKILL) once its first checkpoint exists, then resume it to the end."""
+    output_dir = Path(config.output_dir)
+    process = _cli("finetune", *_flags(config))
+    deadline = time.time() + 120
+    while not list(output_dir.glob("checkpoint-*")) and time.time() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (output_dir / "adapter_model.safetensors").exists()
+    resumed = _cli("finetune", *_flags(config), "--resume_from_checkpoint", "auto")
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert "Resumed from" in output
+
+
+def run_ddp(config: FinetuneConfig, port: int) -> subprocess.CompletedProcess:
+    """`config` trained by two processes (torchrun, gloo)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               "-m", "bactrian", "finetune", *_flags(config)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def test_sigkill_and_resume_matches_an_uninterrupted_run(tiny_llama, lang_folder, tmp_path):
     common = dict(max_steps=60, batch_size=4, micro_batch_size=2, lora_dropout=0.1, learning_rate=3e-3,
                   cutoff_len=256, val_set_size=0)
     reference = make_config(tiny_llama, lang_folder, tmp_path / "straight", **common)
     finetune(reference)
-    killed = make_config(tiny_llama, lang_folder, tmp_path / "killed", save_steps=3, **common)
-    process = _cli("finetune", *_flags(killed))
-    deadline = time.time() + 120
-    while not list((tmp_path / "killed").glob("checkpoint-*")) and time.time() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL
-    assert not (tmp_path / "killed" / "adapter_model.safetensors").exists()
-    resumed = _cli("finetune", *_flags(killed), "--resume_from_checkpoint", "auto")
-    output, _ = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, output
-    assert "Resumed from" in output
+    kill_then_resume(make_config(tiny_llama, lang_folder, tmp_path / "killed", save_steps=3, **common))
     assert max_difference(adapter_weights(tmp_path / "straight"), adapter_weights(tmp_path / "killed")) <= 1e-6
 
 
@@ -190,12 +205,7 @@ def test_two_process_ddp_matches_single_process(tiny_llama, lang_folder, tmp_pat
     settings = dict(max_steps=3, batch_size=8, micro_batch_size=2, val_set_size=4, learning_rate=1e-2)
     single = make_config(tiny_llama, lang_folder, tmp_path / "single", **settings)
     finetune(single)
-    double = make_config(tiny_llama, lang_folder, tmp_path / "ddp", **settings)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-               "-m", "bactrian", "finetune", *_flags(double)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_ddp(make_config(tiny_llama, lang_folder, tmp_path / "ddp", **settings), 29533)
     assert result.stdout.count("Adapter saved to") == 1  # rank 0 alone saves and reports
     assert max_difference(adapter_weights(tmp_path / "single"), adapter_weights(tmp_path / "ddp")) <= 1e-5
     single_metrics = json.loads((tmp_path / "single" / "bactrian.json").read_text())["metrics"]

@@ -2,11 +2,6 @@
 every format, `finetune --method dpo|orpo` with SFT's guarantees, and `bactrian data prefs`."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -21,7 +16,7 @@ from bactrian.train import preference
 from bactrian.train.trainer import finetune
 
 from conftest import SAMPLE, make_adapter, write_jsonl
-from test_finetune import _cli, _flags, adapter_weights, make_config, max_difference
+from test_finetune import adapter_weights, kill_then_resume, make_config, max_difference, run_ddp
 from test_server import LiveServer
 
 LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM")
@@ -229,17 +224,7 @@ def test_dpo_resumes_exactly_after_sigkill(tiny_llama, tmp_path):
     common = dict(method="dpo", max_steps=40, batch_size=4, micro_batch_size=2, lora_dropout=0.1,
                   learning_rate=3e-3, val_set_size=0)
     finetune(make_config(tiny_llama, data, tmp_path / "straight", **common))
-    killed = make_config(tiny_llama, data, tmp_path / "killed", save_steps=3, **common)
-    process = _cli("finetune", *_flags(killed))
-    deadline = time.time() + 120
-    while not list((tmp_path / "killed").glob("checkpoint-*")) and time.time() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (tmp_path / "killed" / "adapter_model.safetensors").exists()
-    resumed = _cli("finetune", *_flags(killed), "--resume_from_checkpoint", "auto")
-    output, _ = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0 and "Resumed from" in output, output
+    kill_then_resume(make_config(tiny_llama, data, tmp_path / "killed", save_steps=3, **common))
     assert max_difference(adapter_weights(tmp_path / "straight"), adapter_weights(tmp_path / "killed")) <= 1e-6
 
 
@@ -249,12 +234,7 @@ def test_dpo_two_process_ddp_matches_single_process(tiny_llama, tmp_path):
                     learning_rate=1e-2)
     single = make_config(tiny_llama, data, tmp_path / "single", **settings)
     finetune(single)
-    double = make_config(tiny_llama, data, tmp_path / "ddp", **settings)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-               "-m", "bactrian", "finetune", *_flags(double)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_ddp(make_config(tiny_llama, data, tmp_path / "ddp", **settings), 29541)
     assert max_difference(adapter_weights(tmp_path / "single"), adapter_weights(tmp_path / "ddp")) <= 1e-5
     metrics = [json.loads((tmp_path / name / "bactrian.json").read_text())["metrics"] for name in ("single", "ddp")]
     assert metrics[0]["eval_rewards/accuracy"] == metrics[1]["eval_rewards/accuracy"]

@@ -22,6 +22,7 @@ from .. import languages
 from ..endpoints.cache import RequestCache
 from ..endpoints.client import ChatClient, chat_client
 from ..errors import ConfigError, DataError
+from ..eval.config import JudgeOptions
 from ..eval.judge import SYSTEM, VERDICT, parse_scores
 from ..eval.metrics import language_confusion
 from ..fileio import atomic_write_bytes, atomic_write_json
@@ -41,7 +42,10 @@ ECHO_CHARS = 40  # an answer that repeats this much of the prompt's start (or is
 
 
 @dataclass
-class PrefsConfig(EngineConfig):
+class PrefsConfig(EngineConfig, JudgeOptions):
+    """With --judge_base_url, the answers no rule rejects are judged against the teacher's in both orders; the
+    lower-scored in both becomes the rejected one."""
+
     data_path: list[str] = option([], "Instruction data with the teacher's answers (any format finetune reads). "
                                       "Repeatable.", repeat=True)
     lang: list[str] = option([], "Languages to build pairs for (default: every language in the data).")
@@ -52,15 +56,6 @@ class PrefsConfig(EngineConfig):
     rows_per_lang: int = option(0, "Answer only the first N rows of each language (0: all).")
     batch_size: int = option(16, "Rows decoded together.")
     max_new_tokens: int = option(256, "The model's token budget; an answer that reaches it is cut off.")
-    judge_base_url: str = option("", "OpenAI-compatible endpoint of a judge for the answers no rule rejects: "
-                                     "the model's answer becomes the rejected one when scored below the "
-                                     "teacher's in both orders.")
-    judge_model: str = option("gpt-4", "The judge model's name at that endpoint.")
-    judge_api_key: str = option("", "API key of the judge (default: $OPENAI_API_KEY).")
-    judge_max_tokens: int = option(512, "Most tokens of each verdict.")
-    concurrency: int = option(16, "Judge requests in flight.")
-    requests_per_minute: int = option(0, "Judge requests per minute (0: no limit).")
-    tokens_per_minute: int = option(0, "Judge tokens per minute, estimated (0: no limit).")
 
 
 def prefs(config: PrefsConfig) -> dict[str, Any]:

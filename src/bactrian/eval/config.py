@@ -32,14 +32,9 @@ class EvalConfig(EngineConfig):
 
 
 @dataclass
-class JudgeConfig(EngineConfig):
-    questions_dir: str = option("", "Folder of questions in the Vicuna-80 format (questions_<Language>.jsonl with "
-                                    "question_id, text, category), e.g. ../shared/data/chat-eval/vicuna-80.")
-    langs: list[str] = option([], "Languages to judge (default: every questions file).")
-    questions_per_lang: int = option(16, "Questions per language (the paper used 16).")
-    model_a: str = option("base", "First model: base or an adapter name.")
-    model_b: str = option("", "Second model: base or an adapter name.")
-    max_new_tokens: int = option(256, "Answer length.")
+class JudgeOptions:
+    """A judge on an OpenAI-compatible endpoint (`eval judge`, `data prefs`)."""
+
     judge_base_url: str = option("", "OpenAI-compatible endpoint of the judge, e.g. https://api.openai.com/v1.")
     judge_model: str = option("gpt-4", "The judge model's name at that endpoint.")
     judge_api_key: str = option("", "API key of the judge (default: $OPENAI_API_KEY).")
@@ -47,6 +42,17 @@ class JudgeConfig(EngineConfig):
     concurrency: int = option(16, "Judge requests in flight.")
     requests_per_minute: int = option(0, "Judge requests per minute (0: no limit).")
     tokens_per_minute: int = option(0, "Judge tokens per minute, estimated (0: no limit).")
+
+
+@dataclass
+class JudgeConfig(EngineConfig, JudgeOptions):
+    questions_dir: str = option("", "Folder of questions in the Vicuna-80 format (questions_<Language>.jsonl with "
+                                    "question_id, text, category), e.g. ../shared/data/chat-eval/vicuna-80.")
+    langs: list[str] = option([], "Languages to judge (default: every questions file).")
+    questions_per_lang: int = option(16, "Questions per language (the paper used 16).")
+    model_a: str = option("base", "First model: base or an adapter name.")
+    model_b: str = option("", "Second model: base or an adapter name.")
+    max_new_tokens: int = option(256, "Answer length.")
     price_input_per_1m: float = option(0.0, "Price of 1M prompt tokens, for the cost report.")
     price_output_per_1m: float = option(0.0, "Price of 1M completion tokens, for the cost report.")
     output_dir: str = option("./judge-report", "Where answers, verdicts, the request cache and the report go.")
