@@ -268,6 +268,9 @@ def test_generative_eval_end_to_end_resumes_and_reports(tiny_llama, tiny_adapter
                     "## ntrex: chrF++", "## xquad: F1 %"):
         assert heading in report, heading
     assert "| en-zh |" in report and "| **average** |" in report
+    failed = [(model, row) for model, rows in saved["examples"]["confusion"].items() for row in rows
+              if row.get("failed")]
+    assert f"### confusion: the {len(failed)} answers that failed" in report if failed else "failed" not in report
     assert (out / "ntrex-heatmap.png").stat().st_size > 5000
     answers = (out / "answers" / "ntrex.jsonl").read_text().splitlines()
     assert len(answers) == 8 * 3 and all(json.loads(line)["model"] in ("base", "de", "fr") for line in answers)

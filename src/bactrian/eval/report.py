@@ -39,8 +39,9 @@ def markdown(results: dict[str, Any]) -> str:
         models = list(by_model)
         groups = sorted({group for per_group in by_model.values() for group in per_group})
         notes = results.get("notes", {}).get(task)
+        lines += [notes, ""] if notes else []
         for key, label, scale in results.get("metrics", {}).get(task, ACCURACY):
-            lines += [f"## {task}: {label}, 95% interval", "", *([notes, ""] if notes else []),
+            lines += [f"## {task}: {label}, 95% interval", "",
                       "| language | " + " | ".join(models) + " |", "| --- |" + " ---: |" * len(models)]
             for group in groups:
                 cells = [_cell(by_model[model].get(group), key, scale) for model in models]
@@ -48,7 +49,22 @@ def markdown(results: dict[str, Any]) -> str:
             averages = [_average(by_model[model], key, scale) for model in models]
             lines += ["| **average** | " + " | ".join(f"**{a:.1f}**" if a is not None else "-" for a in averages)
                       + " |", ""]
+        lines += _failures(task, results.get("examples", {}).get(task, {}))
     return "\n".join(lines) + "\n"
+
+
+def _failures(task: str, examples: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Each answer that failed a check which says what failed it (language confusion: the line or words)."""
+    failed = [(model, row) for model, rows in examples.items() for row in rows if row.get("failed")]
+    if not failed:
+        return []
+    lines = [f"### {task}: the {len(failed)} answers that failed", "", "| model | id | level | what failed |",
+             "| --- | --- | --- | --- |"]
+    for model, row in failed:
+        level = "line" if row.get("line_pass") is False else "word"
+        text = " ".join(str(row["failed"]).split()).replace("|", "\\|")
+        lines.append(f"| {model} | {row['id']} | {level} | {text[:117] + '...' if len(text) > 120 else text} |")
+    return [*lines, ""]
 
 
 def _average(per_group: dict[str, dict[str, Any]], key: str, scale: float) -> float | None:
