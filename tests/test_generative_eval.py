@@ -155,6 +155,8 @@ def test_language_confusion_on_real_text():
     assert mixed["word_pass"] is False and mixed["failed"] == "this"
     assert metrics.language_confusion(f"{japanese} Tokyo NASA", "ja")["word_pass"] is True  # names pass
     assert metrics.language_confusion("Ja, gut.", "de") == {"judged": False, "line_pass": None, "word_pass": None}
+    for short in ("1. 1. 1. 1. 1. 1. 1. 1.", "### Explanation:", "6. CRISPR-Cas9遺伝子"):  # no 5 words with letters
+        assert metrics.language_confusion(short, "ja")["judged"] is False, short
 
 
 def test_confusion_summary_is_the_papers():
