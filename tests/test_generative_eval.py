@@ -296,3 +296,22 @@ def test_mgsm_prompts_are_lm_evaluations():
         theirs = utils.LANGUAGES[lang]
         assert (question, direct, step_by_step) == (theirs["QUESTION"], theirs["DIRECT"], theirs["ANSWER"]), lang
         assert theirs["REGEX"] in (answer, f"{answer} (\\-?[0-9\\.\\,]+)"), lang
+
+
+def test_hub_fallbacks_call_datasets(monkeypatch):
+    import datasets
+
+    calls = []
+    rows = {"juletxara/mgsm": [{"question": "1 + 1?", "answer_number": 2}],
+            "google/xquad": [{"id": "q", "context": "Paris.", "question": "Wo?", "answers": {"text": ["Paris"]}}]}
+
+    def fake(path, name, split):
+        calls.append((path, name, split))
+        return rows[path]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    [mgsm] = TASKS["mgsm_direct"].read(None, ["de"], "")
+    [xquad] = TASKS["xquad"].read(None, ["de"], "")
+    assert mgsm.reference == "2" and mgsm.instruction == "Frage: 1 + 1?\nAntwort:"
+    assert xquad.reference == ["Paris"] and xquad.instruction.startswith("Kontext: Paris.")
+    assert calls == [("juletxara/mgsm", "de", "test"), ("google/xquad", "xquad.de", "validation")]

@@ -19,6 +19,7 @@ from ..errors import ConfigError, DataError
 from ..records import check_unique_ids, parsing, read_instructions, read_jsonl
 from . import metrics
 from .report import wilson_interval
+from .tasks import hub_rows
 
 
 @dataclass(frozen=True)
@@ -55,16 +56,6 @@ class GenerativeTask:
 
 def _files(root: Path | None, pattern: str) -> list[Path]:
     return sorted(root.rglob(pattern)) if root is not None else []
-
-
-def _hub(dataset: str, config: str | None, split: str) -> list[dict]:
-    import datasets
-
-    try:
-        return list(datasets.load_dataset(dataset, config, split=split))
-    except Exception as exc:  # network, auth, missing config: one clear message
-        raise DataError(f"No local files under --data_dir for {dataset} {config or ''} and the hub dataset could "
-                        f"not be loaded ({exc}).") from exc
 
 
 def _rate(rows: list[dict[str, Any]], key: str, among: str | None = None) -> dict[str, Any]:
@@ -175,7 +166,7 @@ def mgsm_rows(root: Path | None, lang: str) -> list[tuple[str, str, str]]:
     files = _files(root, f"mgsm_{lang}.tsv")
     if not files:
         return [(f"row {index}", row["question"], str(row["answer_number"]))
-                for index, row in enumerate(_hub("juletxara/mgsm", lang, "test"))]
+                for index, row in enumerate(hub_rows("juletxara/mgsm", lang, "test"))]
     with open(files[0], encoding="utf-8", newline="") as handle:
         rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
     for number, row in enumerate(rows, 1):
@@ -353,7 +344,7 @@ def _qa_reader(task: str, pattern: str, hub: tuple[str, str]):
             else:
                 split = "validation" if task == "xquad" else "test"
                 prompts += [Prompt(f"{task}-{lang}-{row['id']}", lang, *_hub_qa(row, lang))
-                            for row in _hub(hub[0], hub[1].format(lang=lang), split)]
+                            for row in hub_rows(hub[0], hub[1].format(lang=lang), split)]
         if not prompts:
             raise DataError(f"{task}: no {pattern.format(lang='<lang>')} files under --data_dir {root}; name "
                             "--langs to load them from the hub.")

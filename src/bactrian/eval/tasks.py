@@ -62,14 +62,19 @@ def _find(root: Path | None, task: str, patterns: list[str]) -> Path | None:
     return None
 
 
-def _hub_rows(task: str, config: str, split: str) -> list[dict]:
+def hub_rows(dataset: str, config: str | None, split: str) -> list[dict]:
+    """The rows of a hub dataset's config and split (what a task reads when --data_dir has no file for it)."""
     import datasets
 
     try:
-        return list(datasets.load_dataset(HUB_IDS[task], config, split=split))
+        return list(datasets.load_dataset(dataset, config, split=split))
     except Exception as exc:  # network, auth, missing config: one clear message
-        raise DataError(f"{task}: no local file for {config!r} under --data_dir and the hub dataset "
-                        f"{HUB_IDS[task]} could not be loaded ({exc}).") from exc
+        raise DataError(f"No local file under --data_dir for {dataset} {config or ''} and the hub dataset could "
+                        f"not be loaded ({exc}).") from exc
+
+
+def _hub_rows(task: str, config: str, split: str) -> list[dict]:
+    return hub_rows(HUB_IDS[task], config, split)
 
 
 def _jsonl(path: Path) -> list[dict]:
