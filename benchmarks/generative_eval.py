@@ -4,7 +4,8 @@
         language confusion on Vicuna-80 (12 languages, --questions per language), MGSM direct (the 11 languages
         of ../shared/data, 25 problems each) and NTREX-128 chrF++ both ways (the adapter's languages, --lines
         per direction): base and adapter side by side.
-    python benchmarks/generative_eval.py mgsm-speed [--langs de,en,ja,ru] [--batch 16] [--max_tokens 64]
+    python benchmarks/generative_eval.py mgsm-speed [--langs de,en,ja,ru] [--batch 16] [--lm_eval_batch N]
+                                                    [--max_tokens 256]
         MGSM direct with `bactrian eval` (template raw: lm-eval's prompt) against lm-evaluation-harness's
         mgsm_direct on the same model and files, each in its own process: seconds and scores, which must agree.
 
@@ -107,12 +108,12 @@ def run_lm_eval(langs: list[str], batch: int, max_tokens: int) -> dict:
             "answers": answers}
 
 
-def mgsm_speed(langs: list[str], batch: int, max_tokens: int) -> None:
+def mgsm_speed(langs: list[str], batch: int, lm_eval_batch: int, max_tokens: int) -> None:
     rows = {}
-    for way in ("bactrian", "lm-eval"):
+    for way, size in (("bactrian", batch), ("lm-eval", lm_eval_batch)):
         started = time.perf_counter()
         process = subprocess.run([sys.executable, __file__, "child", "--way", way, "--langs", ",".join(langs),
-                                  "--batch", str(batch), "--max_tokens", str(max_tokens)],
+                                  "--batch", str(size), "--max_tokens", str(max_tokens)],
                                  capture_output=True, text=True, env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
         line = next((out for out in process.stdout.splitlines() if out.startswith("RESULT ")), None)
         if line is None:
@@ -121,7 +122,8 @@ def mgsm_speed(langs: list[str], batch: int, max_tokens: int) -> None:
     ours, theirs = rows["bactrian"], rows["lm-eval"]
     same_answers = sum(ours["answers"][key].strip() == theirs["answers"].get(key, "").strip()
                        for key in ours["answers"])
-    print(f"\nMGSM direct, {len(langs)} languages x 25 problems, batch {batch}, at most {max_tokens} new tokens\n")
+    print(f"\nMGSM direct, {len(langs)} languages x 25 problems, batch {batch} (lm-eval {lm_eval_batch}), at most "
+          f"{max_tokens} new tokens\n")
     print("| way | seconds (whole process) | speed-up | flexible-extract EM % per language | strict EM % |")
     print("| --- | ---: | ---: | --- | --- |")
     for way, row in rows.items():
@@ -131,7 +133,8 @@ def mgsm_speed(langs: list[str], batch: int, max_tokens: int) -> None:
     same_scores = ours["flexible"] == theirs["flexible"] and ours["strict"] == theirs["strict"]
     print(f"\nidentical answers: {same_answers} of {len(ours['answers'])}; identical scores: {same_scores}")
     save("generative_eval_mgsm_speed", {"rows": rows, "identical_answers": same_answers, "same_scores": same_scores,
-                                        "langs": langs, "batch": batch, "max_tokens": max_tokens})
+                                        "langs": langs, "batch": batch, "lm_eval_batch": lm_eval_batch,
+                                        "max_tokens": max_tokens})
 
 
 def word_level() -> None:
@@ -168,6 +171,7 @@ if __name__ == "__main__":
     parser.add_argument("--lines", type=int, default=10, help="NTREX lines per direction")
     parser.add_argument("--langs", default="de,en,ja,ru")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lm_eval_batch", type=int, default=0, help="lm-eval's batch size (default: --batch)")
     parser.add_argument("--max_tokens", type=int, default=64)
     parser.add_argument("--way", choices=("bactrian", "lm-eval"))
     arguments = parser.parse_args()
@@ -179,7 +183,7 @@ if __name__ == "__main__":
     elif arguments.part == "word-level":
         word_level()
     elif arguments.part == "mgsm-speed":
-        mgsm_speed(chosen, arguments.batch, arguments.max_tokens)
+        mgsm_speed(chosen, arguments.batch, arguments.lm_eval_batch or arguments.batch, arguments.max_tokens)
     else:
         run = run_bactrian if arguments.way == "bactrian" else run_lm_eval
         print("RESULT " + json.dumps(run(chosen, arguments.batch, arguments.max_tokens), ensure_ascii=False))
