@@ -86,3 +86,8 @@ def test_every_language_meets_the_bar_on_flores_sentences(cut):
         if recall < 0.97 or precision < 0.99:
             failing[lang] = (round(recall, 3), round(precision, 3))
     assert not failing, failing
+
+
+def test_a_short_russian_sentence_the_model_puts_macedonian_first():
+    text = "Вода состоит из водорода и кислорода."
+    assert written_in(text, "ru") and not written_in("Водата е составена од водород и кислород.", "ru")

@@ -242,7 +242,7 @@ def test_dpo_two_process_ddp_matches_single_process(tiny_llama, tmp_path):
 
 
 def test_rejection_rules():
-    row = {"lang": "de", "instruction": "Nenne das Gegenteil von heiß.", "input": ""}
+    row = {"lang": "de", "instruction": "Nenne das Gegenteil von heiß.", "input": "", "output": "Kalt."}
     ok = "Das Gegenteil von heiß ist kalt, und das weiß jedes Kind hier."
     assert rejection(row, {"output": ok, "finish_reason": "stop"}) is None
     assert rejection(row, {"output": ok, "finish_reason": "length"}) == "cut_off"
@@ -252,6 +252,9 @@ def test_rejection_rules():
     echo = "Nenne das Gegenteil von heiß. ### Input: Nenne das Gegenteil von heiß."
     assert rejection(row, {"output": echo, "finish_reason": "stop"}) == "echo"
     assert echoes("Gegenteil von heiß", row["instruction"]) and not echoes("kalt", row["instruction"])
+    classify = {"lang": "de", "instruction": "Ist der Satz positiv oder negativ?", "input": "", "output": "Positiv."}
+    assert rejection(classify, {"output": "Positiv.", "finish_reason": "stop"}) is None  # the teacher's answer
+    assert rejection(classify, {"output": "Negativ.", "finish_reason": "stop"}) == "echo"  # lifted from the prompt
 
 
 def judge_app(teacher_marker: str):

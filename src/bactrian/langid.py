@@ -64,10 +64,11 @@ WORDS = {
     "hi": "है हैं था थे थी में और लिए भी नहीं ने किया गया",
     "mr": "आहे आहेत आणि केले",
 }
-# Languages the model puts a close neighbour ahead of on short texts (measured on NTREX-128 at 40 characters):
+# Languages the model puts a close neighbour ahead of on short texts (measured on NTREX-128 at 40 characters; ru
+# after mk in a model's short answer, "Вода состоит из водорода и кислорода."):
 # `written_in` accepts them when that neighbour is on top and they are nearly as likely.
 MISTAKEN_FOR = {"gl": ("pt", "es"), "pt": ("gl", "es"), "es": ("gl", "pt"), "ne": ("hi", "mr"), "mr": ("hi", "ne"),
-                "az": ("tr",), "hr": ("sl",), "sl": ("hr",), "nl": ("af",), "af": ("nl",)}
+                "az": ("tr",), "hr": ("sl",), "sl": ("hr",), "nl": ("af",), "af": ("nl",), "ru": ("mk", "uk")}
 CODES_LATIN = tuple(lang.code for lang in languages.LANGUAGES if lang.script == "Latn" and lang.code != "en")
 _WORD_SETS = {lang: frozenset(words.split()) for lang, words in WORDS.items()}
 _GROUP_OF = {lang: group for group in CLOSE_GROUPS for lang in group}

@@ -134,10 +134,13 @@ def echoes(answer: str, instruction: str, text_input: str = "") -> bool:
 
 
 def rejection(row: dict[str, Any], answer: dict[str, Any]) -> str | None:
-    """Why the model's answer makes a rejected example (the first that applies), or None."""
+    """Why the model's answer makes a rejected example (the first that applies), or None; never when it says
+    what the teacher says (a classification's one-word answer also appears in its prompt)."""
     text = answer["output"]
     if not text.strip():
         return "empty"
+    if _simple(text) == _simple(row["output"]):
+        return None
     if language_confusion(text, row["lang"])["line_pass"] is False:
         return "wrong_language"
     if echoes(text, row["instruction"], row["input"]):
