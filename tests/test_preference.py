@@ -219,6 +219,7 @@ def test_orpo_and_dpo_from_an_sft_adapter(tiny_llama, tmp_path):
         finetune(make_config(tiny_llama, plain, tmp_path / "none", method="dpo", val_set_size=0))
 
 
+@pytest.mark.slow
 def test_dpo_resumes_exactly_after_sigkill(tiny_llama, tmp_path):
     data = _preference_folder(tmp_path, copies=6)
     common = dict(method="dpo", max_steps=40, batch_size=4, micro_batch_size=2, lora_dropout=0.1,
@@ -228,6 +229,7 @@ def test_dpo_resumes_exactly_after_sigkill(tiny_llama, tmp_path):
     assert max_difference(adapter_weights(tmp_path / "straight"), adapter_weights(tmp_path / "killed")) <= 1e-6
 
 
+@pytest.mark.slow
 def test_dpo_two_process_ddp_matches_single_process(tiny_llama, tmp_path):
     data = _preference_folder(tmp_path)
     settings = dict(method="dpo", max_steps=3, batch_size=8, micro_batch_size=2, val_set_size=4,
