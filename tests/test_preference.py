@@ -333,3 +333,21 @@ def test_dpo_per_language(tiny_llama, tmp_path):
         assert manifest["languages"] == [lang] and manifest["config"]["method"] == "dpo"
         assert list(manifest["metrics"]["eval_rewards_per_lang"]) == [lang]
         assert "dpo" in (tmp_path / "adapters" / lang / "README.md").read_text().lower()
+
+
+def test_the_reference_is_deterministic_under_lora_dropout(tiny_llama):
+    """The reference pass runs in eval mode: the frozen adapter's dropout does not make its log-probs noisy."""
+    torch.manual_seed(0)
+    dropping = {**LORA, "lora_dropout": 0.5}
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama), LoraConfig(**dropping))
+    _perturb(model, 1)
+    model.add_adapter(preference.REFERENCE, LoraConfig(**dropping))
+    model.train()
+    pairs = [ds.Pair("0", "en", (2, 10, 11, 12, 13, 1), (2, 10, 11, 14, 1), 3)]
+    micro, slots, starts = preference.pair_batch(pairs, 0, False, 64)
+    runs = []
+    for _ in range(2):
+        with preference.reference_model(model, True):
+            runs.append(preference.forward_pairs(model, micro, slots, starts, 1).chosen_logps)
+    assert torch.equal(runs[0], runs[1]) and model.training
+    assert [n for n, p in model.named_parameters() if p.requires_grad and ".reference." in n] == []

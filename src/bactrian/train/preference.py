@@ -66,17 +66,23 @@ def forward_pairs(model: Any, micro: ds.MicroBatch, slots: torch.Tensor, answer_
 
 @contextmanager
 def reference_model(model: Any, has_reference_adapter: bool) -> Iterator[None]:
-    """The model DPO compares against: the frozen --init_adapter copy, else the base (adapter disabled)."""
-    with torch.no_grad():
-        if not has_reference_adapter:
-            with model.disable_adapter():
+    """The model DPO compares against, without gradients or dropout: the frozen --init_adapter copy, else the
+    base (adapter disabled)."""
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if not has_reference_adapter:
+                with model.disable_adapter():
+                    yield
+                return
+            model.set_adapter(REFERENCE)
+            try:
                 yield
-            return
-        model.set_adapter(REFERENCE)
-        try:
-            yield
-        finally:
-            model.set_adapter("default")  # also makes "default" trainable again, "reference" frozen
+            finally:
+                model.set_adapter("default")  # also makes "default" trainable again, "reference" frozen
+    finally:
+        model.train(training)
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
