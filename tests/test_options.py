@@ -45,7 +45,7 @@ def test_eval_refuses_a_prompt_template_it_would_not_use(tiny_llama, tmp_path):
     from bactrian.eval.config import EvalConfig
     from bactrian.eval.run import evaluate
 
-    with pytest.raises(ConfigError, match="--prompt_template_name: eval scores each task's own prompts"):
+    with pytest.raises(ConfigError, match="--prompt_template_name: multiple-choice tasks score each task's own"):
         evaluate(EvalConfig(base_model=str(tiny_llama), prompt_template_name="alpaca", tasks=["xcopa"],
                             output_dir=str(tmp_path)))
 
