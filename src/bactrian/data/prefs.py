@@ -65,13 +65,12 @@ def prefs(config: PrefsConfig) -> dict[str, Any]:
     work = out / "work"
     rows = _rows(config)
     answers = _model_answers(config, rows, work)
-    pairs, verdicts = [], {}
-    for row in rows:
-        kind = rejection(row, answers[row["key"]])
-        if kind:
-            pairs.append(_pair(row, row["output"], answers[row["key"]]["output"], kind))
+    kinds = {row["key"]: rejection(row, answers[row["key"]]) for row in rows}
+    pairs = [_pair(row, row["output"], answers[row["key"]]["output"], kinds[row["key"]]) for row in rows
+             if kinds[row["key"]]]
+    verdicts: dict[str, str] = {}
     if config.judge_base_url:
-        unjudged = [row for row in rows if not rejection(row, answers[row["key"]])]
+        unjudged = [row for row in rows if not kinds[row["key"]]]
         verdicts = _judge(config, unjudged, answers, work)
         for row in unjudged:  # the lower-scored answer in both orders is the rejected one
             teacher, model = row["output"], answers[row["key"]]["output"]

@@ -110,15 +110,18 @@ def _generated(engine: Engine, config: EvalConfig, models: list[str], task: Gene
 def answer_prompts(engine: Engine, config: EvalConfig, task: GenerativeTask, prompts: list[Prompt],
                    models: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
     """Answers by (prompt id, model), generated like `bactrian generate` (greedy; resumed from the task's answers
-    file), one language at a time so that each keeps its own stop strings."""
+    file): one pass per set of stop strings (MGSM's are per language; other tasks have one set)."""
     out = Path(config.output_dir)
     answers_file = out / "answers" / f"{task.name}.jsonl"
-    for lang in dict.fromkeys(prompt.lang for prompt in prompts):
-        prompts_file = out / "prompts" / f"{task.name}.{lang}.jsonl"
+    by_stops: dict[tuple[str, ...], list[Prompt]] = {}
+    for prompt in prompts:
+        by_stops.setdefault(tuple(task.stop(prompt.lang)), []).append(prompt)
+    for number, (stops, group) in enumerate(by_stops.items()):
+        prompts_file = out / "prompts" / f"{task.name}.{number}.jsonl"
         write_jsonl_rows(prompts_file, ({"id": p.id, "lang": p.lang, "instruction": p.instruction, "input": p.input}
-                                        for p in prompts if p.lang == lang))
+                                        for p in group))
         settings = GenerateConfig(input_file=str(prompts_file), output_file=str(answers_file), adapter=models,
-                                  batch_size=config.gen_batch_size, stop=task.stop(lang),
+                                  batch_size=config.gen_batch_size, stop=list(stops),
                                   max_new_tokens=config.max_new_tokens or task.max_new_tokens)
         answering.generate(settings, engine)
     answers = {(row["id"], row["model"]): row for _, row in read_jsonl(answers_file)}
