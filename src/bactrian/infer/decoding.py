@@ -164,12 +164,15 @@ class DecodeBatch:
 
     def _advance(self, rows: list[Row], logits: torch.Tensor):
         """Choose each row's next token from its logits and emit what can be shown; returns the tokens."""
-        chosen = []
-        for row, row_logits in zip(rows, logits[:, -1].float()):
+        last = logits[:, -1].float()
+        chosen = last.argmax(-1).tolist()  # greedy rows' tokens, for all rows at once
+        for i, row in enumerate(rows):
+            if row.finished or row.request.params.temperature < GREEDY_BELOW:
+                continue
             try:
-                chosen.append(choose_token(row, row_logits))
+                chosen[i] = choose_token(row, last[i])
             except Exception as exc:  # this row's sampling only
-                chosen.append(0)
+                chosen[i] = 0
                 yield row.fail(f"sampling failed: {exc}")
         for row, token in zip(rows, chosen):
             if not row.finished:
@@ -249,11 +252,10 @@ def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
 
 # -- sampling -------------------------------------------------------------------------------------------------
 def choose_token(row: Row, logits: torch.Tensor) -> int:
-    """Greedy below GREEDY_BELOW, else sampled with the row's generator from the filtered distribution. Safe for
-    any temperature, top_k and top_p the API accepts: non-finite probabilities fall back to the greedy token."""
+    """A token sampled with the row's generator from the filtered distribution (rows at temperatures of at least
+    GREEDY_BELOW). Safe for any temperature, top_k and top_p the API accepts: non-finite probabilities fall back
+    to the greedy token."""
     params = row.request.params
-    if row.finished or params.temperature < GREEDY_BELOW:
-        return int(logits.argmax())
     scaled = (logits - logits.max()) / params.temperature
     probs = _filtered_probs(scaled, params.top_k, params.top_p)
     if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
