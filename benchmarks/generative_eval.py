@@ -8,6 +8,7 @@
                                                     [--max_tokens 256]
         MGSM direct with `bactrian eval` (template raw: lm-eval's prompt) against lm-evaluation-harness's
         mgsm_direct on the same model and files, each in its own process: seconds and scores, which must agree.
+        Ours runs twice: as it is, and with --packed_weights false (F.linear, as lm-eval's model runs).
 
     python benchmarks/generative_eval.py word-level
         the word-level confusion rule on NTREX-128: how many reference lines of each language it flags (false
@@ -73,14 +74,14 @@ def _table(by_model: dict, key: str, label: str, scale: float) -> None:
         print(f"average {model}: {scale * sum(values) / max(1, len(values)):.1f}")
 
 
-def run_bactrian(langs: list[str], batch: int, max_tokens: int) -> dict:
+def run_bactrian(langs: list[str], batch: int, max_tokens: int, packed: bool = True) -> dict:
     from bactrian.eval.config import EvalConfig
     from bactrian.eval.run import evaluate
 
     output = tempfile.mkdtemp()
     results = evaluate(EvalConfig(tasks=["mgsm_direct"], data_dir=str(DATA / "eval" / "mgsm"), langs=langs,
                                   prompt_template_name="raw", gen_batch_size=batch, max_new_tokens=max_tokens,
-                                  output_dir=output))
+                                  output_dir=output, packed_weights=packed))
     per_lang = results["tasks"]["mgsm_direct"]["base"]
     return {"flexible": {lang: s["flexible_match"] for lang, s in per_lang.items()},
             "strict": {lang: s["strict_match"] for lang, s in per_lang.items()},
@@ -110,7 +111,7 @@ def run_lm_eval(langs: list[str], batch: int, max_tokens: int) -> dict:
 
 def mgsm_speed(langs: list[str], batch: int, lm_eval_batch: int, max_tokens: int) -> None:
     rows = {}
-    for way, size in (("bactrian", batch), ("lm-eval", lm_eval_batch)):
+    for way, size in (("bactrian", batch), ("bactrian-unpacked", batch), ("lm-eval", lm_eval_batch)):
         started = time.perf_counter()
         process = subprocess.run([sys.executable, __file__, "child", "--way", way, "--langs", ",".join(langs),
                                   "--batch", str(size), "--max_tokens", str(max_tokens)],
@@ -120,8 +121,8 @@ def mgsm_speed(langs: list[str], batch: int, lm_eval_batch: int, max_tokens: int
             sys.exit(f"{way} failed:\n{process.stderr[-3000:]}")
         rows[way] = {**json.loads(line[7:]), "seconds": time.perf_counter() - started}
     ours, theirs = rows["bactrian"], rows["lm-eval"]
-    same_answers = sum(ours["answers"][key].strip() == theirs["answers"].get(key, "").strip()
-                       for key in ours["answers"])
+    same_answers = {way: sum(row["answers"][key].strip() == theirs["answers"].get(key, "").strip()
+                             for key in row["answers"]) for way, row in rows.items() if way != "lm-eval"}
     print(f"\nMGSM direct, {len(langs)} languages x 25 problems, batch {batch} (lm-eval {lm_eval_batch}), at most "
           f"{max_tokens} new tokens\n")
     print("| way | seconds (whole process) | speed-up | flexible-extract EM % per language | strict EM % |")
@@ -130,8 +131,10 @@ def mgsm_speed(langs: list[str], batch: int, lm_eval_batch: int, max_tokens: int
         flexible = ", ".join(f"{lang} {100 * v:.0f}" for lang, v in row["flexible"].items())
         strict = ", ".join(f"{lang} {100 * v:.0f}" for lang, v in row["strict"].items())
         print(f"| {way} | {row['seconds']:.1f} | {theirs['seconds'] / row['seconds']:.2f}x | {flexible} | {strict} |")
-    same_scores = ours["flexible"] == theirs["flexible"] and ours["strict"] == theirs["strict"]
-    print(f"\nidentical answers: {same_answers} of {len(ours['answers'])}; identical scores: {same_scores}")
+    same_scores = all(row["flexible"] == theirs["flexible"] and row["strict"] == theirs["strict"]
+                      for row in rows.values())
+    print(f"\nanswers identical to lm-eval's (of {len(ours['answers'])}): {same_answers}; identical scores: "
+          f"{same_scores}")
     save("generative_eval_mgsm_speed", {"rows": rows, "identical_answers": same_answers, "same_scores": same_scores,
                                         "langs": langs, "batch": batch, "lm_eval_batch": lm_eval_batch,
                                         "max_tokens": max_tokens})
@@ -173,7 +176,7 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lm_eval_batch", type=int, default=0, help="lm-eval's batch size (default: --batch)")
     parser.add_argument("--max_tokens", type=int, default=64)
-    parser.add_argument("--way", choices=("bactrian", "lm-eval"))
+    parser.add_argument("--way", choices=("bactrian", "bactrian-unpacked", "lm-eval"))
     arguments = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"{DATA} is absent: this benchmark needs ../shared/data beside the checkout.")
@@ -185,5 +188,8 @@ if __name__ == "__main__":
     elif arguments.part == "mgsm-speed":
         mgsm_speed(chosen, arguments.batch, arguments.lm_eval_batch or arguments.batch, arguments.max_tokens)
     else:
-        run = run_bactrian if arguments.way == "bactrian" else run_lm_eval
-        print("RESULT " + json.dumps(run(chosen, arguments.batch, arguments.max_tokens), ensure_ascii=False))
+        if arguments.way == "lm-eval":
+            result = run_lm_eval(chosen, arguments.batch, arguments.max_tokens)
+        else:
+            result = run_bactrian(chosen, arguments.batch, arguments.max_tokens, arguments.way == "bactrian")
+        print("RESULT " + json.dumps(result, ensure_ascii=False))
