@@ -19,9 +19,9 @@ log = logging.getLogger(__name__)
 
 PACKING_ROWS = 128  # oneDNN's layout hint; measured best from 1 to 512 rows
 # PyTorch's oneDNN binding compiles and keeps a primitive for every input shape it meets (~0.5 MB each, up to 1024
-# of them), so the rows are padded up to one of a few sizes; more rows than the last (prefill chunks) go through
-# F.linear, where MKL runs near full speed anyway.
-ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64)
+# of them), so the rows are padded up to one of a few sizes (past 8, a multiple of 8: at most 7 rows wasted); more
+# rows than the last (prefill chunks) go through F.linear, where MKL runs near full speed anyway.
+ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64)
 
 
 class PackedLinear(torch.nn.Linear):
