@@ -3,10 +3,10 @@
 `F.linear` on a CPU multiplies by the weight as stored (MKL's sgemm), which at the few rows of a decode step runs
 far below the machine's speed. oneDNN with the weight reordered once into its blocked layout is what
 `torch.compile`'s CPU freezing pass and Intel's extension use; the engine does the same without compiling. On a
-2-core AVX2 CPU, Gemma 3 270M's 262k x 640 head at 16 rows takes 68 ms instead of 194 ms, and a whole decode
-step of 16 rows 177 ms instead of 286 ms (benchmarks/generative_eval.py). The products are the same up to the
-order of fp32 sums. The price is memory: the packed copy sits beside each weight (the dense one stays, for the
-tied embedding and PEFT)."""
+2-core AVX2 CPU, Gemma 3 270M's 262k x 640 head at 16 rows takes 64-70 ms instead of 156-194 ms, and a whole
+decode step of 16 rows 158 ms instead of 293 ms (benchmarks/RESULTS.md, MGSM time). The products are the same
+up to the order of fp32 sums. The price is memory: the packed copy sits beside each weight (the dense one stays,
+for the tied embedding and PEFT)."""
 
 from __future__ import annotations
 
