@@ -17,8 +17,8 @@ class EngineConfig(ModelOptions):
     dtype: str = option("auto", "Weights' dtype for inference: auto (bf16 on a GPU or CPU that runs it fast, "
                                 "i.e. AVX512-BF16 or AMX; else float32), float32, bfloat16 or float16.")
     packed_weights: bool = option(True, "fp32 on an x86 CPU: multiply by weights reordered once for oneDNN (same "
-                                        "products, decoding 1.4-2x faster; a second copy of the linear weights "
-                                        "in memory).")
+                                        "products; a decode step of Gemma 3 270M at 16 rows 1.85x faster on 2 "
+                                        "cores; a second copy of the linear weights in memory).")
     auto_fallback: str = option("multilingual", "Who answers `auto` requests in a language no adapter covers: "
                                                 "multilingual (the broadest multilingual adapter) or base.")
 

@@ -52,7 +52,7 @@ def packed_product(rows: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor 
 
 def packing_applies(model: torch.nn.Module) -> bool:
     """fp32 weights on an x86 CPU whose torch has oneDNN (where it was measured)."""
-    weight = model.get_output_embeddings().weight
+    weight = next(model.parameters())
     return weight.device.type == "cpu" and weight.dtype == torch.float32 and x86_with_onednn()
 
 
