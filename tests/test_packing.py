@@ -35,7 +35,7 @@ def test_packed_linear_computes_what_the_linear_does(bias):
 
 
 def test_packing_replaces_base_layers_and_the_head_not_lora(tiny_gemma, gemma_adapters):
-    engine = Engine(str(tiny_gemma), [f"de={gemma_adapters['de']}"])
+    engine = Engine(str(tiny_gemma), [f"de={gemma_adapters['de']}"], dtype="float32")
     kinds = {name: type(module) for name, module in engine.model.named_modules()}
     packed = [name for name, kind in kinds.items() if kind is PackedLinear]
     assert packed and all(".lora_" not in name for name in packed)
@@ -46,7 +46,7 @@ def test_packing_replaces_base_layers_and_the_head_not_lora(tiny_gemma, gemma_ad
 
 def test_packed_engine_answers_as_the_unpacked_one(tiny_gemma, gemma_adapters):
     adapters = [f"{lang}={path}" for lang, path in gemma_adapters.items()]
-    engines = [Engine(str(tiny_gemma), adapters, packed_weights=packed) for packed in (True, False)]
+    engines = [Engine(str(tiny_gemma), adapters, dtype="float32", packed_weights=packed) for packed in (True, False)]
     prompts = ["Name a primary colour.", "Nenne das Gegenteil von heiß und erkläre warum.", "Add", "Écris"]
     names = [BASE, *gemma_adapters]
 
