@@ -71,18 +71,23 @@ def reference_model(model: Any, has_reference_adapter: bool) -> Iterator[None]:
     training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            if not has_reference_adapter:
-                with model.disable_adapter():
-                    yield
-                return
-            model.set_adapter(REFERENCE)
-            try:
-                yield
-            finally:
-                model.set_adapter("default")  # also makes "default" trainable again, "reference" frozen
+        with torch.no_grad(), _reference_weights(model, has_reference_adapter):
+            yield
     finally:
         model.train(training)
+
+
+@contextmanager
+def _reference_weights(model: Any, has_reference_adapter: bool) -> Iterator[None]:
+    if not has_reference_adapter:
+        with model.disable_adapter():
+            yield
+        return
+    model.set_adapter(REFERENCE)
+    try:
+        yield
+    finally:
+        model.set_adapter("default")  # also makes "default" trainable again, "reference" frozen
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
