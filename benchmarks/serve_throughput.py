@@ -139,8 +139,8 @@ def measure(url: str, model: str) -> dict:
     return {"levels": rows, "short_behind_long_s": asyncio.run(short_behind_long(url, model))}
 
 
-def start(command: list[str], ready_url: str) -> subprocess.Popen:
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start(command: list[str], ready_url: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 300
     while time.time() < deadline:
         try:

@@ -17,7 +17,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 @pytest.fixture(scope="module")
 def engine(tiny_llama, tiny_adapters):
-    return Engine(str(tiny_llama), [f"fr={tiny_adapters['fr']}", f"de={tiny_adapters['de']}"])
+    return Engine(str(tiny_llama), [f"fr={tiny_adapters['fr']}", f"de={tiny_adapters['de']}"], dtype="float32")
 
 
 @pytest.fixture(scope="module")

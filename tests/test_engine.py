@@ -17,7 +17,7 @@ PROMPTS = ["Name a primary colour.", "Nenne das Gegenteil von heiß und erkläre
 
 @pytest.fixture(scope="module")
 def engine(tiny_llama, tiny_adapters):
-    return Engine(str(tiny_llama), [f"fr={tiny_adapters['fr']}", str(tiny_adapters["de"])])
+    return Engine(str(tiny_llama), [f"fr={tiny_adapters['fr']}", str(tiny_adapters["de"])], dtype="float32")
 
 
 def greedy(engine, prompt, adapter, **params):
@@ -104,7 +104,7 @@ def test_beam_search(engine, tiny_llama, tiny_adapters):
 
 
 def test_eos_ends_a_request(tiny_llama):
-    engine = Engine(str(tiny_llama))
+    engine = Engine(str(tiny_llama), dtype="float32")
     prompt = engine.render(BASE, PROMPTS[0])
     with torch.no_grad():
         first = int(engine.model(torch.tensor([prompt])).logits[0, -1].argmax())
@@ -122,14 +122,14 @@ def test_bad_adapter_specs(tiny_adapters, tmp_path):
 
 
 def test_52_adapters_add_only_their_own_size(tiny_gemma, tmp_path):
-    base = Engine(str(tiny_gemma))
+    base = Engine(str(tiny_gemma), dtype="float32")
     base_bytes = parameter_bytes(base.model)
     specs = []
     for seed in range(52):
         folder = make_adapter(tiny_gemma, tmp_path / f"a{seed}", ["en"], seed, r=16,
                               targets=("q_proj", "k_proj", "v_proj", "o_proj"))
         specs.append(f"a{seed}={folder}")
-    many = Engine(str(tiny_gemma), specs)
+    many = Engine(str(tiny_gemma), specs, dtype="float32")
     adapter_bytes = sum((tmp_path / f"a{seed}" / "adapter_model.safetensors").stat().st_size for seed in range(52))
     added = parameter_bytes(many.model) - base_bytes
     assert 0 < added <= adapter_bytes
@@ -152,7 +152,7 @@ def test_auto_routes_by_detected_language(engine, text, adapter, lang):
 
 def test_auto_falls_back_to_a_multilingual_adapter(tiny_llama, tiny_adapters, tmp_path):
     multi = make_adapter(tiny_llama, tmp_path / "multi", ["en", "fr", "de", "es"], seed=9)
-    engine = Engine(str(tiny_llama), [f"fr={tiny_adapters['fr']}", f"multi={multi}"])
+    engine = Engine(str(tiny_llama), [f"fr={tiny_adapters['fr']}", f"multi={multi}"], dtype="float32")
     route = engine.resolve_adapter("auto", "Good morning, could you please tell me the time?")
     assert (route.adapter, route.lang) == ("multi", "en")
     assert engine.resolve_adapter("auto", "Bonjour, pouvez-vous me dire quelle heure il est ?").adapter == "fr"
@@ -166,7 +166,7 @@ def test_greedy_equals_transformers_generate_for_the_base_and_an_adapter(engine,
     from transformers import AutoModelForCausalLM
 
     path = tiny_llama if arch == "llama" else tiny_gemma
-    engine = engine if arch == "llama" else Engine(str(tiny_gemma), [])
+    engine = engine if arch == "llama" else Engine(str(tiny_gemma), [], dtype="float32")
     steps = 16 if arch == "llama" else 90
     base = AutoModelForCausalLM.from_pretrained(path).eval()
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), tiny_adapters["fr"]).eval()
@@ -190,7 +190,7 @@ def test_rows_that_join_a_running_batch_get_what_they_get_alone(engine, tiny_gem
     done; on gemma3 the answers run past its 64-token sliding window."""
     from bactrian.infer.decoding import DecodeBatch, Row
 
-    engine = engine if arch == "llama" else Engine(str(tiny_gemma), [])
+    engine = engine if arch == "llama" else Engine(str(tiny_gemma), [], dtype="float32")
     jobs = [("fr", PROMPTS[0]), ("base", PROMPTS[1] * 3), ("de", PROMPTS[2]), ("fr", PROMPTS[3])]
     jobs = [(adapter if arch == "llama" else "base", prompt) for adapter, prompt in jobs]
     requests = [greedy(engine, prompt, adapter, max_new_tokens=80 if i % 2 else 10, stop=["zz"] if i == 0 else [])
@@ -236,3 +236,24 @@ def test_selecting_an_adapter_for_scoring_holds_the_lock_and_restores_the_previo
                                    [type("R", (), {"request": Request([], SamplingParams(), name)})()])[0, -1]
             assert torch.allclose(scored, alone, atol=1e-5), name
             assert engine.model.active_adapter == "de" and not engine.lock.locked()
+
+
+def test_the_cache_is_passed_under_the_name_the_installed_transformers_takes(engine):
+    import inspect
+
+    from bactrian.infer.engine import cache_keyword
+
+    base = engine.model.get_base_model()
+    assert cache_keyword(base) == engine.cache_keyword
+    assert engine.cache_keyword in inspect.signature(base.forward).parameters  # `cache` from 5.24, else past_key_values
+
+
+def test_a_forward_that_leaves_the_cache_empty_fails_with_the_transformers_version(engine, monkeypatch):
+    """What transformers 5.17/5.18 did with `cache=`: swallowed by **kwargs, the cache stays empty and every step
+    would see only its newest token. The engine says so instead of answering garbage."""
+    import transformers
+
+    monkeypatch.setattr(engine, "cache_keyword", "kv_cache_under_a_name_the_model_ignores")
+    (delta,) = list(engine.stream([greedy(engine, PROMPTS[0], BASE)]))
+    assert delta.finish_reason == "error"
+    assert f"transformers {transformers.__version__} did not fill it" in delta.error

@@ -62,7 +62,7 @@ def test_xcopa_accuracy_equals_lm_evaluation_harness(tiny_llama, tmp_path, monke
                                      tasks=names, device="cpu", batch_size=16,
                                      task_manager=TaskManager(include_path=str(tasks_dir)))["results"]
     ours = evaluate(EvalConfig(base_model=str(tiny_llama), tasks=["xcopa"], data_dir=str(xcopa.parent), langs=langs,
-                               output_dir=str(tmp_path / "report")))["tasks"]["xcopa"]["base"]
+                               dtype="float32", output_dir=str(tmp_path / "report")))["tasks"]["xcopa"]["base"]
     for lang in langs:
         assert abs(ours[lang]["acc"] - theirs[f"local_xcopa_{lang}"]["acc,none"]) <= 0.002, lang
 

@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def make_config(model, data, out, **overrides) -> FinetuneConfig:
-    settings = dict(base_model=str(model), data_path=[str(data)], output_dir=str(out), batch_size=8,
+    """A small run in fp32 (bf16="false"): the parities these tests assert to 1e-5 are fp32's; `--bf16 auto` would
+    pick bf16 autocast on a CPU with AMX or AVX512-BF16 (test_dtype_rule.py covers those paths)."""
+    settings = dict(bf16="false", base_model=str(model), data_path=[str(data)], output_dir=str(out), batch_size=8,
                     micro_batch_size=2, max_steps=4, val_set_size=6, warmup_steps=1, eval_steps=0, save_steps=0,
                     logging_steps=1, learning_rate=1e-2, lora_dropout=0.0, train_on_inputs=False)
     settings.update(overrides)

@@ -12,6 +12,8 @@ from bactrian.infer.generate import generate
 
 from conftest import write_jsonl
 
+pytestmark = pytest.mark.dtype_sensitive  # runs under both choices of `auto` in .ci/run
+
 
 @pytest.fixture()
 def questions(tmp_path):

@@ -65,7 +65,7 @@ def test_mgsm_direct_end_to_end_equals_lm_evaluation_harness(tiny_llama, tmp_pat
                                      task_manager=TaskManager(include_path=str(tmp_path / "tasks")))
     ours = evaluate(EvalConfig(base_model=str(tiny_llama), tasks=["mgsm_direct"], data_dir=str(mgsm), langs=langs,
                                limit=6, prompt_template_name="raw", max_new_tokens=12, gen_batch_size=4,
-                               output_dir=str(tmp_path / "ours")))
+                               dtype="float32", output_dir=str(tmp_path / "ours")))
     rows = {row["id"]: row for row in ours["examples"]["mgsm_direct"]["base"]}
     for lang in langs:
         for sample in theirs["samples"][f"local_mgsm_direct_{lang}"]:
@@ -246,7 +246,7 @@ def test_belebele_accuracy_equals_lm_evaluation_harness(tiny_llama, tmp_path):
                                      tasks=["local_belebele"], device="cpu", batch_size=8,
                                      task_manager=TaskManager(include_path=str(tmp_path / "tasks")))
     ours = evaluate(EvalConfig(base_model=str(tiny_llama), tasks=["belebele"], data_dir=str(tmp_path), langs=["fr"],
-                               output_dir=str(tmp_path / "ours")))["tasks"]["belebele"]["base"]["fr"]
+                               dtype="float32", output_dir=str(tmp_path / "ours")))["tasks"]["belebele"]["base"]["fr"]
     assert ours["acc"] == pytest.approx(theirs["results"]["local_belebele"]["acc,none"])
 
 

@@ -45,6 +45,7 @@ def test_finetune_default_on_real_multilingual_data_learns_and_loads_in_peft(tmp
     assert not torch.allclose(before, after)
 
 
+@pytest.mark.dtype_sensitive
 def test_demo_runs_end_to_end(tmp_path):
     result = subprocess.run([sys.executable, "-m", "bactrian", "demo", "--output_dir", str(tmp_path / "demo"),
                              "--max_steps", "6", "--max_new_tokens", "8"], capture_output=True, text=True,

@@ -11,6 +11,8 @@ from bactrian.manifest import write_manifest
 
 from conftest import make_adapter
 
+pytestmark = pytest.mark.dtype_sensitive  # runs under both choices of `auto` in .ci/run
+
 FRENCH = "Bonjour, pouvez-vous me dire quelle heure il est maintenant ?"
 GERMAN = "Guten Morgen, kannst du mir bitte sagen, wie spät es ist?"
 SWAHILI = "Nipe ushauri wa kulala vizuri."  # the sentence of issue 18

@@ -16,6 +16,8 @@ from bactrian.infer.decoding import Request, SamplingParams
 from bactrian.infer.engine import Engine
 from bactrian.infer.server import create_app
 
+pytestmark = pytest.mark.dtype_sensitive  # runs under both choices of `auto` in .ci/run
+
 KEY = "sk-test-key"
 
 
@@ -60,7 +62,7 @@ class LiveServer:
 
 @pytest.fixture(scope="module")
 def engine(tiny_llama, tiny_adapters):
-    return Engine(str(tiny_llama), [f"fr={tiny_adapters['fr']}", f"de={tiny_adapters['de']}"])
+    return Engine(str(tiny_llama), [f"fr={tiny_adapters['fr']}", f"de={tiny_adapters['de']}"], dtype="float32")
 
 
 @pytest.fixture(scope="module")

@@ -107,28 +107,67 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Overrides what `auto` picks (float32 or bfloat16), e.g. to keep fp32's exact guarantees on a bf16 CPU; the
+# test suite sets it to run its dtype-sensitive tests under both choices on any machine.
+AUTO_DTYPE_VARIABLE = "BACTRIAN_AUTO_DTYPE"
+AUTO_DTYPE_CHOICES = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    """What `auto` resolves to on a device, and why (logged when a model is loaded)."""
+
+    dtype: torch.dtype
+    reason: str
+
+    def describe(self) -> str:
+        return f"dtype auto: {str(self.dtype).removeprefix('torch.')}, {self.reason}"
+
+
+def auto_dtype(device: torch.device) -> DtypeChoice:
+    """The rule behind `--dtype auto` and `--bf16 auto`, a function of the hardware alone (never of a timing):
+    bf16 on a GPU of compute capability 8.0 or more (Ampere on, where bf16 is native; on older cards torch only
+    emulates it) and on a CPU with AMX or AVX512-BF16 (bf16 matrix instructions; measured faster there, see
+    benchmarks/RESULTS.md); fp32 everywhere else. $BACTRIAN_AUTO_DTYPE overrides it."""
+    forced = os.environ.get(AUTO_DTYPE_VARIABLE, "")
+    if forced:
+        if forced not in AUTO_DTYPE_CHOICES:
+            raise ModelError(f"${AUTO_DTYPE_VARIABLE}={forced}: choose {' or '.join(AUTO_DTYPE_CHOICES)}, or unset it.")
+        return DtypeChoice(DTYPES[forced], f"set by ${AUTO_DTYPE_VARIABLE}")
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        if major >= 8:
+            return DtypeChoice(torch.bfloat16, f"the GPU (compute capability {major}.{minor}) runs bf16 natively")
+        return DtypeChoice(torch.float32, f"the GPU (compute capability {major}.{minor}) only emulates bf16")
+    if device.type != "cpu":
+        return DtypeChoice(torch.float32, f"bf16 is not chosen by default on {device.type}")
+    instructions = cpu_bf16_instructions()
+    if instructions:
+        return DtypeChoice(torch.bfloat16, f"the CPU has {' and '.join(instructions)}")
+    return DtypeChoice(torch.float32, "the CPU has no bf16 matrix instructions (AMX, AVX512-BF16)")
+
+
+def cpu_bf16_instructions() -> list[str]:
+    """The bf16 matrix instruction sets this CPU has, of AMX and AVX512-BF16 (as torch's cpuinfo reads them)."""
+    checks = {"AMX": "_is_amx_tile_supported", "AVX512-BF16": "_is_avx512_bf16_supported"}
+    return [name for name, check in checks.items() if getattr(torch.cpu, check, lambda: False)()]
+
+
 def pick_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the GPU supports it, else fp32."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
+    """The dtype of the weights when nobody chose one: bf16 on a GPU where `auto` picks it, else fp32 (on a CPU
+    bf16 goes through autocast in training and --dtype in inference, never through the stored weights)."""
+    if device.type == "cuda":
+        return auto_dtype(device).dtype
     return torch.float32
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def cpu_runs_bf16_fast() -> bool:
-    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 beats fp32."""
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
 def inference_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """--dtype for inference: `auto` is bf16 where the device runs it fast (a bf16 GPU, a CPU with AVX512-BF16 or
-    AMX), else fp32; or the dtype named."""
+    """--dtype for inference: `auto` follows `auto_dtype` (logged with its reason), or the dtype named."""
     if requested == "auto":
-        fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_runs_bf16_fast()
-        return torch.bfloat16 if fast else torch.float32
+        choice = auto_dtype(device)
+        log.info(choice.describe())
+        return choice.dtype
     if requested not in DTYPES:
         raise ModelError(f"--dtype {requested}: choose auto, {', '.join(DTYPES)}.")
     return DTYPES[requested]
@@ -153,26 +192,39 @@ def load_tokenizer(path: str) -> Any:
     return tokenizer
 
 
-def quantization_config(load_8bit: bool, load_4bit: bool) -> Any:
-    """A bitsandbytes config for --load_8bit / --load_4bit, or None. Needs CUDA."""
+def quantization_config(load_8bit: bool, load_4bit: bool, device: torch.device, dtype: torch.dtype) -> Any:
+    """A bitsandbytes config for --load_8bit / --load_4bit (4-bit: NF4 computing in `dtype`), or None. On a CPU
+    it needs a bitsandbytes whose CPU backend runs (0.50 on); a clear error where it does not."""
     if not (load_8bit or load_4bit):
         return None
     flag = "--load_8bit" if load_8bit else "--load_4bit"
     if load_8bit and load_4bit:
         raise ModelError("Choose one of --load_8bit and --load_4bit.")
-    if not torch.cuda.is_available():
-        raise ModelError(f"{flag} needs a CUDA GPU (bitsandbytes); this machine has none. Drop {flag}.")
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes
     except ImportError as exc:
         raise ModelError(f"{flag} needs bitsandbytes: pip install 'bactrian[quantization]'.") from exc
+    if device.type == "cpu":
+        _check_bitsandbytes_cpu(flag, bitsandbytes)
     from transformers import BitsAndBytesConfig
 
     if load_8bit:
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                              bnb_4bit_compute_dtype=pick_dtype(torch.device("cuda")),
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
                               bnb_4bit_use_double_quant=True)
+
+
+def _check_bitsandbytes_cpu(flag: str, bitsandbytes: Any) -> None:
+    """Quantize and dequantize a small tensor on the CPU, as --load_4bit and --load_8bit layers will."""
+    try:
+        weight = torch.linspace(-1, 1, 64 * 64).view(64, 64)
+        packed, state = bitsandbytes.functional.quantize_4bit(weight, quant_type="nf4")
+        assert (bitsandbytes.functional.dequantize_4bit(packed, state) - weight).abs().max() < 0.2
+        int8 = bitsandbytes.nn.Linear8bitLt(64, 64, has_fp16_weights=False)
+        int8(torch.ones(1, 64))
+    except Exception as exc:
+        raise ModelError(f"{flag}: bitsandbytes {bitsandbytes.__version__} cannot run its quantized layers on this "
+                         f"CPU ({type(exc).__name__}: {exc}); install bitsandbytes>=0.50, or drop {flag}.") from exc
 
 
 @dataclass
@@ -189,15 +241,15 @@ def load_model(base_model: str, load_8bit: bool = False, load_4bit: bool = False
     """Load a causal LM and its tokenizer, ready for training or generation (in `dtype`, default pick_dtype)."""
     from transformers import AutoModelForCausalLM
 
-    quant = quantization_config(load_8bit, load_4bit)
-    source = resolve(base_model)
     device = device or pick_device()
     dtype = dtype or pick_dtype(device)
+    quant = quantization_config(load_8bit, load_4bit, device, dtype)
+    source = resolve(base_model)
     tokenizer = load_tokenizer(source.path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source.path, dtype=dtype, quantization_config=quant,
-            device_map={"": device.index or 0} if quant else None,
+            device_map={"": str(device)} if quant else None,
         )
     except OSError as exc:
         raise ModelError(f"{base_model}: could not load the model ({exc}).") from exc

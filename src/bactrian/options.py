@@ -17,5 +17,7 @@ def option(default, help: str, **extra):
 class ModelOptions:
     base_model: str = option("default", "Base model: 'default' (embedded Gemma 3 270M), a hub id, a local "
                                         "folder or a .gguf file.")
-    load_8bit: bool = option(False, "Load the base model in 8-bit (bitsandbytes, CUDA only).")
-    load_4bit: bool = option(False, "Load the base model in 4-bit NF4 (bitsandbytes, CUDA only).")
+    load_8bit: bool = option(False, "Load the base model in 8-bit (bitsandbytes; on a CPU "
+                                       "too, from bitsandbytes 0.50).")
+    load_4bit: bool = option(False, "Load the base model in 4-bit NF4 (bitsandbytes; on a "
+                                       "CPU too, from bitsandbytes 0.50): QLoRA when training.")

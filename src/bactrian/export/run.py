@@ -81,7 +81,10 @@ def _load_adapter(config: ExportConfig, base: BaseWeights) -> LoraWeights:
     adapter.check_changes_something()
     trained = (read_manifest(adapter.folder) or {}).get("config", {})
     if trained.get("load_8bit") or trained.get("load_4bit"):
-        log.info("The adapter was trained on a quantized base; the merge uses the full-precision base weights.")
+        bits = 8 if trained.get("load_8bit") else 4
+        log.warning("The adapter was trained on a %d-bit base; the merge adds it to the full-precision base weights "
+                    "(the usual QLoRA export), so the merged model differs slightly from the %d-bit base + adapter "
+                    "it was trained as.", bits, bits)
     return adapter
 
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..errors import ModelError
+
 if TYPE_CHECKING:
     from .engine import Engine
 
@@ -103,7 +105,19 @@ class _Prefill:
         logits = engine.forward(self.ids[:, self.done:end].to(device), self.mask[:, :end].to(device),
                                 self.positions[:, self.done:end].to(device), self.cache, self.rows)
         self.done = end
+        check_cache_holds(self.cache, end)
         return logits if end == self.ids.shape[1] else None
+
+
+def check_cache_holds(cache: Any, tokens: int) -> None:
+    """After a prefill: the cache must hold the prompt, or every later step decodes without its context."""
+    held = cache.get_seq_length()
+    if held != tokens:
+        import transformers
+
+        raise ModelError(f"the KV cache holds {held} of the prompt's {tokens} tokens after the prefill: the model's "
+                         f"forward in transformers {transformers.__version__} did not fill it. Install a "
+                         "transformers version bactrian supports (see pyproject.toml).")
 
 
 class DecodeBatch:

@@ -8,6 +8,7 @@ oneDNN-packed weights (`packing.py`)."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Iterable, Iterator
@@ -38,6 +39,7 @@ class Engine(Catalog):
         device = pick_device()
         self.loaded: LoadedModel = load_model(base_model, load_8bit, load_4bit, device, inference_dtype(dtype, device))
         self.model = self.loaded.model
+        self.cache_keyword = cache_keyword(self.model)
         specs = parse_adapter_specs(lora_weights or [])
         super().__init__(self.loaded.tokenizer, load_template(prompt_template_name),
                          [read_card(name, path) for name, path in specs.items()], auto_fallback,
@@ -105,8 +107,9 @@ class Engine(Catalog):
         kwargs: dict[str, Any] = {}
         if self.adapters:
             kwargs["adapter_names"] = [_peft_name(row.request.adapter) for row in rows]
-        output = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                            use_cache=True, logits_to_keep=1, **kwargs)
+        kwargs[self.cache_keyword] = cache
+        output = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                            logits_to_keep=1, **kwargs)
         return output.logits
 
     @torch.no_grad()
@@ -124,6 +127,12 @@ class Engine(Catalog):
         text, stopped = cut_at_stop(text, params.stop)
         ended = stopped or (new and new[-1] == self.tokenizer.eos_token_id)
         return Delta(index, text, "stop" if ended else "length", len(new))
+
+
+def cache_keyword(model: Any) -> str:
+    """The forward's name for the KV cache: `cache` from transformers 5.24 on, `past_key_values` before (a name the
+    forward does not know is swallowed by its **kwargs, and every step would see only its newest token)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _peft_name(adapter: str) -> str:

@@ -30,7 +30,7 @@ from ..adapters import ADAPTER_WEIGHTS
 from ..errors import ConfigError, DataError, ModelError
 from ..fileio import atomic_write_json, fsync_dir, fsync_tree
 from ..manifest import fingerprint_inputs, read_manifest, write_manifest
-from ..models import LoadedModel, bactrian_home, cpu_runs_bf16_fast, load_model, load_tokenizer, resolve
+from ..models import LoadedModel, auto_dtype, bactrian_home, load_model, load_tokenizer, resolve
 from ..prompts import PromptTemplate, load_template
 from ..records import sources
 from . import dataset as ds
@@ -165,10 +165,15 @@ def attach_lora(loaded: LoadedModel, config: FinetuneConfig) -> Any:
 
 
 def uses_bf16_autocast(setting: str, device_type: str) -> bool:
-    """--bf16: `auto` autocasts on a CPU that runs bf16 fast (on a GPU the weights are bf16 already)."""
-    if setting == "auto":
-        return device_type == "cpu" and cpu_runs_bf16_fast()
-    return setting == "true"
+    """--bf16: `auto` autocasts on a CPU where the dtype rule picks bf16 (logged with its reason); on a GPU the
+    weights are already in the rule's dtype."""
+    if setting != "auto":
+        return setting == "true"
+    if device_type != "cpu":
+        return False
+    choice = auto_dtype(torch.device("cpu"))
+    log.info("bf16 auto: autocast %s, %s", "on" if choice.dtype == torch.bfloat16 else "off", choice.reason)
+    return choice.dtype == torch.bfloat16
 
 
 def total_steps(config: FinetuneConfig, num_examples: int) -> int:
