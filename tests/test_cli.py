@@ -43,8 +43,36 @@ def test_bad_config_files_are_clear_errors(tmp_path):
         parse("--config", str(broken))
     wrong_type = tmp_path / "wrong.yaml"
     wrong_type.write_text("lora_r: many\n")
-    with pytest.raises(ConfigError, match="option lora_r"):
+    with pytest.raises(ConfigError, match="wrong.yaml: lora_r: invalid literal"):
         parse("--config", str(wrong_type))
+
+
+@pytest.mark.parametrize("line, message", [
+    ("max_steps: 3.9", "max_steps: expected an integer, got 3.9"),
+    ("lora_r: true", "lora_r: expected an integer, got True"),
+    ("output_dir: [a, b]", "output_dir: expected text, got \\['a', 'b'\\]"),
+    ("lora_target_modules: {q_proj: 1}", "lora_target_modules: expected a list of values or comma-separated text"),
+    ("lora_target_modules: [[q_proj]]", "lora_target_modules: expected a list of values"),
+    ("learning_rate: .inf", "learning_rate: expected a finite number, got inf"),
+    ("learning_rate: .nan", "learning_rate: expected a finite number, got nan"),
+    ("learning_rate: yes", "learning_rate: expected a finite number, got True"),
+    ("group_by_length: 1", "group_by_length: expected true or false, got 1"),
+])
+def test_a_yaml_value_is_taken_only_in_its_options_type(tmp_path, line, message):
+    """They were coerced into other settings: 3.9 steps ran 3, `lora_r: true` trained rank 1, a list became a
+    folder named "['a', 'b']", `.inf` was a learning rate."""
+    recipe = tmp_path / "typed.yaml"
+    recipe.write_text(f"data_path: x.jsonl\n{line}\n")
+    with pytest.raises(ConfigError, match=f"typed.yaml: {message}"):
+        parse("--config", str(recipe))
+
+
+@pytest.mark.parametrize("flag, value", [("--learning_rate", "inf"), ("--learning_rate", "nan"),
+                                         ("--lora_dropout", "infinity"), ("--max_grad_norm", "NaN")])
+def test_non_finite_float_flags_are_refused(flag, value):
+    """`--learning_rate inf` exited 0 with every LoRA tensor NaN."""
+    with pytest.raises(ConfigError, match=f"{flag}: expected a finite number"):
+        parse("--data_path", "x.jsonl", flag, value)
 
 
 @pytest.mark.parametrize("verb", ["finetune", "demo", "chat", "generate", "serve", "export", "eval"])

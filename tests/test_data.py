@@ -187,7 +187,7 @@ def test_machine_translation_input_errors(tmp_path):
                                   output_dir=str(tmp_path / "out")))
     with pytest.raises(BactrianError, match="No API key for google"):
         translate(TranslateConfig(input=str(source), langs=["fr"], engine="google", output_dir=str(tmp_path / "out")))
-    with pytest.raises(BactrianError, match="is the folder of --input"):  # it would be rewritten
+    with pytest.raises(BactrianError, match="overlaps --input"):  # it would be rewritten
         translate(TranslateConfig(input=str(source), langs=["fr"], engine="google", api_key="k",
                                   output_dir=str(tmp_path)))
 
@@ -466,3 +466,44 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_done(tiny_llama, tmp_path):
         assert 8 <= stored <= 10
         assert subprocess.run(command, capture_output=True).returncode == 0
     assert len((out / "fr.jsonl").read_text().splitlines()) == 40
+
+
+@pytest.mark.parametrize("output", ["ds", "ds/inner", "."])
+def test_build_refuses_an_output_folder_that_overlaps_its_input_before_any_request(tmp_path, output):
+    """`output_dir: ds` with `input: ds` used to exit 0 and delete ds/en.parquet ("not produced by this run")."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "ds").mkdir()
+    pq.write_table(pa.table({"instruction": ["Name a colour."], "input": [""]}), tmp_path / "ds" / "en.parquet")
+    before = (tmp_path / "ds" / "en.parquet").read_bytes()
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"input: {tmp_path / 'ds'}\noutput_dir: {tmp_path / output}\n"
+                      "generate: {base_url: 'http://127.0.0.1:9/v1', model: teacher}\n")
+    with pytest.raises(BactrianError, match="overlaps --input"):
+        build(str(recipe))
+    assert (tmp_path / "ds" / "en.parquet").read_bytes() == before
+    assert sorted(path.name for path in (tmp_path / "ds").iterdir()) == ["en.parquet"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("lang: [de]\n", "unknown recipe key\\(s\\) lang; a recipe has input, output_dir, langs"),
+    ("filter: {near_duplicate_threshold: 0.99}\n", "near_duplicate_threshold 0.99: MinHash with 64 permutations"),
+    ("filter: {min_chars: 10, max_chars: 5}\n", "min_chars 10 is above max_chars 5"),
+    ("translate:\n", "translate: the section is empty"),
+    ("translate: {model: m, max_tokens: many}\n", "recipe.yaml: translate: max_tokens: invalid literal"),
+    ("translate: [model]\n", "recipe.yaml: translate: expected a mapping"),
+    ("langs: {de: 1}\n", "recipe.yaml: langs: expected a list of values"),
+    ("extra: !!python/object/apply:os.system [ls]\n", "not valid YAML"),
+])
+def test_a_recipe_is_checked_whole_before_its_first_request(tmp_path, extra, message):
+    """A typo (`lang:` for `langs:`) became a 51-language job, and a near-duplicate threshold MinHash cannot use
+    crashed only after every translate and generate request was paid. Nothing listens at the endpoints here: a
+    request would be an endpoint error, not this message."""
+    source = write_jsonl(tmp_path / "en.jsonl", [{"instruction": "Name a colour.", "input": ""}])
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"input: {source}\noutput_dir: {tmp_path / 'out'}\n"
+                      "generate: {base_url: 'http://127.0.0.1:9/v1', model: teacher}\n" + extra)
+    with pytest.raises(BactrianError, match=message):
+        build(str(recipe))
+    assert not (tmp_path / "out").exists()

@@ -49,6 +49,36 @@ def test_wilson_interval():
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 6, 7, 11, 13, 17, 29, 31, 49, 97])
+def test_every_interval_holds_its_value_at_0_and_100_percent(n):
+    """The Wilson upper bound of 6 of 6 came out as 0.9999999999999999, below the value: the chart's error bar
+    was negative and `bactrian eval` died after writing every answer."""
+    for hits in (0, n):
+        low, high = wilson_interval(hits, n)
+        assert low <= hits / n <= high
+
+
+def test_the_report_charts_and_prints_rates_of_0_and_100_percent_at_small_n(tmp_path):
+    from bactrian.eval.generative import _confusion_summary
+    from bactrian.eval.report import write_reports
+
+    passing = [{"judged": True, "line_pass": True, "word_pass": True}] * 6
+    failing = [{"judged": True, "line_pass": False, "word_pass": False}] * 3
+    mixed = passing[:5] + [{"judged": True, "line_pass": True, "word_pass": False}]
+    summaries = {"ja": _confusion_summary(passing), "de": _confusion_summary(failing), "fr": _confusion_summary(mixed)}
+    for summary in summaries.values():
+        for key in ("line_pass", "word_pass", "lcpr"):
+            if summary[key] is not None:
+                low, high = summary[f"{key}_ci95"]
+                assert low <= summary[key] <= high, key
+    metrics = [["lcpr", "LCPR %", 100.0], ["line_pass", "line-level %", 100.0]]
+    results = {"tasks": {"confusion": {"base": summaries, "fr": summaries}}, "metrics": {"confusion": metrics}}
+    write_reports(results, tmp_path / "report")
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| ja | 100.0 [61.0, 100.0] |" in report and "±" not in report
+    assert sorted(path.suffix for path in (tmp_path / "report").iterdir()).count(".png") >= 2
+
+
 def test_xcopa_accuracy_equals_lm_evaluation_harness(tiny_llama, tmp_path, monkeypatch):
     lm_eval = pytest.importorskip("lm_eval")
     xcopa = needs_shared_data("eval", "xcopa")

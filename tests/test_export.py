@@ -159,3 +159,20 @@ def test_errors_leave_nothing_behind(peaked, tmp_path, tiny_llama):
                             output_dir=str(full)))
     assert (full / "keep.txt").read_text() == "mine"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_an_adapter_holding_nan_is_not_exported(peaked, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    models, adapters = peaked
+    broken = tmp_path / "broken"
+    import shutil
+
+    shutil.copytree(adapters["llama"], broken)
+    weights = load_file(str(broken / "adapter_model.safetensors"))
+    name = sorted(weights)[0]
+    weights[name][0, 0] = float("inf")
+    save_file(weights, str(broken / "adapter_model.safetensors"))
+    with pytest.raises(ModelError, match="hold NaN or inf"):
+        run_export(tmp_path, models["llama"], broken, "hf")
+    assert not (tmp_path / "hf-x").exists()

@@ -226,3 +226,34 @@ def test_bf16_autocast_trains_to_the_eval_loss_of_fp32(tiny_llama, lang_folder, 
     assert bf16["eval_loss"] != fp32["eval_loss"]  # bf16 did run
     weights = adapter_weights(tmp_path / "bf16")
     assert all(tensor.dtype == torch.float32 for tensor in weights.values())
+
+
+def test_a_diverging_run_stops_naming_the_step_and_the_last_good_checkpoint(tiny_llama, lang_folder, tmp_path):
+    """It used to go on to the end and save an adapter of NaN as finished."""
+    from bactrian.errors import TrainingError
+
+    out = tmp_path / "diverged"
+    with pytest.raises(TrainingError, match=r"the loss of step \d+ is nan: training diverged.*last good checkpoint "
+                                            r"is .*checkpoint-\d+"):
+        finetune(make_config(tiny_llama, lang_folder, out, learning_rate=1e37, max_grad_norm=0.0, save_steps=1,
+                             save_total_limit=5, max_steps=8))
+    assert not (out / "adapter_model.safetensors").exists()
+    for checkpoint in out.glob("checkpoint-*"):
+        assert all(torch.isfinite(tensor).all() for tensor in adapter_weights(checkpoint).values())
+
+
+def test_a_checkpoint_holding_nan_is_not_resumed(tiny_llama, lang_folder, tmp_path):
+    from safetensors.torch import save_file
+
+    from bactrian.errors import TrainingError
+
+    out = tmp_path / "run"
+    finetune(make_config(tiny_llama, lang_folder, out, save_steps=2, max_steps=4))
+    weights = adapter_weights(out / "checkpoint-2")
+    first = sorted(weights)[0]
+    weights[first] = torch.full_like(weights[first], float("nan"))
+    save_file(weights, str(out / "checkpoint-2" / "adapter_model.safetensors"))
+    (out / "adapter_model.safetensors").unlink()
+    with pytest.raises(TrainingError, match="checkpoint-2: its adapter is damaged.*hold NaN or inf"):
+        finetune(make_config(tiny_llama, lang_folder, out, save_steps=2, max_steps=4,
+                             resume_from_checkpoint=str(out / "checkpoint-2")))

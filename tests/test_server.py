@@ -216,3 +216,43 @@ def test_bactrian_serve_command_with_api_key(tiny_llama, tiny_adapters):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_with_a_key_only_a_minimal_health_is_open(url):
+    """/docs, /redoc and /openapi.json were served to anyone, and /health showed the worker's last exception."""
+    for path in ("/docs", "/redoc", "/openapi.json", "/v1/models"):
+        assert httpx.get(f"{url}{path}").status_code == 401, path
+        assert httpx.get(f"{url}{path}", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200, path
+    assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+    full = httpx.get(f"{url}/health", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert full["status"] == "ok" and "last_error" in full and "worker_restarts" in full
+
+
+@pytest.mark.parametrize("field, value", [("max_tokens", True), ("stream", "yes"), ("n", "1"), ("temperature", "0"),
+                                          ("seed", 1.5), ("top_k", False)])
+def test_request_fields_are_strictly_typed(url, field, value):
+    body = {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, field: value}
+    reply = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == field, reply.text
+
+
+def test_an_integer_is_a_valid_temperature(client):
+    reply = client.chat.completions.create(model="base", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                           temperature=0)
+    assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_the_api_key_comes_from_a_file_or_the_environment(tmp_path, monkeypatch):
+    from bactrian.errors import ConfigError
+    from bactrian.infer.config import ServeConfig
+    from bactrian.infer.server import api_key_of
+
+    monkeypatch.setenv("BACTRIAN_API_KEY", "from-env")
+    assert api_key_of(ServeConfig()) == "from-env"
+    (tmp_path / "key").write_text("from-file\n")
+    assert api_key_of(ServeConfig(api_key_file=str(tmp_path / "key"))) == "from-file"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        api_key_of(ServeConfig(api_key_file=str(tmp_path / "empty")))
+    with pytest.raises(ConfigError, match="cannot read it"):
+        api_key_of(ServeConfig(api_key_file=str(tmp_path / "missing")))

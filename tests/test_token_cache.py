@@ -213,3 +213,38 @@ def test_a_hub_config_is_keyed_by_its_downloaded_revision(tokenizer, tmp_path, m
     again = token_cache.open_rows(sources("MBZUAI/Bactrian-X", ["fr"]), tokenizer, settings(), tmp_path / "cache",
                                   1, DistributedContext())
     assert len(again) == 8 and len(list((tmp_path / "cache").iterdir())) == 2
+
+
+@pytest.mark.parametrize("damage", ["piece cut to its schema", "meta undercounts pieces", "piece truncated",
+                                    "meta not json", "piece missing"])
+def test_a_damaged_entry_is_rebuilt_not_half_read(tokenizer, tmp_path, monkeypatch, caplog, damage):
+    """A piece cut to its schema (320 bytes) or a meta.json with too few pieces trained on de+en without fr, and
+    a truncated piece or invalid meta.json was a raw OSError / JSONDecodeError."""
+    import logging
+
+    monkeypatch.setattr(token_cache, "SEGMENT_BYTES", 2000)
+    data = tmp_path / "data"
+    data.mkdir()
+    big_file(data / "fr.jsonl")
+    whole = as_lists(open_rows(data, tokenizer, tmp_path / "cache"))
+    (entry,) = [path for path in (tmp_path / "cache").iterdir() if path.is_dir()]
+    pieces = sorted(entry.glob("part-*.arrow"))
+    meta = json.loads((entry / "meta.json").read_text())
+    if damage == "piece cut to its schema":
+        import pyarrow as pa
+
+        schema = pa.ipc.open_stream(pa.memory_map(str(pieces[-1]))).schema
+        with pa.ipc.new_stream(str(pieces[-1]), schema):
+            pass
+    elif damage == "meta undercounts pieces":
+        (entry / "meta.json").write_text(json.dumps({**meta, "pieces": meta["pieces"] - 1}))
+    elif damage == "piece truncated":
+        pieces[1].write_bytes(pieces[1].read_bytes()[:500])
+    elif damage == "meta not json":
+        (entry / "meta.json").write_text("{\"pieces\": ")
+    else:
+        pieces[0].unlink()
+    with caplog.at_level(logging.WARNING, logger="bactrian.train.token_cache"):
+        rebuilt = open_rows(data, tokenizer, tmp_path / "cache")
+    assert "is damaged" in caplog.text and str(entry) in caplog.text
+    assert as_lists(rebuilt) == whole

@@ -8,7 +8,6 @@ import dataclasses
 import logging
 import os
 import sys
-import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -17,23 +16,14 @@ from typing import Any
 import yaml
 
 from .errors import BactrianError, ConfigError
+from .options import base_type, parse_bool, typed_values
 
 
-def parse_bool(text: str) -> bool:
-    lowered = str(text).strip().lower()
-    if lowered in ("1", "true", "yes", "y", "on"):
-        return True
-    if lowered in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _base_type(hint: Any) -> Any:
-    """list[str] -> list, str | None -> str, int -> int."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return _base_type(next(arg for arg in typing.get_args(hint) if arg is not type(None)))
-    return origin or hint
+def _flag_bool(text: str) -> bool:
+    try:
+        return parse_bool(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
@@ -42,12 +32,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
     hints = typing.get_type_hints(config_cls)
     parser.add_argument("--config", help="YAML file whose keys are option names; flags override it.")
     for spec in dataclasses.fields(config_cls):
-        kind = _base_type(hints[spec.name])
+        kind = base_type(hints[spec.name])
         default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
         help_text = f"{spec.metadata.get('help', '')} (default: {_show(default)})"
         flag = f"--{spec.name}"
         if kind is bool:
-            parser.add_argument(flag, type=parse_bool, nargs="?", const=True, default=argparse.SUPPRESS,
+            parser.add_argument(flag, type=_flag_bool, nargs="?", const=True, default=argparse.SUPPRESS,
                                 metavar="BOOL", help=help_text)
         elif kind is list:
             parser.add_argument(flag, action="append", default=argparse.SUPPRESS, metavar="VALUE", help=help_text)
@@ -63,18 +53,17 @@ def _show(value: Any) -> str:
 
 
 def build_config(config_cls: type, args: argparse.Namespace) -> Any:
-    """Defaults, then the YAML file, then the flags given on the command line."""
+    """Defaults, then the YAML file, then the flags given on the command line, each value checked against its
+    option's type."""
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
-        values.update(_read_yaml(Path(args.config), config_cls))
-    fields = {spec.name: spec for spec in dataclasses.fields(config_cls)}
-    values.update({key: value for key, value in vars(args).items() if key in fields})
-    hints = typing.get_type_hints(config_cls)
-    converted = {key: _convert(value, hints[key], fields[key], key) for key, value in values.items()}
-    return config_cls(**converted)
+        values.update(typed_values(config_cls, _read_yaml(Path(args.config)), args.config))
+    fields = {spec.name for spec in dataclasses.fields(config_cls)}
+    values.update(typed_values(config_cls, {key: value for key, value in vars(args).items() if key in fields}))
+    return config_cls(**values)
 
 
-def _read_yaml(path: Path, config_cls: type) -> dict[str, Any]:
+def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"--config {path}: file not found.")
     try:
@@ -85,32 +74,7 @@ def _read_yaml(path: Path, config_cls: type) -> dict[str, Any]:
         raise ConfigError(f"{path}: {where}not valid YAML ({exc})") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values.")
-    known = {spec.name for spec in dataclasses.fields(config_cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{path}: unknown option(s) {', '.join(unknown)}; see --help for the valid names.")
     return data
-
-
-def _convert(value: Any, hint: Any, spec: dataclasses.Field, name: str) -> Any:
-    kind = _base_type(hint)
-    if value is None:
-        return None
-    try:
-        if kind is list:
-            items = value if isinstance(value, list) else [value]
-            if spec.metadata.get("repeat"):
-                return [str(item) for item in items]
-            return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
-        if kind is bool:
-            return value if isinstance(value, bool) else parse_bool(value)
-        converted = kind(value)
-    except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
-        raise ConfigError(f"option {name}: {exc}") from exc
-    choices = spec.metadata.get("choices")
-    if choices and converted not in choices:
-        raise ConfigError(f"option {name}: {converted!r} is not one of {', '.join(choices)}.")
-    return converted
 
 
 # -- verbs -------------------------------------------------------------------------------------------------

@@ -23,3 +23,7 @@ class UnknownModel(ModelError):
 
 class EndpointError(BactrianError):
     """An endpoint cannot be used (unreachable, key refused, quota exhausted): the job stops, keeping what it did."""
+
+
+class TrainingError(BactrianError):
+    """Training cannot go on as asked (a non-finite loss or weights): the message names the step and what to do."""

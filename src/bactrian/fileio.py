@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from .errors import ConfigError
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -24,6 +29,7 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], Any]) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; a file others must read gets what open() gives
     os.close(fd)
     tmp = Path(name)
     try:
@@ -35,6 +41,24 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], Any]) -> 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def staging_folder(target: Path) -> Path:
+    """A new private staging folder beside `target` (for a folder renamed into place when complete), with the
+    permissions the umask gives, as `mkdir` would (mkdtemp makes 0700)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+    staging.chmod(0o777 & ~UMASK)
+    return staging
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: done once, at import, and put back at once
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
 
 
 def fsync_tree(folder: str | os.PathLike) -> None:
@@ -95,3 +119,57 @@ def _sha256_of(path: str, size: int, mtime_ns: int, chunk_size: int = 1 << 22) -
         while block := handle.read(chunk_size):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextmanager
+def output_lock(path: str | os.PathLike, job: str) -> Iterator[None]:
+    """Hold the output `path` (a folder or a file) for a whole run: a second job on it is refused, naming the
+    first. The lock is an flock on a file beside `path`, removed when the run ends; it dies with its process, so
+    a killed run's lock is taken over."""
+    path = Path(path)
+    lock = path.parent / f".{path.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = _locked(lock, path)
+    try:
+        handle.truncate(0)
+        handle.write(f"bactrian {job} (pid {os.getpid()} on {socket.gethostname()})\n")
+        handle.flush()
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # before unlocking: whoever opens the path next gets a new file
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _locked(lock: Path, path: Path) -> Any:
+    while True:
+        handle = open(lock, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ConfigError(f"{path} is in use by {holder}: two jobs would overwrite each other's work there. "
+                              "Wait for it to finish, or write elsewhere.") from None
+        try:
+            if os.fstat(handle.fileno()).st_ino == os.stat(lock).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()  # its holder removed it between our open and our lock: try the new file
+
+
+def holds_output(field: str, job: str) -> Callable:
+    """Decorate a job `f(config, ...)` to hold `config.<field>` (when set) for its whole run; under torchrun only
+    rank 0 holds it (every rank writes to the same folder, as one job)."""
+    def decorate(function: Callable) -> Callable:
+        @functools.wraps(function)
+        def run(config: Any, *args: Any, **kwargs: Any) -> Any:
+            target = getattr(config, field)
+            if not target or os.environ.get("RANK", "0") != "0":
+                return function(config, *args, **kwargs)
+            with output_lock(target, job):
+                return function(config, *args, **kwargs)
+        return run
+    return decorate

@@ -35,10 +35,31 @@ SECRET_OPTIONS = ("api_key", "token", "secret", "password")
 
 
 def public_config(config: Any) -> dict[str, Any]:
-    """A config as a dict, with every secret option (API keys, tokens) masked: safe to write anywhere."""
+    """A config as a dict, with every secret option (API keys, tokens) masked, and credentials inside URLs
+    (`user:pass@`, `?key=`): safe to write anywhere."""
     config_dict = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
-    return {key: "***" if value and any(word in key for word in SECRET_OPTIONS) else value
+    return {key: "***" if value and any(word in key for word in SECRET_OPTIONS) else _without_credentials(value)
             for key, value in config_dict.items()}
+
+
+URL_SECRET_PARAMETERS = ("key", "token", "secret", "password", "sig", "auth")
+
+
+def _without_credentials(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_without_credentials(item) for item in value]
+    if not isinstance(value, str) or "://" not in value:
+        return value
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(value)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    secret = [any(word in name.lower() for word in URL_SECRET_PARAMETERS) for name, _ in pairs]
+    if "@" not in parts.netloc and not any(secret):
+        return value
+    netloc = f"***@{parts.netloc.rsplit('@', 1)[1]}" if "@" in parts.netloc else parts.netloc
+    query = urlencode([(name, "***" if hidden else item) for (name, item), hidden in zip(pairs, secret)], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def write_manifest(folder: Path, kind: str, config: Any, **sections: Any) -> None:

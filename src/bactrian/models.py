@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import torch
 
 from .errors import ModelError
-from .fileio import file_sha256, fsync_tree
+from .fileio import file_sha256, fsync_tree, staging_folder
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +89,7 @@ def _convert_gguf(gguf_path: Path, folder: Path) -> None:
     model.hf_quantizer = None  # the weights are plain tensors by now; this marker blocks save_pretrained
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    staging = staging_folder(folder)
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

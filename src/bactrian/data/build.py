@@ -4,7 +4,6 @@ they are."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -12,35 +11,38 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from ..fileio import atomic_write_bytes, atomic_write_with
+from ..options import typed_values
+from ..fileio import atomic_write_bytes, atomic_write_with, output_lock
 from ..records import read_rows
 from . import filters
 from .generate import DataGenerateConfig, generate
-from .jobs import remove_other_languages
+from .jobs import refuse_overlap, remove_other_languages
 from .translate import TranslateConfig, translate
 
 DATASET_COLUMNS = ("id", "lang", "instruction", "input", "output")
 
 
+RECIPE_KEYS = ("input", "output_dir", "langs", "translate", "generate", "filter")
+SECTIONS = {"translate": TranslateConfig, "generate": DataGenerateConfig, "filter": filters.FilterConfig}
+
+
 def build(recipe_path: str) -> dict[str, Any]:
     recipe = _read_recipe(Path(recipe_path))
-    if "drop" in recipe.get("filter", {}):
-        raise ConfigError(f"{recipe_path}: filter.drop: a build always drops the rows that fail a filter (the dataset "
-                          "is what passed); run `bactrian data filter --drop False` to inspect failing rows.")
     out = Path(recipe["output_dir"])
-    stages = out / "stages"
-    source = recipe["input"]
+    refuse_overlap(recipe["input"], str(out))
+    stages = _stage_configs(recipe, recipe_path, out / "stages")  # every stage checked before the first request
+    with output_lock(out, "data build"):
+        return _run(recipe, stages, out)
+
+
+def _run(recipe: dict[str, Any], stages: dict[str, Any], out: Path) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    if "translate" in recipe:
-        results["translate"] = translate(_stage(TranslateConfig, recipe["translate"], input=source,
-                                                langs=recipe.get("langs", ["all"]),
-                                                output_dir=str(stages / "translated")))
-        source = str(stages / "translated")
-    results["generate"] = generate(_stage(DataGenerateConfig, recipe["generate"], input=source,
-                                          output_dir=str(stages / "generated")))
-    summary = filters.filter(_stage(filters.FilterConfig, recipe.get("filter", {}), input=str(stages / "generated"),
-                                    output_dir=str(stages / "filtered"), drop=True))
-    kept = read_rows(str(stages / "filtered")) if any(entry["kept"] for entry in summary.values()) else []
+    if "translate" in stages:
+        results["translate"] = translate(stages["translate"])
+    results["generate"] = generate(stages["generate"])
+    summary = filters.filter(stages["filter"])
+    filtered = stages["filter"].output_dir
+    kept = read_rows(filtered) if any(entry["kept"] for entry in summary.values()) else []
     counts = write_parquet(kept, out)
     write_card(out, recipe, counts, summary)
     return {"rows": counts, "filter": summary, **results}
@@ -49,19 +51,46 @@ def build(recipe_path: str) -> dict[str, Any]:
 def _read_recipe(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"--config {path}: file not found.")
-    recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    missing = [key for key in ("input", "output_dir", "generate") if key not in recipe]
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(f"{path}: {f'line {mark.line + 1}: ' if mark else ''}not valid YAML ({exc}).") from exc
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping with keys {', '.join(RECIPE_KEYS)}.")
+    unknown = sorted(map(str, set(recipe) - set(RECIPE_KEYS)))
+    if unknown:
+        raise ConfigError(f"{path}: unknown recipe key(s) {', '.join(unknown)}; a recipe has {', '.join(RECIPE_KEYS)}.")
+    missing = [key for key in ("input", "output_dir", "generate") if recipe.get(key) is None]
     if missing:
-        raise ConfigError(f"{path}: recipe key(s) {', '.join(missing)} missing.")
+        raise ConfigError(f"{path}: recipe key(s) {', '.join(missing)} missing or empty.")
+    for key in ("input", "output_dir"):
+        if not isinstance(recipe[key], str):
+            raise ConfigError(f"{path}: {key}: expected a path, got {recipe[key]!r}.")
+    if "drop" in (recipe.get("filter") or {}):
+        raise ConfigError(f"{path}: filter.drop: a build always drops the rows that fail a filter (the dataset "
+                          "is what passed); run `bactrian data filter --drop False` to inspect failing rows.")
     return recipe
 
 
-def _stage(config_cls: type, section: dict[str, Any], **fixed: Any) -> Any:
-    known = {field.name for field in dataclasses.fields(config_cls)}
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ConfigError(f"recipe section for {config_cls.__name__}: unknown key(s) {', '.join(unknown)}.")
-    return config_cls(**{**section, **fixed})
+def _stage_configs(recipe: dict[str, Any], where: str, stages: Path) -> dict[str, Any]:
+    """Each stage's config, its section's values type-checked, wired input to output."""
+    fixed = {"translate": {"input": recipe["input"], "output_dir": str(stages / "translated")}}
+    source = str(stages / "translated") if "translate" in recipe else recipe["input"]
+    fixed["generate"] = {"input": source, "output_dir": str(stages / "generated")}
+    fixed["filter"] = {"input": str(stages / "generated"), "output_dir": str(stages / "filtered"), "drop": True}
+    if "langs" in recipe:
+        fixed["translate"]["langs"] = typed_values(TranslateConfig, {"langs": recipe["langs"]}, where)["langs"]
+    configs = {}
+    for name, config_cls in SECTIONS.items():
+        if name not in recipe and name != "filter":
+            continue
+        section = recipe.get(name) if name in recipe else {}
+        if section is None:
+            raise ConfigError(f"{where}: {name}: the section is empty; give its options or remove it.")
+        configs[name] = config_cls(**{**typed_values(config_cls, section, f"{where}: {name}"), **fixed[name]})
+    filters.check_settings(configs["filter"])
+    return configs
 
 
 def write_parquet(rows: list[dict[str, Any]], out: Path, first: tuple[str, ...] = DATASET_COLUMNS) -> dict[str, int]:

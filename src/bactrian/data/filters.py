@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_write_bytes, atomic_write_json
+from ..errors import ConfigError
+from ..fileio import atomic_write_bytes, atomic_write_json, holds_output
 from ..langid import written_in
 from ..options import option
 from .jobs import read_job_input, write_by_language
@@ -144,8 +145,24 @@ class FilterConfig:
     num_proc: int = option(0, "Processes for the per-row checks (language ID, MinHash); 0: one per core.")
 
 
+def check_settings(config: FilterConfig) -> None:
+    """Settings errors, raised before any row is read (a build checks them before its first request)."""
+    from datasketch import MinHashLSH
+
+    if config.min_chars > config.max_chars:
+        raise ConfigError(f"min_chars {config.min_chars} is above max_chars {config.max_chars}.")
+    try:
+        MinHashLSH(threshold=config.near_duplicate_threshold, num_perm=MINHASH_PERMUTATIONS)
+    except ValueError as exc:
+        raise ConfigError(f"near_duplicate_threshold {config.near_duplicate_threshold}: MinHash with "
+                          f"{MINHASH_PERMUTATIONS} permutations cannot use it ({exc}); choose a value from 0 to 0.96.") \
+            from exc
+
+
+@holds_output("output_dir", "data filter")
 def filter(config: FilterConfig) -> dict[str, Any]:
     """`bactrian data filter` (named after its verb like every entry point; it shadows the builtin here only)."""
+    check_settings(config)
     rows = read_job_input(config.input, config.output_dir)
     settings = FilterSettings(config.min_chars, config.max_chars, config.near_duplicate_threshold)
     reasons = filter_rows(rows, settings, config.num_proc or len(os.sched_getaffinity(0)))

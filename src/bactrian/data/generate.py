@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import languages
+from ..fileio import holds_output
 from ..options import option
 from .jobs import REMOTE_ONLY, EndpointConfig, make_client, read_job_input, refuse_unused, run_chats, write_by_language
 
@@ -30,6 +31,7 @@ def answer_messages(row: dict[str, Any]) -> list[dict[str, str]]:
             {"role": "user", "content": question}]
 
 
+@holds_output("output_dir", "data generate")
 def generate(config: DataGenerateConfig) -> dict[str, Any]:
     refuse_unused(config, REMOTE_ONLY if config.engine == "hf" else ("batch_size",))
     rows = read_job_input(config.input, config.output_dir)

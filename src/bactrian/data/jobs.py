@@ -128,14 +128,20 @@ async def run_all(jobs: list[Callable[[], Awaitable[Any]]], description: str) ->
 
 
 def read_job_input(input: str, output_dir: str) -> list[dict[str, Any]]:
-    """The rows of a job's input, once its output folder is known to be apart from it (the output folder is
-    rewritten to hold exactly the job's languages)."""
-    if output_dir and Path(input).exists():
-        source = Path(input).resolve()
-        folder = source if source.is_dir() else source.parent
-        if Path(output_dir).resolve() == folder:
-            raise ConfigError(f"--output_dir {output_dir} is the folder of --input {input}; write elsewhere.")
+    """The rows of a job's input, once its output folder is known to be apart from it."""
+    refuse_overlap(input, output_dir)
     return read_rows(input)
+
+
+def refuse_overlap(input: str, output_dir: str) -> None:
+    """A job rewrites its output folder to hold exactly its own files, so that folder must not be, hold or lie
+    inside its input."""
+    if not (output_dir and Path(input).exists()):
+        return
+    source, out = Path(input).resolve(), Path(output_dir).resolve()
+    if out.is_relative_to(source) or source.is_relative_to(out):
+        raise ConfigError(f"--output_dir {output_dir} overlaps --input {input} (it is, holds or lies inside it), and "
+                          "this job rewrites its output folder: write elsewhere.")
 
 
 def write_by_language(folder: Path, rows: list[dict[str, Any]]) -> dict[str, int]:

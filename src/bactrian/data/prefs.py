@@ -25,7 +25,7 @@ from ..errors import ConfigError, DataError
 from ..eval.config import JudgeOptions
 from ..eval.judge import SYSTEM, VERDICT, parse_scores
 from ..eval.metrics import language_confusion
-from ..fileio import atomic_write_bytes, atomic_write_json
+from ..fileio import atomic_write_bytes, atomic_write_json, holds_output
 from ..infer import generate as answering
 from ..infer.config import EngineConfig, GenerateConfig
 from ..infer.engine import build_engine
@@ -58,6 +58,7 @@ class PrefsConfig(EngineConfig, JudgeOptions):
     max_new_tokens: int = option(256, "The model's token budget; an answer that reaches it is cut off.")
 
 
+@holds_output("output_dir", "data prefs")
 def prefs(config: PrefsConfig) -> dict[str, Any]:
     if not config.data_path:
         raise ConfigError("--data_path is required (the instruction data with the teacher's answers).")

@@ -17,6 +17,7 @@ from .. import languages
 from ..endpoints.cache import request_key
 from ..endpoints.client import Limits, Requester
 from ..errors import ConfigError
+from ..fileio import holds_output
 from ..options import option
 from .jobs import (
     REMOTE_ONLY,
@@ -94,6 +95,7 @@ UNUSED_BY_ENGINE = {"hf": LOCAL_UNUSED, "llm": ("batch_size",),
                     "deepl": ("model", "batch_size", "max_tokens", "batch_file", "batch_results")}
 
 
+@holds_output("output_dir", "data translate")
 def translate(config: TranslateConfig) -> dict[str, Any]:
     refuse_unused(config, UNUSED_BY_ENGINE[config.engine])
     rows = read_job_input(config.input, config.output_dir)

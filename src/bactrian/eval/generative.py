@@ -18,7 +18,7 @@ from .. import languages
 from ..errors import ConfigError, DataError
 from ..records import check_unique_ids, parsing, read_instructions, read_jsonl
 from . import metrics
-from .report import wilson_interval
+from .report import enclosing, wilson_interval
 from .tasks import hub_rows
 
 
@@ -71,8 +71,8 @@ def _mean(rows: list[dict[str, Any]], key: str, resamples: int = 1000) -> dict[s
     values = [row[key] for row in rows]
     rng = random.Random(0)
     means = sorted(sum(rng.choices(values, k=len(values))) / len(values) for _ in range(resamples))
-    return {key: sum(values) / len(values), f"{key}_ci95": (means[int(0.025 * resamples)],
-                                                           means[int(0.975 * resamples) - 1])}
+    mean = sum(values) / len(values)
+    return {key: mean, f"{key}_ci95": enclosing(mean, (means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]))}
 
 
 # -- language confusion ------------------------------------------------------------------------------------------
@@ -127,8 +127,9 @@ def _confusion_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     the harmonic mean of theirs (it grows with both)."""
     summary = {"n": len(rows), **_rate(rows, "line_pass", "judged"), **_rate(rows, "word_pass", "line_pass")}
     summary["lcpr"] = _harmonic_mean(summary["line_pass"], summary["word_pass"])
-    summary["lcpr_ci95"] = tuple(_harmonic_mean(line, word) or 0.0 for line, word
-                                 in zip(summary["line_pass_ci95"], summary["word_pass_ci95"]))
+    bounds = tuple(_harmonic_mean(line, word) or 0.0 for line, word
+                   in zip(summary["line_pass_ci95"], summary["word_pass_ci95"]))
+    summary["lcpr_ci95"] = bounds if summary["lcpr"] is None else enclosing(summary["lcpr"], bounds)
     return summary
 
 

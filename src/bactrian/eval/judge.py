@@ -15,7 +15,7 @@ from .. import languages
 from ..endpoints.cache import RequestCache
 from ..endpoints.client import ChatClient, chat_client
 from ..errors import ConfigError
-from ..fileio import atomic_write_bytes, atomic_write_json
+from ..fileio import atomic_write_bytes, atomic_write_json, holds_output
 from ..infer import generate as answering
 from ..infer.config import GenerateConfig
 from ..infer.engine import build_engine
@@ -117,6 +117,7 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@holds_output("output_dir", "eval judge")
 def judge(config: JudgeConfig) -> dict[str, Any]:
     if not config.model_b or not config.judge_base_url:
         raise ConfigError("--model_b and --judge_base_url are required.")

@@ -162,6 +162,8 @@ def translation_scores(hypotheses: list[str], references: list[str], target: str
     """Corpus chrF++ and BLEU (sacrebleu), each with the 95% interval of sacrebleu's bootstrap resampling (its
     own resampler and seed; the interval is taken here because sacrebleu's summary of it fails on some inputs)."""
     from sacrebleu.metrics import BLEU, CHRF
+
+    from .report import enclosing
     from sacrebleu.significance import _bootstrap_resample
 
     scores: dict[str, Any] = {"n": len(hypotheses)}
@@ -170,6 +172,7 @@ def translation_scores(hypotheses: list[str], references: list[str], target: str
         _, resampled = _bootstrap_resample(metric._extract_corpus_statistics(hypotheses, [references]), metric,
                                            bootstrap)
         values = sorted(float(score.score) for score in resampled)
-        scores[f"{name}_ci95"] = (values[len(values) // 40], values[len(values) - len(values) // 40 - 1])
+        scores[f"{name}_ci95"] = enclosing(scores[name], (values[len(values) // 40],
+                                                          values[len(values) - len(values) // 40 - 1]))
         scores[f"{name}_signature"] = str(metric.get_signature())
     return scores

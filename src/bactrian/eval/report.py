@@ -17,7 +17,16 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
     p = correct / total
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return enclosing(p, (max(0.0, centre - half), min(1.0, centre + half)))
+
+
+def enclosing(value: float, interval: tuple[float, float]) -> tuple[float, float]:
+    """An interval that holds its value: floating-point rounding (a Wilson bound of 100% computed as
+    0.9999999999999999) or a combination of bounds (LCPR's) may leave the value just outside."""
+    low, high = interval
+    if not all(math.isfinite(bound) for bound in (value, low, high)):
+        raise ValueError(f"interval ({low}, {high}) of {value}: not finite")
+    return min(low, value), max(high, value)
 
 
 def summarise(predictions: list[dict[str, Any]]) -> dict[str, Any]:
@@ -32,8 +41,8 @@ ACCURACY = [["acc", "accuracy %", 100.0]]  # the metrics of a multiple-choice ta
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """Per task and metric: languages (or directions) as rows, models as columns (± half the 95% interval),
-    averages last."""
+    """Per task and metric: languages (or directions) as rows, models as columns (the value and its 95% interval
+    as [low, high]), averages last."""
     lines = ["# Evaluation", ""]
     for task, by_model in results["tasks"].items():
         models = list(by_model)
@@ -76,7 +85,7 @@ def _cell(summary: dict[str, Any] | None, key: str, scale: float) -> str:
     if summary is None or summary.get(key) is None:
         return "-"
     low, high = summary[f"{key}_ci95"]
-    return f"{scale * summary[key]:.1f} ± {scale * (high - low) / 2:.1f}"
+    return f"{scale * summary[key]:.1f} [{scale * low:.1f}, {scale * high:.1f}]"
 
 
 def _chart_name(task: str, kind: str) -> str:

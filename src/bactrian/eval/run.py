@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import __version__, languages
 from ..errors import ConfigError
+from ..fileio import holds_output
 from ..infer import generate as answering
 from ..infer.config import GenerateConfig
 from ..infer.engine import Engine, build_engine
@@ -46,6 +47,7 @@ def _first(prompts: list[Prompt], limit: int) -> list[Prompt]:
     return kept
 
 
+@holds_output("output_dir", "eval")
 def evaluate(config: EvalConfig) -> dict[str, Any]:
     generative = [task for task in config.tasks if task in TASKS]
     if not generative and config.prompt_template_name != EvalConfig.prompt_template_name:

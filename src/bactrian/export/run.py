@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ..adapters import ADAPTER_WEIGHTS
 from ..errors import ConfigError
-from ..fileio import file_sha256, remove_leftovers, replace_folder
+from ..fileio import file_sha256, holds_output, remove_leftovers, replace_folder, staging_folder
 from ..manifest import read_manifest, write_manifest
 from ..models import resolve
 from .config import ExportConfig
@@ -23,6 +22,7 @@ log = logging.getLogger(__name__)
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
 
+@holds_output("output_dir", "export")
 def export(config: ExportConfig) -> Path:
     out = _check_output(config)
     if config.format in ("state_dict", "gguf_adapter") and not config.lora_weights:
@@ -32,7 +32,7 @@ def export(config: ExportConfig) -> Path:
     adapter = _load_adapter(config, base) if config.lora_weights else None
     _refuse_overlap(out, config, source.path)
     remove_leftovers(out)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    staging = staging_folder(out)
     try:
         _write(config, base, adapter, staging, source.identity.get("gguf_file"))
         write_manifest(staging, "export", config, base_model={"spec": config.base_model, **source.identity},
@@ -78,6 +78,7 @@ def _local_folder(path: str) -> Path:
 def _load_adapter(config: ExportConfig, base: BaseWeights) -> LoraWeights:
     adapter = LoraWeights(Path(config.lora_weights))
     adapter.check_fits(base)
+    adapter.check_finite()
     adapter.check_changes_something()
     trained = (read_manifest(adapter.folder) or {}).get("config", {})
     if trained.get("load_8bit") or trained.get("load_4bit"):

@@ -44,8 +44,10 @@ class GenerateConfig(EngineConfig):
 class ServeConfig(EngineConfig):
     host: str = option("127.0.0.1", "Address to bind (127.0.0.1: this machine only).")
     port: int = option(8000, "Port to listen on.")
-    api_key: str = option("", "Require 'Authorization: Bearer KEY' on /v1/ (default: no key). Also read from "
-                              "$BACTRIAN_API_KEY.")
+    api_key: str = option("", "Require 'Authorization: Bearer KEY' on every path but /health (default: no key). "
+                              "A flag's value is visible to every user of the machine in `ps`: prefer "
+                              "$BACTRIAN_API_KEY or --api_key_file.")
+    api_key_file: str = option("", "A file whose first line is the API key (instead of --api_key).")
     max_batch: int = option(64, "Most requests decoded together (continuous batching: a request joins the "
                                 "running batch at the next step).")
     batch_wait_ms: float = option(5.0, "When the server is idle, how long a request waits for company.")

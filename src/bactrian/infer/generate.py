@@ -17,6 +17,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..fileio import holds_output
 from ..records import Instruction, parsing, read_instructions, read_jsonl
 from .config import GenerateConfig
 from .decoding import Request, SamplingParams
@@ -58,6 +59,7 @@ def _drop_torn_last_line(path: Path, block: int = 1 << 16) -> None:
             handle.truncate(complete)
 
 
+@holds_output("output_file", "generate")
 def generate(config: GenerateConfig, engine: Engine | None = None) -> int:
     """Answer every row not answered yet (with `engine`, or one built from the config); returns rows written."""
     if not config.input_file or not config.output_file:

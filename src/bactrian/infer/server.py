@@ -11,6 +11,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI
@@ -20,7 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import UnknownModel
+from ..errors import ConfigError, UnknownModel
 from .batcher import Batcher, QueueFull
 from .catalog import Catalog, build_catalog
 from .config import ServeConfig
@@ -59,14 +60,14 @@ HARMLESS_FIELDS = {"user", "metadata", "store", "service_tier"}  # accepted and 
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["system", "user", "assistant"]
     content: str
     name: str | None = None
 
 
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)  # `max_tokens: true`, `stream: "yes"`, `n: "1"` are 400s
     model: str = Field(max_length=256)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -198,13 +199,15 @@ def create_app(engine: Catalog, api_key: str | None = None, max_batch: int = 64,
     async def _http(_: HttpRequest, exc: StarletteHTTPException) -> JSONResponse:
         return OpenAIError(exc.status_code, str(exc.detail), type="invalid_request_error").response()
 
+    def authorized(request: HttpRequest) -> bool:
+        given = request.headers.get("authorization", "")
+        return not api_key or secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode())
+
     @app.middleware("http")
     async def _authenticate(request: HttpRequest, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return OpenAIError(401, "Invalid or missing API key (Authorization: Bearer KEY).",
-                                   type="authentication_error", code="invalid_api_key").response()
+        if request.url.path != "/health" and not authorized(request):  # the API, and /docs, /redoc, /openapi.json
+            return OpenAIError(401, "Invalid or missing API key (Authorization: Bearer KEY).",
+                               type="authentication_error", code="invalid_api_key").response()
         try:
             return await call_next(request)
         except Exception as exc:  # noqa: BLE001 - anything unforeseen: this request's 500, one log line
@@ -213,9 +216,11 @@ def create_app(engine: Catalog, api_key: str | None = None, max_batch: int = 64,
                                type="server_error").response()
 
     @app.get("/health")
-    async def health() -> JSONResponse:
+    async def health(request: HttpRequest) -> JSONResponse:
+        """Open to all; the worker's state (its last error's text) only with the key, when one is set."""
         state = batcher.health()
-        return JSONResponse(state, status_code=200 if state["status"] == "ok" else 503)
+        shown = state if authorized(request) else {"status": state["status"]}
+        return JSONResponse(shown, status_code=200 if state["status"] == "ok" else 503)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -375,10 +380,23 @@ async def _sse(ticket: AsyncIterator[Delta], body: _Common, request: Request, ro
     yield "data: [DONE]\n\n"
 
 
+def api_key_of(config: ServeConfig) -> str:
+    """--api_key, else the first line of --api_key_file, else $BACTRIAN_API_KEY ("" for none)."""
+    if config.api_key_file:
+        try:
+            lines = Path(config.api_key_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--api_key_file {config.api_key_file}: cannot read it ({exc}).") from exc
+        if not lines or not lines[0].strip():
+            raise ConfigError(f"--api_key_file {config.api_key_file}: its first line is empty; put the key there.")
+        return config.api_key or lines[0].strip()
+    return config.api_key or os.environ.get("BACTRIAN_API_KEY", "")
+
+
 def serve(config: ServeConfig) -> None:
     import uvicorn
 
-    api_key = config.api_key or os.environ.get("BACTRIAN_API_KEY", "")
+    api_key = api_key_of(config)
     limits = Limits(max_tokens=config.max_tokens_limit, max_request_bytes=config.max_request_bytes)
     if config.upstream:
         catalog = build_catalog(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -33,19 +34,27 @@ class DistributedContext:
         if not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             if torch.cuda.is_available():
-                torch.cuda.set_device(context.local_rank)
-            dist.init_process_group(backend)
+                torch.cuda.set_device(context.device())
+            # ranks wait in barriers while rank 0 tokenizes (minutes for millions of rows): NCCL's 10 minutes is short
+            minutes = int(os.environ.get("BACTRIAN_DIST_TIMEOUT_MINUTES", "120"))
+            dist.init_process_group(backend, timeout=timedelta(minutes=minutes))
         return context
 
     def device(self) -> torch.device:
+        """This rank's GPU: its local rank among the GPUs it sees (one, where the launcher gives each process its
+        own), or the CPU."""
         if torch.cuda.is_available():
-            return torch.device("cuda", self.local_rank)
+            return torch.device("cuda", self.local_rank % torch.cuda.device_count())
         return torch.device("cpu")
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
-        """All-reduce in place (sum) when distributed."""
+        """All-reduce in place (sum) when distributed, on this rank's device: NCCL cannot reduce the CPU tensors
+        that the loss and eval sums are kept in."""
         if self.enabled:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            on_device = tensor.to(self.device())
+            dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
+            if on_device is not tensor:
+                tensor.copy_(on_device)
         return tensor
 
     def barrier(self) -> None:

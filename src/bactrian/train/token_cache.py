@@ -80,11 +80,31 @@ def open_rows(data_sources: list[Source], tokenizer: Any, settings: tokenize.Set
     tokenizer_hash = tokenizer_fingerprint(tokenizer)
     entries = [cache_dir / entry_key(source, tokenizer_hash, settings) for source in data_sources]
     for builds in (context.is_main, context.local_rank == 0):
-        missing = [(source, entry) for source, entry in zip(data_sources, entries) if not (entry / META).is_file()]
+        missing = [(source, entry) for source, entry in zip(data_sources, entries)
+                   if not (entry / META).is_file() or (builds and not _is_whole(entry))]
         if builds and missing:
+            for _, entry in missing:
+                shutil.rmtree(entry, ignore_errors=True)  # a damaged entry is rebuilt, never half-read
             build(missing, tokenizer, settings, num_proc)
         context.barrier()
     return TokenizedRows(entries)
+
+
+def _is_whole(entry: Path) -> bool:
+    """Whether an entry holds what its meta.json says: that many pieces, each readable, with that many rows. A
+    piece cut short or a meta.json undercounting its pieces would otherwise drop rows (a language) silently."""
+    try:
+        meta = json.loads((entry / META).read_text())
+        pieces = sorted(entry.glob("part-*.arrow"))
+        if [path.name for path in pieces] != [f"part-{number:05d}.arrow" for number in range(meta["pieces"])]:
+            raise ValueError(f"{len(pieces)} piece(s) on disk, {meta['pieces']} in {META}")
+        rows = sum(batch.num_rows for path in pieces for batch in pa.ipc.open_stream(pa.memory_map(str(path))))
+        if rows != meta["rows"]:
+            raise ValueError(f"{rows} rows in its pieces, {meta['rows']} in {META}")
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+        log.warning("The token cache entry %s is damaged (%s): rebuilding it.", entry, exc)
+        return False
+    return True
 
 
 def build(missing: list[tuple[Source, Path]], tokenizer: Any, settings: tokenize.Settings, num_proc: int) -> None:

@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from .. import languages
 from ..adapters import ADAPTER_WEIGHTS
-from ..errors import ConfigError, DataError, ModelError
-from ..fileio import atomic_write_json, fsync_dir, fsync_tree
+from ..errors import ConfigError, DataError, ModelError, TrainingError
+from ..fileio import atomic_write_json, fsync_dir, fsync_tree, holds_output
 from ..manifest import fingerprint_inputs, read_manifest, write_manifest
 from ..models import LoadedModel, auto_dtype, bactrian_home, load_model, load_tokenizer, resolve
 from ..prompts import PromptTemplate, load_template
@@ -343,6 +343,8 @@ class Trainer:
     # -- logging and checkpoints -------------------------------------------------------------------------
     def _after_step(self, loss: float, rate: float) -> None:
         config, step = self.config, self.state.step
+        if not math.isfinite(loss):
+            self._diverged(f"the loss of step {step} is {loss}")
         entry = {"step": step, "train_loss": round(loss, 6), "learning_rate": self.scheduler.get_last_lr()[0],
                  "tokens_per_second": round(rate, 1), **self.step_rewards}
         self.state.log_history.append(entry)
@@ -352,6 +354,20 @@ class Trainer:
             self._log({"step": step, **self.evaluate()})
         if config.save_steps > 0 and step % config.save_steps == 0 and step < self.steps:
             self.save_checkpoint()
+
+    def _diverged(self, what: str) -> None:
+        """Stop before a non-finite step is logged, checkpointed or saved as an adapter."""
+        good = sorted(list_checkpoints(self.output_dir), key=_checkpoint_step)
+        since = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was saved before it"
+        raise TrainingError(f"{what}: training diverged, and nothing of it is saved; {since}. Lower "
+                            "--learning_rate (or set --max_grad_norm), then rerun (it resumes from that checkpoint).")
+
+    def check_finite(self, where: str) -> None:
+        """Every trainable weight finite, or a TrainingError naming `where`."""
+        bad = [name for name, param in self.model.named_parameters()
+               if param.requires_grad and not torch.isfinite(param).all()]
+        if bad:
+            raise TrainingError(f"{where}: {len(bad)} LoRA tensor(s) hold NaN or inf (first: {bad[0]}).")
 
     def _last(self, key: str) -> float | None:
         values = [entry[key] for entry in self.state.log_history if key in entry]
@@ -401,6 +417,7 @@ class Trainer:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
         self.context.barrier()
+        self.check_finite(f"checkpoint-{self.state.step}, not saved")
         torch.save(rng_state(), staging / f"rng_state_{self.context.rank}.pt")
         self.context.barrier()
         if self.context.is_main:
@@ -437,13 +454,19 @@ class Trainer:
         if differences:
             raise ConfigError(f"--resume_from_checkpoint {folder}: a checkpoint of another run "
                               f"({'; '.join(differences)}); resuming it would not continue this run.")
-        states = torch.load(folder / OPTIMIZER_FILE, weights_only=True)
-        self.optimizer.load_state_dict(states["optimizer"])
+        self.check_finite(f"--resume_from_checkpoint {folder}: its adapter is damaged, resume from an earlier "
+                          "checkpoint or remove this one")
+        states = torch.load(folder / OPTIMIZER_FILE, weights_only=True, map_location="cpu")  # moved to the params'
+        self.optimizer.load_state_dict(states["optimizer"])  # devices by load_state_dict; rank N's are not on GPU 0
+        if not all(torch.isfinite(value).all() for state in self.optimizer.state.values() for value in state.values()
+                   if torch.is_tensor(value)):
+            raise TrainingError(f"--resume_from_checkpoint {folder}: its optimizer state holds NaN or inf; resume "
+                                "from an earlier checkpoint or remove this one.")
         self.scheduler.load_state_dict(states["scheduler"])
         self.state = TrainState(saved["step"], saved["log_history"])
         rng_file = folder / f"rng_state_{self.context.rank}.pt"
         if rng_file.is_file():
-            set_rng_state(torch.load(rng_file, weights_only=True))
+            set_rng_state(torch.load(rng_file, weights_only=True, map_location="cpu"))
         log.info("Resumed from %s at step %d of %d.", folder, self.state.step, self.steps)
 
 
@@ -517,6 +540,7 @@ def prepare_examples(config: FinetuneConfig, tokenizer: Any, template: PromptTem
     return token_cache.ExampleSet(rows, wanted[train]), rows.take(wanted[val])
 
 
+@holds_output("output_dir", "finetune")
 def finetune(config: FinetuneConfig) -> dict[str, Any]:
     """Train a LoRA adapter into config.output_dir (one per language with --per_language); returns metrics."""
     if config.per_language:
@@ -551,6 +575,7 @@ def save_adapter(trainer: Trainer, loaded: LoadedModel, template: PromptTemplate
     config, output_dir = trainer.config, trainer.output_dir
     staging = output_dir / ".adapter.partial"
     shutil.rmtree(staging, ignore_errors=True)
+    trainer.check_finite(f"{output_dir}: the adapter, not saved")
     trainer.model.save_pretrained(staging, selected_adapters=["default"])  # not DPO's frozen reference
     saved = load_file(str(staging / ADAPTER_WEIGHTS))
     expected = sum(1 for name, param in trainer.model.named_parameters() if param.requires_grad)
