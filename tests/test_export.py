@@ -176,3 +176,15 @@ def test_an_adapter_holding_nan_is_not_exported(peaked, tmp_path):
     with pytest.raises(ModelError, match="hold NaN or inf"):
         run_export(tmp_path, models["llama"], broken, "hf")
     assert not (tmp_path / "hf-x").exists()
+
+
+def test_a_truncated_adapter_is_one_line_naming_the_file(peaked, tmp_path):
+    import shutil
+
+    models, adapters = peaked
+    cut = tmp_path / "cut"
+    shutil.copytree(adapters["llama"], cut)
+    weights = cut / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(ModelError, match=r"cut/adapter_model.safetensors: not a readable safetensors file"):
+        run_export(tmp_path, models["llama"], cut, "hf")

@@ -86,3 +86,40 @@ def test_a_second_job_on_an_output_is_refused_naming_the_first_and_a_dead_ones_l
         with pytest.raises(ConfigError, match="in use by bactrian data generate"):
             with output_lock(out, "data generate"):
                 pass
+
+
+def test_a_full_disk_keeps_the_old_file_and_says_so(tmp_path, monkeypatch):
+    import errno
+
+    from bactrian.fileio import DiskFull
+
+    target = tmp_path / "report.json"
+    atomic_write_bytes(target, b"old")
+
+    def full(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    from bactrian.fileio import atomic_write_with
+
+    with pytest.raises(DiskFull, match="report.json: no space left on the device"):
+        atomic_write_with(target, full)
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device", "/data/checkpoint-3/optimizer.pt"),
+                                   __import__("sqlite3").OperationalError("database or disk is full")])
+def test_the_command_says_the_disk_is_full_in_one_line(monkeypatch, capsys, error):
+    """torch.save, save_pretrained and SQLite raise their own errors on a full disk: one line, not a traceback."""
+    import bactrian.cli
+
+    def fail(args):
+        raise error
+
+    parser = bactrian.cli.build_parser()
+    monkeypatch.setattr(bactrian.cli, "build_parser", lambda: parser)
+    for action in parser._subparsers._group_actions[0].choices.values():
+        action.set_defaults(func=fail)
+    assert bactrian.cli.main(["languages"]) == 2
+    message = capsys.readouterr().err
+    assert message.startswith("bactrian languages: error: no space left on the device") and "Traceback" not in message

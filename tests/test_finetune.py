@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bactrian.errors import BactrianError, ConfigError, DataError
+from bactrian.errors import BactrianError, ConfigError, DataError, ModelError
 from bactrian.models import load_model
 from bactrian.prompts import load_template
 from bactrian.train import dataset as ds
@@ -257,3 +257,25 @@ def test_a_checkpoint_holding_nan_is_not_resumed(tiny_llama, lang_folder, tmp_pa
     with pytest.raises(TrainingError, match="checkpoint-2: its adapter is damaged.*hold NaN or inf"):
         finetune(make_config(tiny_llama, lang_folder, out, save_steps=2, max_steps=4,
                              resume_from_checkpoint=str(out / "checkpoint-2")))
+
+
+def test_resume_auto_falls_back_past_a_truncated_checkpoint(tiny_llama, lang_folder, tmp_path, caplog):
+    """A truncated checkpoint was a raw SafetensorError; `auto` now resumes from the previous readable one and
+    still ends with the uninterrupted run's weights."""
+    import logging
+
+    common = dict(max_steps=6, save_steps=2, save_total_limit=3)
+    finetune(make_config(tiny_llama, lang_folder, tmp_path / "straight", **common))
+    out = tmp_path / "damaged"
+    finetune(make_config(tiny_llama, lang_folder, out, **common))
+    weights = out / "checkpoint-4" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:300])
+    (out / "adapter_model.safetensors").unlink()
+    with caplog.at_level(logging.WARNING, logger="bactrian.train.trainer"):
+        finetune(make_config(tiny_llama, lang_folder, out, resume_from_checkpoint="auto", **common))
+    assert "checkpoint-4 cannot be resumed" in caplog.text and "falling back to" in caplog.text
+    assert max_difference(adapter_weights(tmp_path / "straight"), adapter_weights(out)) <= 1e-6
+    weights.write_bytes(weights.read_bytes()[:300])  # the resumed run saved checkpoint-4 anew
+    with pytest.raises(ModelError, match=r"checkpoint-4/adapter_model.safetensors: not a readable safetensors file"):
+        finetune(make_config(tiny_llama, lang_folder, out, resume_from_checkpoint=str(out / "checkpoint-4"),
+                             **common))

@@ -143,3 +143,13 @@ def test_real_seed_tasks_and_multialpaca():
     spanish = load_records(str(folder), ["es"])
     assert len(spanish) == sum(1 for line in (folder / "es.jsonl").open() if line.strip())
     assert any(r.input == "" for r in spanish)
+
+
+def test_a_lone_surrogate_in_a_row_names_its_file_line_and_field(tmp_path):
+    """It was a raw UnicodeEncodeError from deep inside tokenizing or writing."""
+    from bactrian.records import read_rows
+
+    path = tmp_path / "fr.jsonl"
+    path.write_text('{"instruction": "ok", "output": "fine"}\n{"instruction": "bad \\ud800 row", "output": "x"}\n')
+    with pytest.raises(DataError, match=r"fr.jsonl: line 2: field 'instruction' holds a lone surrogate"):
+        read_rows(str(path))

@@ -275,3 +275,95 @@ def test_an_unforeseen_failure_is_a_500_in_openai_format_without_a_traceback(eng
     assert response.json()["error"] == {"message": "The server failed on this request (RuntimeError).",
                                          "type": "server_error", "param": None, "code": None}
     assert "Traceback" not in caplog.text
+
+
+def test_connections_that_send_headers_a_byte_at_a_time_are_closed_at_the_deadline(engine):
+    """uvicorn waits forever for a request's headers: 200 such connections held their sockets for good."""
+    import socket
+
+    import uvicorn
+
+    from bactrian.infer.server import uvicorn_config
+    from test_server import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn_config(create_app(engine), "127.0.0.1", port, header_seconds=1.0))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.02)
+    try:
+        slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+        started = time.time()
+        for sock in slow:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # never the blank line that ends the headers
+            sock.settimeout(5)
+        assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200  # others are served meanwhile
+        assert all(sock.recv(100) == b"" for sock in slow)  # closed by the server
+        assert time.time() - started < 4
+        kept = socket.create_connection(("127.0.0.1", port))  # a whole request, then an idle keep-alive connection
+        kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        kept.settimeout(5)
+        received = b""
+        while chunk := kept.recv(1000):  # the answer, then the close (no second request came in time)
+            received += chunk
+        assert b"200 OK" in received and b'"status"' in received
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_a_lone_surrogate_or_a_raw_nul_is_named_as_what_it_is(url):
+    """They were "the model's chat template refused these messages" (on /v1/completions too) and param "55"."""
+    body = '{"model": "base", "prompt": "a \\ud800 b", "max_tokens": 2}'
+    reply = httpx.post(f"{url}/v1/completions", content=body, headers={**HEADERS, "content-type": "application/json"})
+    assert reply.status_code == 400 and "lone surrogate" in reply.json()["error"]["message"]
+    assert "chat template" not in reply.json()["error"]["message"]
+    chat = '{"model": "base", "messages": [{"role": "user", "content": "\\udfff"}]}'
+    reply = httpx.post(f"{url}/v1/chat/completions", content=chat,
+                       headers={**HEADERS, "content-type": "application/json"})
+    assert reply.status_code == 400 and "lone surrogate" in reply.json()["error"]["message"]
+    raw = b'{"model": "base", "prompt": "a \x00 b", "max_tokens": 2}'
+    reply = httpx.post(f"{url}/v1/completions", content=raw, headers={**HEADERS, "content-type": "application/json"})
+    error = reply.json()["error"]
+    assert reply.status_code == 400 and error["message"].startswith("The body is not valid JSON") and error["param"] is None
+
+
+def test_too_many_messages_are_refused_before_any_rendering(url):
+    """A 2 MB body of 68,000 one-character messages cost ~1.3 s of CPU before its 400."""
+    body = {"model": "base", "messages": [{"role": "user", "content": "x"}] * 1025}
+    reply = httpx.post(f"{url}/v1/chat/completions", json=body, headers=HEADERS, timeout=60)
+    assert reply.status_code == 400 and "at most 1024" in reply.json()["error"]["message"]
+
+
+def test_a_huge_prompt_being_tokenized_holds_up_no_small_one(url, monkeypatch):
+    """Large prompts are tokenized in a pool of their own: with that pool stuck, a "hi" is still answered."""
+    from bactrian.infer import server
+
+    release = threading.Event()
+    server.LARGE_PROMPTS.submit(release.wait)  # the large-prompt pool is busy until released
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            big = pool.submit(httpx.post, f"{url}/v1/completions", headers=HEADERS, timeout=120,
+                              json={"model": "base", "prompt": "word " * 20_000, "max_tokens": 1})
+            small = httpx.post(f"{url}/v1/chat/completions", headers=HEADERS, timeout=60,
+                               json={"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+            assert small.status_code == 200 and not big.done()
+            release.set()
+            assert big.result().status_code == 400  # it cannot fit the 512-token context
+    finally:
+        release.set()
+
+
+def test_the_linear_chat_rendering_joins_messages_as_before():
+    from bactrian.infer.catalog import Catalog
+    from bactrian.prompts import load_template
+
+    template = load_template("alpaca")
+    catalog = Catalog(None, template, [])
+    conversation = [{"role": "system", "content": "S"}, {"role": "user", "content": ""}, {"role": "user", "content": "a"},
+                    {"role": "user", "content": ""}, {"role": "assistant", "content": "A"},
+                    {"role": "user", "content": "b"}, {"role": "user", "content": "c"}]
+    expected = "S\n\n" + template.render("a\n\n") + "A\n\n" + template.render("b\n\nc")
+    assert catalog.chat_text("base", conversation) == expected

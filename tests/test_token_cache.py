@@ -248,3 +248,35 @@ def test_a_damaged_entry_is_rebuilt_not_half_read(tokenizer, tmp_path, monkeypat
         rebuilt = open_rows(data, tokenizer, tmp_path / "cache")
     assert "is damaged" in caplog.text and str(entry) in caplog.text
     assert as_lists(rebuilt) == whole
+
+
+def test_a_file_changed_while_tokenized_is_never_cached_under_its_key(tokenizer, tmp_path, monkeypatch):
+    """Truncated while being tokenized, then put back (same sha256): the entry kept the short read under the
+    full file's key, and every rerun trained on the short data."""
+    import os
+
+    monkeypatch.setattr(token_cache, "SEGMENT_BYTES", 2000)
+    data = tmp_path / "data"
+    data.mkdir()
+    path = big_file(data / "fr.jsonl")
+    original = path.read_bytes()
+    whole = as_lists(open_rows(data, tokenizer, tmp_path / "clean"))
+    done = []
+    real = tokenize.tokenize_piece
+
+    def meddle(piece):
+        real(piece)
+        done.append(piece)
+        if len(done) == 1:
+            path.write_bytes(original[: len(original) // 3])
+        if len(done) == 3:
+            path.write_bytes(original)
+            os.utime(path, ns=(time.time_ns(), time.time_ns()))
+
+    import time
+
+    monkeypatch.setattr(tokenize, "tokenize_piece", meddle)
+    with pytest.raises(DataError, match="fr.jsonl changed while it was being tokenized"):
+        open_rows(data, tokenizer, tmp_path / "cache")
+    monkeypatch.setattr(tokenize, "tokenize_piece", real)
+    assert as_lists(open_rows(data, tokenizer, tmp_path / "cache")) == whole

@@ -22,6 +22,18 @@ BASE = "base"  # the name that selects the base model without any adapter
 RESERVED_NAMES = (BASE, "auto")  # model names that select the base model and the language route
 
 
+def load_adapter_tensors(path: Path) -> dict[str, Any]:
+    """The tensors of an adapter's safetensors file, or a ModelError naming it (a truncated copy, a damaged disk)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"{path}: not a readable safetensors file ({exc}); it may be cut short (an interrupted "
+                         "copy or a full disk). Copy it again, or use another checkpoint.") from None
+
+
 def is_adapter_folder(path: Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG).is_file()
 

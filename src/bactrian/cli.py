@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import os
+import sqlite3
 import sys
 import typing
 from collections.abc import Callable
@@ -259,11 +261,25 @@ def main(argv: list[str] | None = None) -> int:
     except BactrianError as exc:
         print(f"bactrian {args.verb}: error: {exc}", file=sys.stderr)
         return 2
+    except (OSError, sqlite3.OperationalError) as exc:
+        if not _out_of_space(exc):
+            raise
+        where = getattr(exc, "filename", None) or "a file"
+        print(f"bactrian {args.verb}: error: no space left on the device (or quota) while writing {where}. Free "
+              "some space, then rerun the same command: finished work is kept.", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"bactrian {args.verb}: interrupted; finished work is kept (resume with the same command).",
               file=sys.stderr)
         return 130
     return 0
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """ENOSPC / EDQUOT anywhere a library writes (torch.save, save_pretrained, SQLite's 'database or disk is full')."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return "disk is full" in str(exc)
+    return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
 
 
 if __name__ == "__main__":

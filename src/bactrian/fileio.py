@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import hashlib
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import BactrianError, ConfigError
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -38,9 +39,19 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], Any]) -> 
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(path) from None
         raise
+
+
+class DiskFull(BactrianError):
+    """A write failed for want of space: the file named is as it was before (or absent); nothing is half-written."""
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(f"{path}: no space left on the device (or quota) while writing it; it is kept as it was. "
+                         "Free some space, then rerun the same command: finished work is kept.")
 
 
 def staging_folder(target: Path) -> Path:

@@ -339,6 +339,12 @@ def _text_field(row: dict, field: str, source: Path | str, where: str, required:
         raise DataError(f"{source}: {where}: field '{field}' must be a string, found {type(value).__name__}.")
     if required and not may_be_blank and not value.strip():
         raise DataError(f"{source}: {where}: field '{field}' is empty.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(f"{source}: {where}: field '{field}' holds a lone surrogate ({value[exc.start]!r} at "
+                        f"character {exc.start}), which is not text; fix the row (its JSON escapes half of a "
+                        "character).") from None
     return value
 
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 
-from ..adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from ..adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter_tensors
 from ..errors import ModelError
 
 
@@ -69,7 +68,7 @@ class LoraWeights:
         r, alpha = self.config["r"], self.config["lora_alpha"]
         self.rank = r
         self.scale = alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
-        self.pairs = self._pairs(load_file(str(weights_path)))
+        self.pairs = self._pairs(load_adapter_tensors(weights_path))
 
     def _pairs(self, tensors: dict[str, torch.Tensor]) -> dict[str, LoraPair]:
         pairs: dict[str, LoraPair] = {}

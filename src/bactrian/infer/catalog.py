@@ -51,22 +51,28 @@ class Catalog:
 
     def chat_text(self, adapter: str, messages: list[dict[str, str]]) -> str:
         """A conversation as the adapter's prompt text: the tokenizer's chat template for `chat`, else each
-        earlier exchange rendered with the instruction template, then the last user message as the instruction."""
+        earlier exchange rendered with the instruction template, then the last user message as the instruction
+        (consecutive user messages joined by a blank line). Linear in the conversation's length."""
         template = self.template_for(adapter)
         if template.uses_chat_template:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        text = "".join(f"{m['content']}\n\n" for m in messages if m["role"] == "system")
-        user = ""
+        parts = [f"{m['content']}\n\n" for m in messages if m["role"] == "system"]
+        user: list[str] = []  # the user messages since the last answer
         for message in (m for m in messages if m["role"] != "system"):
             if message["role"] == "user":
-                user = f"{user}\n\n{message['content']}" if user else message["content"]
+                if user == [""]:  # an empty first message is replaced, not joined (as the joined text was empty)
+                    user.clear()
+                user.append(message["content"])
             else:
-                text += template.render(user) + message["content"] + "\n\n"
-                user = ""
-        return text + template.render(user)
+                parts += [template.render("\n\n".join(user)), message["content"], "\n\n"]
+                user = []
+        return "".join(parts) + template.render("\n\n".join(user))
 
     def encode_chat(self, adapter: str, messages: list[dict[str, str]]) -> list[int]:
-        text = self.chat_text(adapter, messages)
+        return self.encode_chat_text(adapter, self.chat_text(adapter, messages))
+
+    def encode_chat_text(self, adapter: str, text: str) -> list[int]:
+        """The tokens of a conversation rendered by `chat_text`."""
         return self.tokenizer(text, add_special_tokens=not self.template_for(adapter).uses_chat_template)["input_ids"]
 
 

@@ -11,14 +11,15 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI
 from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ConfigError, UnknownModel
@@ -57,13 +58,32 @@ class Limits(BaseModel):
 
 
 HARMLESS_FIELDS = {"user", "metadata", "store", "service_tier"}  # accepted and ignored: they change no output
+MAX_MESSAGES = 1024
+# Prompts are tokenized off the event loop; one of more than LARGE_PROMPT_CHARS characters goes to a pool of its
+# own, so a burst of huge prompts queues behind itself, never in front of a "hi".
+LARGE_PROMPT_CHARS = 64 * 1024
+SMALL_PROMPTS = ThreadPoolExecutor(4, thread_name_prefix="bactrian-encode")
+LARGE_PROMPTS = ThreadPoolExecutor(1, thread_name_prefix="bactrian-encode-large")
+
+
+def _unicode_text(text: str) -> str:
+    """Text a tokenizer can take: JSON may escape a lone surrogate (\\ud800), which is no character at all."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"holds a lone surrogate ({text[exc.start]!r} at character {exc.start}), which is not "
+                         "text; send the characters themselves") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode_text)]
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["system", "user", "assistant"]
-    content: str
-    name: str | None = None
+    content: Text
+    name: Text | None = None
 
 
 class _Common(BaseModel):
@@ -74,7 +94,7 @@ class _Common(BaseModel):
     top_k: int = Field(0, ge=0)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     stream: bool = False
     stream_options: dict[str, bool] | None = None
@@ -121,11 +141,11 @@ class _Common(BaseModel):
 
 
 class ChatCompletionRequest(_Common):
-    messages: list[Message] = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
 
 
 class CompletionRequest(_Common):
-    prompt: str | list[str]
+    prompt: Text | list[Text]
     max_tokens: int | None = Field(16, ge=1)
     echo: bool = False
     best_of: int | None = Field(None, ge=1, le=1)
@@ -191,6 +211,10 @@ def create_app(engine: Catalog, api_key: str | None = None, max_batch: int = 64,
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: HttpRequest, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
+        if first["type"] == "json_invalid":  # its loc is a character position, not a field
+            reason = (first.get("ctx") or {}).get("error", "invalid JSON")
+            return OpenAIError(400, f"The body is not valid JSON: {reason} at character {first['loc'][-1]} (a raw "
+                                    "control character inside a string must be escaped, e.g. \\u0000).").response()
         param = ".".join(str(part) for part in first["loc"][1:]) or None
         message = str(first["msg"]).removeprefix("Value error, ")
         return OpenAIError(400, f"{param or 'body'}: {message}", param=param).response()
@@ -256,11 +280,16 @@ async def _encode(catalog: Catalog, adapter: str, prompt: str | list[dict[str, s
     def encode() -> tuple[str, list[int]]:
         if isinstance(prompt, str):
             return prompt, catalog.encode(prompt)
-        return catalog.chat_text(adapter, prompt), catalog.encode_chat(adapter, prompt)
+        text = catalog.chat_text(adapter, prompt)
+        return text, catalog.encode_chat_text(adapter, text)
 
+    size = len(prompt) if isinstance(prompt, str) else sum(len(message["content"]) for message in prompt)
+    pool = LARGE_PROMPTS if size > LARGE_PROMPT_CHARS else SMALL_PROMPTS  # a big prompt never queues a small one
     try:
-        return await asyncio.to_thread(encode)
+        return await asyncio.get_running_loop().run_in_executor(pool, encode)
     except Exception as exc:  # jinja2's TemplateError and kin, raised by the model's own chat template
+        if isinstance(prompt, str):
+            raise OpenAIError(400, f"The prompt could not be tokenized: {exc}", param="prompt") from None
         raise OpenAIError(400, f"The model's chat template refused these messages: {exc}", param="messages") from None
 
 
@@ -380,6 +409,46 @@ async def _sse(ticket: AsyncIterator[Delta], body: _Common, request: Request, ro
     yield "data: [DONE]\n\n"
 
 
+HEADER_SECONDS = 10.0  # for a request's headers to arrive, from its connection (or its previous response) on
+
+
+def uvicorn_config(app: FastAPI, host: str, port: int, header_seconds: float = HEADER_SECONDS) -> Any:
+    """uvicorn's settings for a server many people share: a request's headers must arrive within
+    `header_seconds` (uvicorn itself waits forever: 200 connections sending headers a byte at a time held their
+    sockets open for good), headers of at most 16 KiB, at most 1,000 connections (503 beyond)."""
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            cycle = self.cycle
+            super().data_received(data)
+            if self.cycle is not cycle:  # a request's headers are in
+                self._deadline.cancel()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()  # the next request on this connection gets the same deadline
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._deadline = self.loop.call_later(header_seconds, self._too_slow)
+
+        def _too_slow(self) -> None:
+            if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+                self.transport.close()
+
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", http=HeaderDeadline,
+                          limit_concurrency=1000, h11_max_incomplete_event_size=16 * 1024)
+
+
 def api_key_of(config: ServeConfig) -> str:
     """--api_key, else the first line of --api_key_file, else $BACTRIAN_API_KEY ("" for none)."""
     if config.api_key_file:
@@ -409,4 +478,4 @@ def serve(config: ServeConfig) -> None:
         app = create_app(catalog, api_key or None, config.max_batch, config.batch_wait_ms, config.max_queue, limits)
     log.info("Serving %s on http://%s:%d/v1 (models: %s)", config.base_model, config.host, config.port,
              ", ".join(catalog.model_names))
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+    uvicorn.Server(uvicorn_config(app, config.host, config.port)).run()

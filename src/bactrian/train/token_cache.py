@@ -85,7 +85,7 @@ def open_rows(data_sources: list[Source], tokenizer: Any, settings: tokenize.Set
         if builds and missing:
             for _, entry in missing:
                 shutil.rmtree(entry, ignore_errors=True)  # a damaged entry is rebuilt, never half-read
-            build(missing, tokenizer, settings, num_proc)
+            build(missing, tokenizer, settings, num_proc, tokenizer_hash)
         context.barrier()
     return TokenizedRows(entries)
 
@@ -107,13 +107,15 @@ def _is_whole(entry: Path) -> bool:
     return True
 
 
-def build(missing: list[tuple[Source, Path]], tokenizer: Any, settings: tokenize.Settings, num_proc: int) -> None:
+def build(missing: list[tuple[Source, Path]], tokenizer: Any, settings: tokenize.Settings, num_proc: int,
+          tokenizer_hash: str = "") -> None:
     started = time.perf_counter()
+    tokenizer_hash = tokenizer_hash or tokenizer_fingerprint(tokenizer)
     pieces = [tokenize.Piece(source, segment, _staging(entry) / f"part-{number:05d}.arrow")
               for source, entry in missing for number, segment in enumerate(source.segments(SEGMENT_BYTES))]
     for piece in pieces:
         piece.path.parent.mkdir(parents=True, exist_ok=True)
-    todo = [piece for piece in pieces if not tokenize.stats_file(piece.path).is_file()]
+    todo = [piece for piece in pieces if not _is_current(piece)]
     workers = min(num_proc, len(todo))
     log.info("Tokenizing %d source(s) (%d piece(s), %d already done) with %d process(es) into %s.", len(missing),
              len(pieces), len(pieces) - len(todo), max(workers, 1), missing[0][1].parent)
@@ -128,8 +130,33 @@ def build(missing: list[tuple[Source, Path]], tokenizer: Any, settings: tokenize
         for piece in todo:
             tokenize.tokenize_piece(piece)
     for source, entry in missing:
+        _check_read_what_the_key_says(source, entry, tokenizer_hash, settings)
         _finish_entry(source, entry)
     log.info("Tokenized in %.1f s.", time.perf_counter() - started)
+
+
+def _is_current(piece: tokenize.Piece) -> bool:
+    """A piece left by an interrupted build is kept only if it read the file as the file is now."""
+    if not tokenize.stats_file(piece.path).is_file():
+        return False
+    state = tokenize.source_state(piece.source)
+    return state is None or tokenize.read_from(piece.path) == state
+
+
+def _check_read_what_the_key_says(source: Source, entry: Path, tokenizer_hash: str,
+                                  settings: tokenize.Settings) -> None:
+    """Every piece read the file in the state it is in now, and that state's content is the entry's key: a file
+    truncated while it was tokenized, then put back (same sha256), must not leave a short entry under the full
+    file's key for good."""
+    state = tokenize.source_state(source)
+    if state is None:
+        return
+    staging = _staging(entry)
+    stale = [path.name for path in sorted(staging.glob("part-*.arrow")) if tokenize.read_from(path) != state]
+    if stale or entry_key(source, tokenizer_hash, settings) != entry.name:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DataError(f"{source.location} changed while it was being tokenized ({len(stale)} piece(s) read another "
+                        "version of it); nothing of it was cached. Rerun once the file no longer changes.")
 
 
 def _staging(entry: Path) -> Path:

@@ -4,6 +4,7 @@ torch or transformers, so a tokenizing process starts in a second: it gets the t
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -123,6 +124,7 @@ def tokenize_piece(piece: Piece) -> None:
     """Tokenize one piece into its Arrow file and the file's counts, each written whole (temporary + rename)."""
     tokenizer, settings = _worker["tokenizer"], _worker["settings"]
     stats = PieceStats()
+    before = source_state(piece.source)
     temporary = piece.path.with_name(f"{piece.path.name}.{os.getpid()}.tmp")
     records = piece.source.records(piece.segment)
     with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_stream(sink, settings.schema) as writer:
@@ -149,7 +151,21 @@ def tokenize_piece(piece: Piece) -> None:
         sink.flush()
         os.fsync(sink.fileno())
     temporary.replace(piece.path)
-    atomic_write_json(stats_file(piece.path), stats.__dict__)
+    read_from = before if source_state(piece.source) == before else None  # None: the file changed while read
+    atomic_write_json(stats_file(piece.path), {**stats.__dict__, "read_from": read_from})
+
+
+def source_state(source: Source) -> list[int] | None:
+    """A data file's size and modification time (None for other sources): what a piece records of the file it
+    read, so that a piece read from a file that has changed since is never served under the old content's key."""
+    if source.kind != "file":
+        return None
+    stat = os.stat(source.location)
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def read_from(piece_path: Path) -> list[int] | None:
+    return json.loads(stats_file(piece_path).read_text()).get("read_from")
 
 
 def _check_preferences(piece: Piece, records: list[Record]) -> None:

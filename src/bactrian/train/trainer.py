@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import resource
 import shutil
 import sys
@@ -26,7 +27,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from .. import languages
-from ..adapters import ADAPTER_WEIGHTS
+from ..adapters import ADAPTER_WEIGHTS, load_adapter_tensors
 from ..errors import ConfigError, DataError, ModelError, TrainingError
 from ..fileio import atomic_write_json, fsync_dir, fsync_tree, holds_output
 from ..manifest import fingerprint_inputs, read_manifest, write_manifest
@@ -440,24 +441,35 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
 
     def resume(self, spec: str) -> None:
-        folder = find_checkpoint(self.output_dir, spec)
-        if folder is None:
+        """Continue from the checkpoint `spec` names; with `auto`, from the newest one that is readable and
+        finite, falling back (with a warning) past damaged ones."""
+        candidates = checkpoints_to_resume(self.output_dir, spec)
+        if not candidates:
             log.info("--resume_from_checkpoint auto: no checkpoint in %s, starting fresh.", self.output_dir)
             return
+        for number, folder in enumerate(candidates):
+            try:
+                return self._resume_from(folder)
+            except (ModelError, TrainingError) as exc:  # damaged; another run's checkpoint is a ConfigError
+                if number + 1 == len(candidates):
+                    raise
+                log.warning("%s cannot be resumed (%s): falling back to %s.", folder, exc, candidates[number + 1])
+
+    def _resume_from(self, folder: Path) -> None:
         load_adapter_weights(self.model, folder)
         if not (folder / STATE_FILE).is_file():
             log.warning("%s holds adapter weights but no training state: training starts at step 0 from "
                         "these weights, with a fresh optimizer and schedule.", folder)
             return
-        saved = json.loads((folder / STATE_FILE).read_text())
+        saved = _read_checkpoint_file(folder / STATE_FILE, lambda path: json.loads(path.read_text()))
         differences = identity_differences(saved["run"], self.identity) if saved.get("run") else []
         if differences:
             raise ConfigError(f"--resume_from_checkpoint {folder}: a checkpoint of another run "
                               f"({'; '.join(differences)}); resuming it would not continue this run.")
         self.check_finite(f"--resume_from_checkpoint {folder}: its adapter is damaged, resume from an earlier "
                           "checkpoint or remove this one")
-        states = torch.load(folder / OPTIMIZER_FILE, weights_only=True, map_location="cpu")  # moved to the params'
-        self.optimizer.load_state_dict(states["optimizer"])  # devices by load_state_dict; rank N's are not on GPU 0
+        states = _read_checkpoint_file(folder / OPTIMIZER_FILE, _load_on_cpu)
+        self.optimizer.load_state_dict(states["optimizer"])  # to the params' devices: rank N's are not on GPU 0
         if not all(torch.isfinite(value).all() for state in self.optimizer.state.values() for value in state.values()
                    if torch.is_tensor(value)):
             raise TrainingError(f"--resume_from_checkpoint {folder}: its optimizer state holds NaN or inf; resume "
@@ -466,8 +478,20 @@ class Trainer:
         self.state = TrainState(saved["step"], saved["log_history"])
         rng_file = folder / f"rng_state_{self.context.rank}.pt"
         if rng_file.is_file():
-            set_rng_state(torch.load(rng_file, weights_only=True, map_location="cpu"))
+            set_rng_state(_read_checkpoint_file(rng_file, _load_on_cpu))
         log.info("Resumed from %s at step %d of %d.", folder, self.state.step, self.steps)
+
+
+def _load_on_cpu(path: Path) -> Any:
+    return torch.load(path, weights_only=True, map_location="cpu")
+
+
+def _read_checkpoint_file(path: Path, read: Any) -> Any:
+    """`read(path)`, or a ModelError naming the file when it is cut short or unreadable."""
+    try:
+        return read(path)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+        raise ModelError(f"{path}: unreadable ({type(exc).__name__}: {exc}); the checkpoint is damaged.") from None
 
 
 def rng_state() -> dict[str, Any]:
@@ -493,20 +517,20 @@ def _checkpoint_step(path: Path) -> int:
     return int(path.name.split("-")[-1])
 
 
-def find_checkpoint(output_dir: Path, spec: str) -> Path | None:
+def checkpoints_to_resume(output_dir: Path, spec: str) -> list[Path]:
+    """`auto`: this folder's checkpoints, newest first; else the one folder named."""
     if spec == "auto":
-        checkpoints = list_checkpoints(output_dir)
-        return max(checkpoints, key=_checkpoint_step) if checkpoints else None
+        return sorted(list_checkpoints(output_dir), key=_checkpoint_step, reverse=True)
     folder = Path(spec)
     if not (folder / ADAPTER_WEIGHTS).is_file():
         raise ConfigError(f"--resume_from_checkpoint {spec}: no {ADAPTER_WEIGHTS} there.")
-    return folder
+    return [folder]
 
 
 def load_adapter_weights(model: Any, folder: Path) -> None:
     from peft import set_peft_model_state_dict
 
-    result = set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_WEIGHTS)))
+    result = set_peft_model_state_dict(model, load_adapter_tensors(folder / ADAPTER_WEIGHTS))
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise ModelError(f"{folder}: adapter does not fit this model (unexpected keys: {unexpected[:3]}).")
