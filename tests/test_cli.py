@@ -41,6 +41,10 @@ def test_bad_config_files_are_clear_errors(tmp_path):
     broken.write_text("lora_r: [1,\n")
     with pytest.raises(ConfigError, match="broken.yaml: line"):
         parse("--config", str(broken))
+    tagged = tmp_path / "tagged.yaml"
+    tagged.write_text("lora_r: !!python/object/apply:os.system [echo]\n")
+    with pytest.raises(ConfigError, match="tagged.yaml: line 1: not valid YAML"):
+        parse("--config", str(tagged))
     wrong_type = tmp_path / "wrong.yaml"
     wrong_type.write_text("lora_r: many\n")
     with pytest.raises(ConfigError, match="wrong.yaml: lora_r: invalid literal"):

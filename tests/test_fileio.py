@@ -123,3 +123,34 @@ def test_the_command_says_the_disk_is_full_in_one_line(monkeypatch, capsys, erro
     assert bactrian.cli.main(["languages"]) == 2
     message = capsys.readouterr().err
     assert message.startswith("bactrian languages: error: no space left on the device") and "Traceback" not in message
+
+
+def test_a_full_disk_under_the_request_cache_names_it(tmp_path):
+    """sqlite3.OperationalError: database or disk is full, raw, from deep inside a job."""
+    from bactrian.endpoints.cache import RequestCache
+    from bactrian.fileio import DiskFull
+
+    cache = RequestCache(tmp_path / "requests.sqlite")
+    cache.put("kept", {"answer": 1})
+    cache.connection.execute("PRAGMA max_page_count = 1")  # this database can grow no more: as on a full disk
+    with pytest.raises(DiskFull, match="requests.sqlite: no space left on the device"):
+        cache.put("big", {"answer": "x" * 100_000})
+    assert cache.get("kept") == {"answer": 1}
+
+
+def test_a_library_write_failing_on_a_full_disk_is_named(tmp_path, monkeypatch):
+    """torch.save and safetensors raise RuntimeError / SafetensorError, not OSError, when the disk fills up."""
+    import shutil
+    from collections import namedtuple
+
+    from bactrian.fileio import DiskFull, disk_full_named
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(100, 100, 0))
+    with pytest.raises(DiskFull, match="checkpoint-3: no space left"):
+        with disk_full_named(tmp_path / "checkpoint-3"):
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(100, 0, 1 << 40))
+    with pytest.raises(RuntimeError, match="PytorchStreamWriter"):  # with room left, the error is the library's
+        with disk_full_named(tmp_path / "checkpoint-3"):
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")

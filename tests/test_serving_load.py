@@ -341,17 +341,18 @@ def test_a_huge_prompt_being_tokenized_holds_up_no_small_one(url, monkeypatch):
     """Large prompts are tokenized in a pool of their own: with that pool stuck, a "hi" is still answered."""
     from bactrian.infer import server
 
+    monkeypatch.setattr(server, "LARGE_PROMPT_CHARS", 1000)
     release = threading.Event()
     server.LARGE_PROMPTS.submit(release.wait)  # the large-prompt pool is busy until released
     try:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             big = pool.submit(httpx.post, f"{url}/v1/completions", headers=HEADERS, timeout=120,
-                              json={"model": "base", "prompt": "word " * 20_000, "max_tokens": 1})
+                              json={"model": "base", "prompt": "word " * 1000, "max_tokens": 1})
             small = httpx.post(f"{url}/v1/chat/completions", headers=HEADERS, timeout=60,
                                json={"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
             assert small.status_code == 200 and not big.done()
             release.set()
-            assert big.result().status_code == 400  # it cannot fit the 512-token context
+            assert big.result().status_code == 400  # its tokens cannot fit the 512-token context
     finally:
         release.set()
 
@@ -367,3 +368,12 @@ def test_the_linear_chat_rendering_joins_messages_as_before():
                     {"role": "user", "content": "b"}, {"role": "user", "content": "c"}]
     expected = "S\n\n" + template.render("a\n\n") + "A\n\n" + template.render("b\n\nc")
     assert catalog.chat_text("base", conversation) == expected
+
+
+def test_a_prompt_that_cannot_fit_is_refused_before_it_is_tokenized(url, engine, monkeypatch):
+    monkeypatch.setattr(engine.tokenizer.__class__, "__call__", lambda *a, **k: pytest.fail("tokenized"))
+    text = "x" * (engine.context_length * engine.max_token_chars + 1)
+    reply = httpx.post(f"{url}/v1/completions", headers=HEADERS, timeout=60,
+                       json={"model": "base", "prompt": text, "max_tokens": 1})
+    assert reply.status_code == 400 and reply.json()["error"]["code"] == "context_length_exceeded"
+    assert "cannot fit" in reply.json()["error"]["message"]

@@ -54,6 +54,19 @@ class DiskFull(BactrianError):
                          "Free some space, then rerun the same command: finished work is kept.")
 
 
+@contextmanager
+def disk_full_named(path: str | os.PathLike, spare_bytes: int = 16 << 20) -> Iterator[None]:
+    """Around a library's write (save_pretrained, torch): a failure with less than `spare_bytes` left on the
+    device is a DiskFull naming `path`, whatever error the library raised for it."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) or \
+                shutil.disk_usage(Path(path).parent).free < spare_bytes:
+            raise DiskFull(path) from exc
+        raise
+
+
 def staging_folder(target: Path) -> Path:
     """A new private staging folder beside `target` (for a folder renamed into place when complete), with the
     permissions the umask gives, as `mkdir` would (mkdtemp makes 0700)."""

@@ -7,8 +7,12 @@ import hashlib
 import json
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from ..fileio import DiskFull
 
 
 def request_key(**parts: Any) -> str:
@@ -17,7 +21,8 @@ def request_key(**parts: Any) -> str:
 
 class RequestCache:
     def __init__(self, path: str | Path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self.connection.execute("PRAGMA journal_mode=WAL")
         # each result is its own transaction; NORMAL skips the fsync per commit and still survives a killed
@@ -33,14 +38,25 @@ class RequestCache:
         return json.loads(row[0]) if row else None
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        with self.lock:
+        with self._writing():
             self.connection.execute("INSERT OR REPLACE INTO results VALUES (?, ?)", (key, json.dumps(value)))
             self.connection.execute("DELETE FROM failures WHERE key = ?", (key,))
 
     def fail(self, key: str, error: str) -> None:
         """A request that still failed after its retries: recorded, and tried again on the next run."""
-        with self.lock:
+        with self._writing():
             self.connection.execute("INSERT OR REPLACE INTO failures VALUES (?, ?)", (key, error))
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A full disk stops the job naming the cache; every result committed before stays."""
+        with self.lock:
+            try:
+                yield
+            except sqlite3.OperationalError as exc:
+                if "disk is full" in str(exc) or "disk I/O error" in str(exc):
+                    raise DiskFull(self.path) from None
+                raise
 
     def failures(self) -> dict[str, str]:
         with self.lock:

@@ -11,7 +11,7 @@ import torch
 
 from ..adapters import ADAPTER_WEIGHTS
 from ..errors import ConfigError
-from ..fileio import file_sha256, holds_output, remove_leftovers, replace_folder, staging_folder
+from ..fileio import disk_full_named, file_sha256, holds_output, remove_leftovers, replace_folder, staging_folder
 from ..manifest import read_manifest, write_manifest
 from ..models import resolve
 from .config import ExportConfig
@@ -34,7 +34,8 @@ def export(config: ExportConfig) -> Path:
     remove_leftovers(out)
     staging = staging_folder(out)
     try:
-        _write(config, base, adapter, staging, source.identity.get("gguf_file"))
+        with disk_full_named(out):
+            _write(config, base, adapter, staging, source.identity.get("gguf_file"))
         write_manifest(staging, "export", config, base_model={"spec": config.base_model, **source.identity},
                        adapter=_adapter_identity(adapter))
         replace_folder(staging, out)

@@ -4,6 +4,8 @@ and prompt template, the `auto` route, and prompts rendered and tokenized. The e
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any
 
 from ..adapters import AdapterCard, adapters_in, parse_adapter_specs, read_card
@@ -45,6 +47,12 @@ class Catalog:
         template = self.template_for(adapter)
         text = template.render(instruction, input, self.tokenizer)
         return self.tokenizer(text, add_special_tokens=not template.uses_chat_template)["input_ids"]
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters one token stands for (its vocabulary's longest entry, as its tokenizer spells it,
+        which is never shorter than the text): a text longer than context x this cannot fit."""
+        return max(map(len, self.tokenizer.get_vocab()), default=1)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text)["input_ids"]

@@ -284,6 +284,10 @@ async def _encode(catalog: Catalog, adapter: str, prompt: str | list[dict[str, s
         return text, catalog.encode_chat_text(adapter, text)
 
     size = len(prompt) if isinstance(prompt, str) else sum(len(message["content"]) for message in prompt)
+    if size > catalog.context_length * catalog.max_token_chars:  # refused before it costs any tokenizing
+        raise OpenAIError(400, f"This model's context is {catalog.context_length} tokens; a prompt of {size} "
+                               "characters cannot fit it: shorten it.", param="prompt" if isinstance(prompt, str)
+                          else "messages", code="context_length_exceeded")
     pool = LARGE_PROMPTS if size > LARGE_PROMPT_CHARS else SMALL_PROMPTS  # a big prompt never queues a small one
     try:
         return await asyncio.get_running_loop().run_in_executor(pool, encode)

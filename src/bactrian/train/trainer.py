@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import io
 import math
 import os
 import pickle
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 from .. import languages
 from ..adapters import ADAPTER_WEIGHTS, load_adapter_tensors
 from ..errors import ConfigError, DataError, ModelError, TrainingError
-from ..fileio import atomic_write_json, fsync_dir, fsync_tree, holds_output
+from ..fileio import atomic_write_bytes, atomic_write_json, disk_full_named, fsync_dir, fsync_tree, holds_output
 from ..manifest import fingerprint_inputs, read_manifest, write_manifest
 from ..models import LoadedModel, auto_dtype, bactrian_home, load_model, load_tokenizer, resolve
 from ..prompts import PromptTemplate, load_template
@@ -419,11 +420,12 @@ class Trainer:
             staging.mkdir(parents=True)
         self.context.barrier()
         self.check_finite(f"checkpoint-{self.state.step}, not saved")
-        torch.save(rng_state(), staging / f"rng_state_{self.context.rank}.pt")
+        save_torch(rng_state(), staging / f"rng_state_{self.context.rank}.pt")
         self.context.barrier()
         if self.context.is_main:
-            self.model.save_pretrained(staging, selected_adapters=["default"])
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+            with disk_full_named(staging):  # torch and safetensors raise their own errors on a full disk
+                self.model.save_pretrained(staging, selected_adapters=["default"])
+            save_torch({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
                        staging / OPTIMIZER_FILE)
             atomic_write_json(staging / STATE_FILE, {**asdict(self.state), "config": asdict(self.config),
                                                      "run": self.identity})
@@ -480,6 +482,13 @@ class Trainer:
         if rng_file.is_file():
             set_rng_state(_read_checkpoint_file(rng_file, _load_on_cpu))
         log.info("Resumed from %s at step %d of %d.", folder, self.state.step, self.steps)
+
+
+def save_torch(value: Any, path: Path) -> None:
+    """torch.save through the atomic writer (a full disk is a DiskFull naming the file)."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _load_on_cpu(path: Path) -> Any:
@@ -600,12 +609,14 @@ def save_adapter(trainer: Trainer, loaded: LoadedModel, template: PromptTemplate
     staging = output_dir / ".adapter.partial"
     shutil.rmtree(staging, ignore_errors=True)
     trainer.check_finite(f"{output_dir}: the adapter, not saved")
-    trainer.model.save_pretrained(staging, selected_adapters=["default"])  # not DPO's frozen reference
+    with disk_full_named(staging):
+        trainer.model.save_pretrained(staging, selected_adapters=["default"])  # not DPO's frozen reference
     saved = load_file(str(staging / ADAPTER_WEIGHTS))
     expected = sum(1 for name, param in trainer.model.named_parameters() if param.requires_grad)
     if len(saved) != expected or not saved:  # the original's 443-byte empty adapters
         raise ModelError(f"{staging / ADAPTER_WEIGHTS}: saved {len(saved)} tensors, expected {expected}.")
-    loaded.tokenizer.save_pretrained(staging)
+    with disk_full_named(staging):
+        loaded.tokenizer.save_pretrained(staging)
     fsync_tree(staging)
     for path in staging.iterdir():  # whole files move into place; none is ever half-written
         path.replace(output_dir / path.name)
