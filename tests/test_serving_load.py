@@ -210,7 +210,7 @@ def test_a_chat_template_that_refuses_the_roles_is_a_400(engine, url, monkeypatc
     def refuse(*args, **kwargs):
         raise ValueError("Conversation roles must alternate user/assistant/user/assistant/...")
 
-    monkeypatch.setattr(engine, "encode_chat", refuse)
+    monkeypatch.setattr(engine, "chat_text", refuse)  # where the tokenizer's chat template runs
     response = post(url, {"model": "base", "messages": QUESTION})
     assert response.status_code == 400 and "roles must alternate" in response.json()["error"]["message"]
 

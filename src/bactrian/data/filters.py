@@ -83,6 +83,7 @@ def filter_rows(rows: list[dict[str, Any]], settings: FilterSettings, num_proc: 
 
 
 MINHASH_PERMUTATIONS = 64
+MAX_THRESHOLD = 0.96  # the highest threshold datasketch 2 can band 64 permutations for
 CHUNK_ROWS = 2000
 
 
@@ -141,7 +142,8 @@ class FilterConfig:
     drop: bool = option(True, "Drop failing rows (False: keep them, with a filter_reasons field).")
     min_chars: int = option(1, "Shortest acceptable output, in characters.")
     max_chars: int = option(20000, "Longest acceptable output, in characters.")
-    near_duplicate_threshold: float = option(0.9, "MinHash Jaccard similarity above which rows are near duplicates.")
+    near_duplicate_threshold: float = option(0.9, "MinHash Jaccard similarity above which rows are near duplicates "
+                                                  "(0 to 0.96).")
     num_proc: int = option(0, "Processes for the per-row checks (language ID, MinHash); 0: one per core.")
 
 
@@ -151,12 +153,15 @@ def check_settings(config: FilterConfig) -> None:
 
     if config.min_chars > config.max_chars:
         raise ConfigError(f"min_chars {config.min_chars} is above max_chars {config.max_chars}.")
+    problem = None if 0 <= config.near_duplicate_threshold <= MAX_THRESHOLD else "above what its bands can resolve"
     try:
         MinHashLSH(threshold=config.near_duplicate_threshold, num_perm=MINHASH_PERMUTATIONS)
     except ValueError as exc:
+        problem = str(exc)
+    if problem:  # datasketch 2 raises at construction; 1.x accepted such thresholds
         raise ConfigError(f"near_duplicate_threshold {config.near_duplicate_threshold}: MinHash with "
-                          f"{MINHASH_PERMUTATIONS} permutations cannot use it ({exc}); choose a value from 0 to 0.96.") \
-            from exc
+                          f"{MINHASH_PERMUTATIONS} permutations cannot use it ({problem}); choose a value from 0 to "
+                          f"{MAX_THRESHOLD}.")
 
 
 @holds_output("output_dir", "data filter")
