@@ -55,9 +55,13 @@ def serve(mode: str) -> dict[str, float]:
             "serve_16_tokens_per_second": many["tokens_per_second"]}
 
 
-def finetune(mode: str) -> dict[str, float]:
-    process = subprocess.run([sys.executable, str(FINETUNE), "--child", "bactrian", "--models", "default"],
-                             capture_output=True, text=True, env=environment(mode))
+def finetune(mode: str, limit_s: float) -> dict[str, float | None]:
+    """Its tokens/s, or None where it did not finish within `limit_s` (bf16 on kernels without bf16 instructions)."""
+    try:
+        process = subprocess.run([sys.executable, str(FINETUNE), "--child", "bactrian", "--models", "default"],
+                                 capture_output=True, text=True, env=environment(mode), timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        return {"finetune_tokens_per_second": None, "finetune_eval_loss": None, "finetune_timed_out_s": limit_s}
     line = next((out for out in process.stdout.splitlines() if out.startswith("RESULT ")), None)
     if line is None:
         sys.exit(f"finetune in {mode} failed:\n{process.stderr[-4000:]}")
@@ -72,7 +76,7 @@ def cpu_name() -> str:
     return platform.processor()
 
 
-def main(rounds: int, modes: tuple[str, ...] = MODES) -> None:
+def main(rounds: int, modes: tuple[str, ...] = MODES, finetune_limit_s: float = 3600) -> None:
     if not QUESTIONS.is_dir():
         sys.exit(f"{QUESTIONS} is absent: this benchmark needs ../shared/data beside the checkout.")
     OUT.mkdir(exist_ok=True)
@@ -84,7 +88,8 @@ def main(rounds: int, modes: tuple[str, ...] = MODES) -> None:
     for number in range(1, rounds + 1):
         for mode in modes:
             print(f"round {number}: {mode} ...", flush=True)
-            runs.append({"round": number, "mode": mode, **serve(mode), **finetune(mode)})
+            runs.append({"round": number, "mode": mode, **serve(mode), **finetune(mode, finetune_limit_s)})
+            print(json.dumps(runs[-1]), flush=True)
     report(machine, runs, modes)
     save("dtype_auto_avx2" if EMULATION else "dtype_auto", {"machine": machine, "runs": runs})
 
@@ -96,23 +101,28 @@ def report(machine: dict, runs: list[dict], modes: tuple[str, ...]) -> None:
           f"{'eval loss':>10}")
     for mode in modes:
         mine = [run for run in runs if run["mode"] == mode]
-        cells = [", ".join(f"{run[column]:.1f}" for run in mine) for column in columns]
-        losses = ", ".join(f"{run['finetune_eval_loss']:.4f}" for run in mine)
+        cells = [", ".join(_figure(run[column], ".1f") for run in mine) for column in columns]
+        losses = ", ".join(_figure(run["finetune_eval_loss"], ".4f") for run in mine)
         print(f"{mode:<9} {cells[0]:>22} {cells[1]:>24} {cells[2]:>18} {losses:>10}")
     best = {column: max(("float32", "bfloat16"), key=lambda mode: sum(
-        run[column] for run in runs if run["mode"] == mode)) for column in columns}
+        run[column] or 0.0 for run in runs if run["mode"] == mode)) for column in columns}
     chosen = "float32" if EMULATION else str(auto_dtype(torch.device("cpu")).dtype).removeprefix("torch.")
     verdicts = [f"{column.removesuffix('_tokens_per_second')}: {best[column]} faster"
                 f" ({'auto agrees' if best[column] == chosen else 'auto picks ' + chosen})" for column in columns]
     print("\n" + "; ".join(verdicts))
 
 
+def _figure(value: float | None, spec: str) -> str:
+    return "timed out" if value is None else format(value, spec)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--finetune-limit-s", type=float, default=3600, help="give up on a finetune run after this")
     parser.add_argument("--emulate-avx2", action="store_true", help="hold the kernels to AVX2; fp32 and bf16 only "
                                                                      "(auto is fp32 on a real AVX2 CPU)")
     arguments = parser.parse_args()
     if arguments.emulate_avx2:
         EMULATION.update(AVX2_ONLY)
-    main(arguments.rounds, ("float32", "bfloat16") if arguments.emulate_avx2 else MODES)
+    main(arguments.rounds, ("float32", "bfloat16") if arguments.emulate_avx2 else MODES, arguments.finetune_limit_s)
