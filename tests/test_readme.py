@@ -21,6 +21,7 @@ def test_ci_tests_the_lowest_versions_pyproject_allows():
     """Every lower bound of a runtime dependency is pinned in .ci/lowest.txt, which .ci/run installs to run the core
     tests against: a bound we declare is one the suite has passed with."""
     import re
+
     import tomllib
 
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]

@@ -284,6 +284,7 @@ def test_connections_that_send_headers_a_byte_at_a_time_are_closed_at_the_deadli
     import uvicorn
 
     from bactrian.infer.server import uvicorn_config
+
     from test_server import free_port
 
     port = free_port()
@@ -327,7 +328,8 @@ def test_a_lone_surrogate_or_a_raw_nul_is_named_as_what_it_is(url):
     raw = b'{"model": "base", "prompt": "a \x00 b", "max_tokens": 2}'
     reply = httpx.post(f"{url}/v1/completions", content=raw, headers={**HEADERS, "content-type": "application/json"})
     error = reply.json()["error"]
-    assert reply.status_code == 400 and error["message"].startswith("The body is not valid JSON") and error["param"] is None
+    assert reply.status_code == 400 and error["message"].startswith("The body is not valid JSON")
+    assert error["param"] is None
 
 
 def test_too_many_messages_are_refused_before_any_rendering(url):
@@ -363,8 +365,9 @@ def test_the_linear_chat_rendering_joins_messages_as_before():
 
     template = load_template("alpaca")
     catalog = Catalog(None, template, [])
-    conversation = [{"role": "system", "content": "S"}, {"role": "user", "content": ""}, {"role": "user", "content": "a"},
-                    {"role": "user", "content": ""}, {"role": "assistant", "content": "A"},
+    conversation = [{"role": "system", "content": "S"}, {"role": "user", "content": ""},
+                    {"role": "user", "content": "a"}, {"role": "user", "content": ""},
+                    {"role": "assistant", "content": "A"},
                     {"role": "user", "content": "b"}, {"role": "user", "content": "c"}]
     expected = "S\n\n" + template.render("a\n\n") + "A\n\n" + template.render("b\n\nc")
     assert catalog.chat_text("base", conversation) == expected

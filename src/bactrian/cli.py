@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import logging
 import os
 import sqlite3
@@ -15,10 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import BactrianError, ConfigError
-from .options import base_type, parse_bool, typed_values
+from .fileio import out_of_space
+from .options import base_type, parse_bool, read_yaml, typed_values
 
 
 def _flag_bool(text: str) -> bool:
@@ -68,12 +66,7 @@ def build_config(config_cls: type, args: argparse.Namespace) -> Any:
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"--config {path}: file not found.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        raise ConfigError(f"{path}: {where}not valid YAML ({exc})") from exc
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values.")
     return data
@@ -261,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     except BactrianError as exc:
         print(f"bactrian {args.verb}: error: {exc}", file=sys.stderr)
         return 2
-    except (OSError, sqlite3.OperationalError) as exc:
-        if not _out_of_space(exc):
+    except (OSError, sqlite3.OperationalError) as exc:  # a library's own write on a full disk
+        if not out_of_space(exc):
             raise
         where = getattr(exc, "filename", None) or "a file"
         print(f"bactrian {args.verb}: error: no space left on the device (or quota) while writing {where}. Free "
@@ -273,13 +266,6 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     return 0
-
-
-def _out_of_space(exc: BaseException) -> bool:
-    """ENOSPC / EDQUOT anywhere a library writes (torch.save, save_pretrained, SQLite's 'database or disk is full')."""
-    if isinstance(exc, sqlite3.OperationalError):
-        return "disk is full" in str(exc)
-    return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
 
 
 if __name__ == "__main__":

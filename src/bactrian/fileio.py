@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,9 +42,16 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], Any]) -> 
         fsync_dir(path.parent)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if out_of_space(exc):
             raise DiskFull(path) from None
         raise
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """Whether an error says the disk (or quota) is full: ENOSPC / EDQUOT, or SQLite's "database or disk is full"."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return "disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class DiskFull(BactrianError):
@@ -61,8 +69,7 @@ def disk_full_named(path: str | os.PathLike, spare_bytes: int = 16 << 20) -> Ite
     try:
         yield
     except Exception as exc:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) or \
-                shutil.disk_usage(Path(path).parent).free < spare_bytes:
+        if out_of_space(exc) or shutil.disk_usage(Path(path).parent).free < spare_bytes:
             raise DiskFull(path) from exc
         raise
 

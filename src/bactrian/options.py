@@ -8,6 +8,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
@@ -38,6 +39,17 @@ def base_type(hint: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         return base_type(next(arg for arg in typing.get_args(hint) if arg is not type(None)))
     return origin or hint
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content (safe_load: no tags that construct objects), or a ConfigError naming its line."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:  # a !!python tag is a ConstructorError, one of these
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(f"{path}: {f'line {mark.line + 1}: ' if mark else ''}not valid YAML ({exc}).") from exc
 
 
 def typed_values(config_cls: type, values: dict[str, Any], where: str = "") -> dict[str, Any]:

@@ -8,11 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import ConfigError
-from ..options import typed_values
 from ..fileio import atomic_write_bytes, atomic_write_with, output_lock
+from ..options import read_yaml, typed_values
 from ..records import read_rows
 from . import filters
 from .generate import DataGenerateConfig, generate
@@ -51,11 +49,7 @@ def _run(recipe: dict[str, Any], stages: dict[str, Any], out: Path) -> dict[str,
 def _read_recipe(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"--config {path}: file not found.")
-    try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"{path}: {f'line {mark.line + 1}: ' if mark else ''}not valid YAML ({exc}).") from exc
+    recipe = read_yaml(path) or {}
     if not isinstance(recipe, dict):
         raise ConfigError(f"{path}: a recipe is a mapping with keys {', '.join(RECIPE_KEYS)}.")
     unknown = sorted(map(str, set(recipe) - set(RECIPE_KEYS)))

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..fileio import DiskFull
+from ..fileio import DiskFull, out_of_space
 
 
 def request_key(**parts: Any) -> str:
@@ -54,7 +54,7 @@ class RequestCache:
             try:
                 yield
             except sqlite3.OperationalError as exc:
-                if "disk is full" in str(exc) or "disk I/O error" in str(exc):
+                if out_of_space(exc):
                     raise DiskFull(self.path) from None
                 raise
 

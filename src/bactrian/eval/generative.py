@@ -72,7 +72,8 @@ def _mean(rows: list[dict[str, Any]], key: str, resamples: int = 1000) -> dict[s
     rng = random.Random(0)
     means = sorted(sum(rng.choices(values, k=len(values))) / len(values) for _ in range(resamples))
     mean = sum(values) / len(values)
-    return {key: mean, f"{key}_ci95": enclosing(mean, (means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]))}
+    interval = (means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1])
+    return {key: mean, f"{key}_ci95": enclosing(mean, interval)}
 
 
 # -- language confusion ------------------------------------------------------------------------------------------

@@ -162,9 +162,9 @@ def translation_scores(hypotheses: list[str], references: list[str], target: str
     """Corpus chrF++ and BLEU (sacrebleu), each with the 95% interval of sacrebleu's bootstrap resampling (its
     own resampler and seed; the interval is taken here because sacrebleu's summary of it fails on some inputs)."""
     from sacrebleu.metrics import BLEU, CHRF
+    from sacrebleu.significance import _bootstrap_resample
 
     from .report import enclosing
-    from sacrebleu.significance import _bootstrap_resample
 
     scores: dict[str, Any] = {"n": len(hypotheses)}
     for name, metric in (("chrf++", CHRF(word_order=2)), ("bleu", BLEU(tokenize=BLEU_TOKENIZERS.get(target, "13a")))):

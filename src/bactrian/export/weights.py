@@ -100,8 +100,9 @@ class LoraWeights:
         bad = [name for name, pair in self.pairs.items()
                if not (torch.isfinite(pair.a).all() and torch.isfinite(pair.b).all())]
         if bad:
-            raise ModelError(f"--lora_weights {self.folder}: {len(bad)} LoRA pair(s) hold NaN or inf (first: {bad[0]}); "
-                             "a merge would write a broken model. Retrain it, or export an earlier checkpoint.")
+            raise ModelError(f"--lora_weights {self.folder}: {len(bad)} LoRA pair(s) hold NaN or inf (first: "
+                             f"{bad[0]}); a merge would write a broken model. Retrain it, or export an earlier "
+                             "checkpoint.")
 
     def check_changes_something(self) -> None:
         if all(not torch.any(pair.b) for pair in self.pairs.values()):

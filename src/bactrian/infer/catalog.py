@@ -5,7 +5,6 @@ and prompt template, the `auto` route, and prompts rendered and tokenized. The e
 from __future__ import annotations
 
 import functools
-
 from typing import Any
 
 from ..adapters import AdapterCard, adapters_in, parse_adapter_specs, read_card

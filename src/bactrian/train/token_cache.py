@@ -79,9 +79,11 @@ def open_rows(data_sources: list[Source], tokenizer: Any, settings: tokenize.Set
     rank 0 builds its own copy; every other process waits and maps."""
     tokenizer_hash = tokenizer_fingerprint(tokenizer)
     entries = [cache_dir / entry_key(source, tokenizer_hash, settings) for source in data_sources]
+    checked = False  # a builder checks that each entry is whole once (a single process is both builders)
     for builds in (context.is_main, context.local_rank == 0):
         missing = [(source, entry) for source, entry in zip(data_sources, entries)
-                   if not (entry / META).is_file() or (builds and not _is_whole(entry))]
+                   if not (entry / META).is_file() or (builds and not checked and not _is_whole(entry))]
+        checked = checked or builds
         if builds and missing:
             for _, entry in missing:
                 shutil.rmtree(entry, ignore_errors=True)  # a damaged entry is rebuilt, never half-read
@@ -108,9 +110,8 @@ def _is_whole(entry: Path) -> bool:
 
 
 def build(missing: list[tuple[Source, Path]], tokenizer: Any, settings: tokenize.Settings, num_proc: int,
-          tokenizer_hash: str = "") -> None:
+          tokenizer_hash: str) -> None:
     started = time.perf_counter()
-    tokenizer_hash = tokenizer_hash or tokenizer_fingerprint(tokenizer)
     pieces = [tokenize.Piece(source, segment, _staging(entry) / f"part-{number:05d}.arrow")
               for source, entry in missing for number, segment in enumerate(source.segments(SEGMENT_BYTES))]
     for piece in pieces:

@@ -8,9 +8,9 @@ exactly where the interrupted one stopped."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
-import io
 import math
 import os
 import pickle
