@@ -153,3 +153,16 @@ def test_a_lone_surrogate_in_a_row_names_its_file_line_and_field(tmp_path):
     path.write_text('{"instruction": "ok", "output": "fine"}\n{"instruction": "bad \\ud800 row", "output": "x"}\n')
     with pytest.raises(DataError, match=r"fr.jsonl: line 2: field 'instruction' holds a lone surrogate"):
         read_rows(str(path))
+
+
+def test_every_reader_gives_a_row_the_same_id_an_explicit_0_kept_a_missing_one_defaulted(tmp_path):
+    """`id: 0` was "0" for training but "fr-0" for the data commands: one validator now decides for both."""
+    from bactrian.records import read_rows
+
+    path = write_jsonl(tmp_path / "fr.jsonl", [
+        {"id": 0, "instruction": "a", "output": "x"}, {"id": None, "instruction": "b", "output": "y"},
+        {"id": "", "instruction": "c", "output": "z"}, {"instruction": "d", "output": "w"},
+        {"id": "mine", "instruction": "e", "output": "v"}])
+    expected = ["0", "fr-1", "fr-2", "fr-3", "mine"]
+    assert [r.id for r in load_records(str(path))] == expected
+    assert [row["id"] for row in read_rows(str(path))] == expected

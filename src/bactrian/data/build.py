@@ -4,21 +4,17 @@ they are."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..fileio import atomic_write_bytes, atomic_write_with, output_lock
+from ..fileio import atomic_write_bytes, output_lock
 from ..options import read_yaml, typed_values
-from ..records import read_rows
+from ..records import read_rows, write_parquet
 from . import filters
 from .generate import DataGenerateConfig, generate
-from .jobs import refuse_overlap, remove_other_languages
+from .jobs import refuse_overlap
 from .translate import TranslateConfig, translate
-
-DATASET_COLUMNS = ("id", "lang", "instruction", "input", "output")
-
 
 RECIPE_KEYS = ("input", "output_dir", "langs", "translate", "generate", "filter")
 SECTIONS = {"translate": TranslateConfig, "generate": DataGenerateConfig, "filter": filters.FilterConfig}
@@ -85,27 +81,6 @@ def _stage_configs(recipe: dict[str, Any], where: str, stages: Path) -> dict[str
         configs[name] = config_cls(**{**typed_values(config_cls, section, f"{where}: {name}"), **fixed[name]})
     filters.check_settings(configs["filter"])
     return configs
-
-
-def write_parquet(rows: list[dict[str, Any]], out: Path, first: tuple[str, ...] = DATASET_COLUMNS) -> dict[str, int]:
-    """One Parquet file per language: the dataset columns (`first`), then every provenance column the rows
-    carry."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    counts: dict[str, int] = {}
-    for lang in sorted({row["lang"] for row in rows}):
-        lang_rows = [row for row in rows if row["lang"] == lang]
-        extra = sorted({key for row in lang_rows for key in row} - set(first) - {"filter_reasons"})
-        columns = {key: [_text(row.get(key)) for row in lang_rows] for key in (*first, *extra)}
-        atomic_write_with(out / f"{lang}.parquet", lambda tmp, table=pa.table(columns): pq.write_table(table, tmp))
-        counts[lang] = len(lang_rows)
-    remove_other_languages(out, set(counts), ".parquet")
-    return counts
-
-
-def _text(value: Any) -> str:
-    return "" if value is None else value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def write_card(out: Path, recipe: dict[str, Any], counts: dict[str, int], summary: dict[str, Any]) -> None:

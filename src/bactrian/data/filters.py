@@ -18,7 +18,8 @@ from ..errors import ConfigError
 from ..fileio import atomic_write_bytes, atomic_write_json, holds_output
 from ..langid import written_in
 from ..options import option
-from .jobs import read_job_input, write_by_language
+from ..records import write_by_language
+from .jobs import read_job_input
 
 REFUSALS = re.compile("|".join([
     r"\bas an ai\b", r"\bi(?:'m| am) (?:sorry|unable|not able)\b", r"\bi can(?:'t|not) (?:help|assist|provide)\b",

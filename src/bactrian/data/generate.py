@@ -11,7 +11,8 @@ from typing import Any
 from .. import languages
 from ..fileio import holds_output
 from ..options import option
-from .jobs import REMOTE_ONLY, EndpointConfig, make_client, read_job_input, refuse_unused, run_chats, write_by_language
+from ..records import write_by_language
+from .jobs import REMOTE_ONLY, EndpointConfig, make_client, read_job_input, refuse_unused, run_chats
 
 
 @dataclass

@@ -1,15 +1,14 @@
 """What translate and generate share: options, running many cached requests with a progress bar, a dry run
-that prices the job before it starts, and per-language output files."""
+that prices the job before it starts, and reading a job's input apart from its output folder (the per-language
+output files are written by `bactrian.records`)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import sys
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,6 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .. import languages
 from ..endpoints.cache import RequestCache
 from ..endpoints.client import ChatClient, chat_client
 from ..errors import ConfigError
@@ -142,25 +140,3 @@ def refuse_overlap(input: str, output_dir: str) -> None:
     if out.is_relative_to(source) or source.is_relative_to(out):
         raise ConfigError(f"--output_dir {output_dir} overlaps --input {input} (it is, holds or lies inside it), and "
                           "this job rewrites its output folder: write elsewhere.")
-
-
-def write_by_language(folder: Path, rows: list[dict[str, Any]]) -> dict[str, int]:
-    by_lang: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        by_lang[row["lang"]].append(row)
-    for lang, lang_rows in by_lang.items():
-        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in lang_rows)
-        atomic_write_bytes(folder / f"{lang}.jsonl", text.encode("utf-8"))
-    remove_other_languages(folder, set(by_lang), ".jsonl")
-    return {lang: len(lang_rows) for lang, lang_rows in sorted(by_lang.items())}
-
-
-def remove_other_languages(folder: Path, kept: set[str], suffix: str) -> None:
-    """An output folder holds exactly this run's languages: files of others (an earlier run with other --langs,
-    a language a stricter filter emptied) and leftovers of a killed write go, so no later step reads them."""
-    for path in folder.glob(f"*{suffix}"):
-        if languages.is_known(path.stem) and path.stem not in kept:
-            log.info("%s: removing %s, which this run did not produce.", folder, path.name)
-            path.unlink()
-    for leftover in folder.glob(f".*{suffix}.*"):
-        leftover.unlink(missing_ok=True)

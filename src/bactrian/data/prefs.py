@@ -31,8 +31,7 @@ from ..infer.config import EngineConfig, GenerateConfig
 from ..infer.engine import build_engine
 from ..infer.routing import BASE
 from ..options import option
-from ..records import load_records, read_jsonl, write_jsonl_rows
-from .build import write_parquet
+from ..records import load_records, read_jsonl, write_jsonl_rows, write_parquet
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from ..endpoints.client import Limits, Requester
 from ..errors import ConfigError
 from ..fileio import holds_output
 from ..options import option
+from ..records import write_by_language
 from .jobs import (
     REMOTE_ONLY,
     EndpointConfig,
@@ -28,7 +29,6 @@ from .jobs import (
     request_cache,
     run_all,
     run_chats,
-    write_by_language,
 )
 
 PROTECTED = re.compile(r"```.*?```|`[^`\n]+`|https?://\S+|\{\{[^}]*\}\}", re.DOTALL)
