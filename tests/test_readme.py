@@ -1,6 +1,14 @@
+"""The README and the docs: the commands CI runs, the lowest versions it tests, links that lead somewhere, tests that
+exist where a page names them, and a README short enough to read to the end."""
+
+import re
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
+PAGES = [REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted((REPO / "docs").glob("*.md"))]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
 
 def test_ci_runs_the_readme_test_command():
@@ -20,8 +28,6 @@ def test_the_test_command_builds_llama_cpp_portably():
 def test_ci_tests_the_lowest_versions_pyproject_allows():
     """Every lower bound of a runtime dependency is pinned in .ci/lowest.txt, which .ci/run installs to run the core
     tests against: a bound we declare is one the suite has passed with."""
-    import re
-
     import tomllib
 
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
@@ -34,3 +40,44 @@ def test_ci_tests_the_lowest_versions_pyproject_allows():
     assert pinned == {name: version for name, version in bounds.items() if name != "torch"}
     assert "torch==2.13.0" in (REPO / "README.md").read_text() and bounds["torch"] == "2.13"
     assert "-c .ci/lowest.txt" in (REPO / ".ci" / "run").read_text()
+
+
+def test_the_readme_stays_short():
+    assert len((REPO / "README.md").read_text().splitlines()) <= 160
+
+
+def prose(markdown: str) -> str:
+    """The text outside fenced code blocks and inline code, where links are links."""
+    outside = re.sub(r"^```.*?^```", "", markdown, flags=re.S | re.M)
+    return re.sub(r"`[^`\n]*`", "", outside)
+
+
+def anchors(page: Path) -> set[str]:
+    """The #anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#+\s+(.+?)\s*$", re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M),
+                          flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.replace("`", "").lower()).replace(" ", "-") for heading in headings}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(REPO)))
+def test_every_relative_link_points_to_an_existing_file(page):
+    broken = []
+    for target in LINK.findall(prose(page.read_text())):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists():
+            broken.append(target)
+        elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+            broken.append(f"{target} (no such heading)")
+    assert not broken, f"{page.name}: broken links {broken}"
+
+
+def test_every_test_the_docs_name_exists():
+    named = {match for page in PAGES for match in re.findall(r"tests/(\w+\.py)::(\w+)", page.read_text())}
+    assert named
+    missing = [f"tests/{file}::{test}" for file, test in sorted(named)
+               if not (REPO / "tests" / file).is_file()
+               or not re.search(rf"^def {test}\(", (REPO / "tests" / file).read_text(), flags=re.M)]
+    assert not missing, f"named in the docs but not found: {missing}"
