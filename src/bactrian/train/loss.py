@@ -85,11 +85,12 @@ class _FrozenLinearCrossEntropy(torch.autograd.Function):
                 grad_logits[torch.arange(target.shape[0], device=target.device), target] -= 1
                 if softcap:
                     grad_logits *= 1 - capped.square()
-                grads.append(grad_logits.to(weight.dtype) @ weight)
+                grads.append(grad_logits.to(weight.dtype) @ weight)  # d(loss_i)/d(hidden_i); W frozen: no dW
         ctx.save_for_backward(torch.cat(grads) if grads else hidden.new_zeros(0))
         return torch.cat(losses) if losses else hidden.new_zeros(0, dtype=torch.float32)
 
     @staticmethod
     def backward(ctx, grad_losses):
         (grad_hidden,) = ctx.saved_tensors
+        # loss i depends on hidden row i alone, so the chain rule scales each saved row by its loss's gradient
         return grad_hidden * grad_losses[:, None].to(grad_hidden.dtype), None, None, None, None

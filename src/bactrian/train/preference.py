@@ -22,7 +22,6 @@ from .. import languages
 from . import dataset as ds
 from .loss import token_losses
 
-METHODS = ("sft", "dpo", "orpo")
 REFERENCE = "reference"  # the frozen copy of --init_adapter that DPO compares against
 STATS = ("pairs", "chosen_reward", "rejected_reward", "correct")  # per language, summed over pairs
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -32,9 +33,12 @@ from .. import languages
 from ..errors import DataError
 from ..fileio import atomic_write_json, file_sha256, fsync_dir
 from ..manifest import fingerprint_inputs
-from ..records import Source, hub_split
+from ..models import bactrian_home
+from ..prompts import PromptTemplate
+from ..records import Source, hub_split, sources
 from . import dataset as ds
 from . import tokenize
+from .config import FinetuneConfig
 from .distributed import DistributedContext
 
 log = logging.getLogger(__name__)
@@ -90,6 +94,22 @@ def open_rows(data_sources: list[Source], tokenizer: Any, settings: tokenize.Set
             build(missing, tokenizer, settings, num_proc, tokenizer_hash)
         context.barrier()
     return TokenizedRows(entries)
+
+
+def tokenized_rows(config: FinetuneConfig, tokenizer: Any, template: PromptTemplate,
+                   context: DistributedContext) -> TokenizedRows:
+    """A finetune run's data sources, tokenized (from the cache when there), with what was left out said."""
+    settings = tokenize.Settings(template, config.cutoff_len, config.train_on_inputs, config.method != "sft")
+    cache_dir = Path(config.cache_dir) if config.cache_dir else bactrian_home() / "tokenized"
+    num_proc = config.num_proc if config.num_proc > 0 else len(os.sched_getaffinity(0))
+    data = sources(config.data_path, languages.parse_langs(config.lang) or None)
+    rows = open_rows(data, tokenizer, settings, cache_dir, num_proc, context)
+    summary = rows.summary()
+    if summary["left_out"] and context.is_main:
+        log.warning("Left out %s (first: %s). Raise --cutoff_len to keep rows whose prompt fills it.",
+                    ", ".join(f"{count} row(s) with {why}" for why, count in summary["left_out"].items()),
+                    ", ".join(summary["first_left_out"]))
+    return rows
 
 
 def _is_whole(entry: Path) -> bool:
