@@ -129,7 +129,7 @@ class CountingCollator:
 def run_bactrian(name, settings, train, val, work: Path) -> dict:
     from bactrian.models import load_tokenizer
     from bactrian.train.config import FinetuneConfig
-    from bactrian.train.trainer import finetune
+    from bactrian.train.finetune import finetune
 
     data = work / "train.jsonl"
     write_subset(train, data)

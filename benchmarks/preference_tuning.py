@@ -44,7 +44,7 @@ def build_pairs(sft: str) -> dict:
 
 def train_ours(sft: str, pairs: str, steps: int, output: str, learning_rate: float) -> dict:
     from bactrian.train.config import FinetuneConfig
-    from bactrian.train.trainer import finetune
+    from bactrian.train.finetune import finetune
 
     metrics = finetune(FinetuneConfig(base_model="default", data_path=[pairs], output_dir=output, method="dpo",
                                       init_adapter=sft, max_steps=steps, learning_rate=learning_rate,

@@ -105,7 +105,7 @@ def test_build_with_a_real_teacher_gives_a_dataset_for_datasets_and_finetune(tin
     import datasets
 
     from bactrian.train.config import FinetuneConfig
-    from bactrian.train.trainer import finetune
+    from bactrian.train.finetune import finetune
 
     questions = ["What is the capital of France?", "Name a primary colour.", "What is 2 plus 3?",
                  "Name a fruit that is yellow.", "What is the opposite of hot?", "What colour is the sky?"]

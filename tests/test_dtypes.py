@@ -9,7 +9,8 @@ import torch
 from bactrian import models
 from bactrian.errors import ModelError
 from bactrian.infer.engine import Engine
-from bactrian.train.trainer import finetune, uses_bf16_autocast
+from bactrian.train.finetune import finetune
+from bactrian.train.objectives import uses_bf16_autocast
 
 from test_finetune import adapter_weights, make_config, max_difference
 
@@ -92,6 +93,6 @@ def test_bf16_training_is_independent_of_micro_batching_within_its_tolerance(tin
 
 
 def test_finetune_logs_what_bf16_auto_chose(tiny_llama, lang_folder, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="bactrian.train.trainer"):
+    with caplog.at_level(logging.INFO, logger="bactrian.train.objectives"):
         finetune(make_config(tiny_llama, lang_folder, tmp_path / "auto", bf16="auto", max_steps=1))
     assert f"bf16 auto: autocast {'on' if models.auto_dtype(CPU).dtype == torch.bfloat16 else 'off'}" in caplog.text

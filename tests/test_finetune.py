@@ -17,8 +17,8 @@ from bactrian.models import load_model
 from bactrian.prompts import load_template
 from bactrian.train import dataset as ds
 from bactrian.train.config import FinetuneConfig
+from bactrian.train.finetune import attach_lora, finetune, prepare_examples
 from bactrian.train.loss import token_losses
-from bactrian.train.trainer import attach_lora, finetune, prepare_examples
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -271,7 +271,7 @@ def test_resume_auto_falls_back_past_a_truncated_checkpoint(tiny_llama, lang_fol
     weights = out / "checkpoint-4" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:300])
     (out / "adapter_model.safetensors").unlink()
-    with caplog.at_level(logging.WARNING, logger="bactrian.train.trainer"):
+    with caplog.at_level(logging.WARNING, logger="bactrian.train.loop"):
         finetune(make_config(tiny_llama, lang_folder, out, resume_from_checkpoint="auto", **common))
     assert "checkpoint-4 cannot be resumed" in caplog.text and "falling back to" in caplog.text
     assert max_difference(adapter_weights(tmp_path / "straight"), adapter_weights(out)) <= 1e-6

@@ -237,7 +237,7 @@ def finetune_config(model, data, out, **overrides):
 
 @pytest.mark.parametrize("limit", [0, -1])
 def test_impossible_checkpoint_limits_are_errors(tiny_llama, lang_folder, tmp_path, limit):
-    from bactrian.train.trainer import finetune
+    from bactrian.train.finetune import finetune
 
     with pytest.raises(BactrianError, match=f"--save_total_limit {limit}: keep at least 1"):
         finetune(finetune_config(tiny_llama, lang_folder, tmp_path / "out", save_total_limit=limit))
@@ -245,7 +245,7 @@ def test_impossible_checkpoint_limits_are_errors(tiny_llama, lang_folder, tmp_pa
 
 
 def test_checkpoints_of_another_run_are_never_resumed_or_pruned(tiny_llama, lang_folder, tmp_path):
-    from bactrian.train.trainer import finetune
+    from bactrian.train.finetune import finetune
 
     out = tmp_path / "out"
     finetune(finetune_config(tiny_llama, lang_folder, out, max_steps=6))  # leaves checkpoint-2 and -4
@@ -266,7 +266,7 @@ def test_checkpoints_of_another_run_are_never_resumed_or_pruned(tiny_llama, lang
 
 
 def test_per_language_reruns_retrain_what_changed(tiny_llama, lang_folder, tmp_path, caplog):
-    from bactrian.train.trainer import finetune
+    from bactrian.train.finetune import finetune
 
     out = tmp_path / "adapters"
     config = finetune_config(tiny_llama, lang_folder, out, per_language=True, lang=["de", "fr"], save_steps=0)
@@ -288,7 +288,7 @@ def test_checkpoints_are_flushed_before_they_are_renamed_and_leftovers_are_clean
                                                                                   monkeypatch):
     import os
 
-    from bactrian.train import trainer
+    from bactrian.train.finetune import finetune
 
     out = tmp_path / "out"
     (out / ".checkpoint-7.partial").mkdir(parents=True)  # what a run killed mid-save leaves
@@ -299,7 +299,7 @@ def test_checkpoints_are_flushed_before_they_are_renamed_and_leftovers_are_clean
                         or real_fsync(fd))
     monkeypatch.setattr(Path, "rename", lambda self, target: events.append(("rename", str(self))) or
                         real_rename(self, target))
-    trainer.finetune(finetune_config(tiny_llama, lang_folder, out, max_steps=4, save_steps=2))
+    finetune(finetune_config(tiny_llama, lang_folder, out, max_steps=4, save_steps=2))
     staging = str(out / ".checkpoint-2.partial")
     renamed = events.index(("rename", staging))
     flushed = {path for kind, path in events[:renamed] if kind == "fsync" and path.startswith(staging)}

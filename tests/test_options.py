@@ -70,7 +70,7 @@ def test_generate_refuses_sampling_settings_with_beams_and_records_only_what_dec
 
 def test_per_language_refuses_one_checkpoint_for_every_language(tmp_path):
     from bactrian.train.config import FinetuneConfig
-    from bactrian.train.trainer import finetune
+    from bactrian.train.finetune import finetune
 
     with pytest.raises(ConfigError, match="--per_language resumes each language from its own checkpoints"):
         finetune(FinetuneConfig(data_path=[str(tmp_path)], per_language=True,

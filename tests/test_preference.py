@@ -13,7 +13,7 @@ from bactrian.errors import DataError
 from bactrian.records import load_records
 from bactrian.train import dataset as ds
 from bactrian.train import preference
-from bactrian.train.trainer import finetune
+from bactrian.train.finetune import finetune
 
 from conftest import SAMPLE, make_adapter, write_jsonl
 from test_finetune import adapter_weights, kill_then_resume, make_config, max_difference, run_ddp

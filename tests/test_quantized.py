@@ -17,7 +17,7 @@ from bactrian.infer.decoding import Request, SamplingParams
 from bactrian.infer.engine import Engine
 from bactrian.infer.server import create_app
 from bactrian.models import load_model
-from bactrian.train.trainer import finetune
+from bactrian.train.finetune import finetune
 
 from test_finetune import adapter_weights, make_config
 from test_server import LiveServer

@@ -9,7 +9,7 @@ import torch
 from native import in_child
 
 from bactrian.train.config import FinetuneConfig
-from bactrian.train.trainer import finetune
+from bactrian.train.finetune import finetune
 
 from conftest import needs_shared_data
 from test_engine import parameter_bytes

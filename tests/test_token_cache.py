@@ -157,7 +157,7 @@ def test_two_nodes_share_one_cache_and_train_like_one_process(tiny_llama, lang_f
     settings = dict(max_steps=3, batch_size=8, micro_batch_size=2, val_set_size=4, learning_rate=1e-2,
                     cache_dir=str(tmp_path / "shared-cache"))
     single = make_config(tiny_llama, lang_folder, tmp_path / "single", **{**settings, "cache_dir": str(tmp_path / "c")})
-    from bactrian.train.trainer import finetune
+    from bactrian.train.finetune import finetune
 
     finetune(single)
     double = make_config(tiny_llama, lang_folder, tmp_path / "nodes", **settings)
@@ -184,7 +184,7 @@ def test_index_costs_nine_bytes_a_row(tokenizer, tmp_path):
 
 
 def test_per_language_runs_and_reruns_tokenize_each_file_once(tiny_llama, lang_folder, tmp_path, caplog):
-    from bactrian.train.trainer import finetune
+    from bactrian.train.finetune import finetune
 
     caplog.set_level("INFO")
     config = make_config(tiny_llama, lang_folder, tmp_path / "adapters", per_language=True, max_steps=1,

@@ -75,7 +75,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 # -- verbs -------------------------------------------------------------------------------------------------
 def _finetune(args: argparse.Namespace) -> None:
     from .train.config import FinetuneConfig
-    from .train.trainer import finetune, summary_table
+    from .train.finetune import finetune
+    from .train.per_language import summary_table
 
     config = build_config(FinetuneConfig, args)
     metrics = finetune(config)

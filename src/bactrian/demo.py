@@ -42,7 +42,7 @@ def split_held_out(records: list[Record]) -> tuple[list[Record], list[Record]]:
 
 def demo(config: DemoConfig) -> str:
     """Tune, compare, and return the report the CLI prints (progress goes to the log)."""
-    from .train.trainer import finetune
+    from .train.finetune import finetune
 
     output_dir = Path(config.output_dir)
     records = load_records([str(demo_data_dir())])
