@@ -8,7 +8,7 @@
                                                     [--max_tokens 256]
         MGSM direct with `bactrian eval` (template raw: lm-eval's prompt) against lm-evaluation-harness's
         mgsm_direct on the same model and files, each in its own process: seconds and scores, which must agree.
-        Ours runs twice: as it is, and with --packed_weights false (F.linear, as lm-eval's model runs).
+        Ours runs twice: as it is, and with --prepacked_weights false (F.linear, as lm-eval's model runs).
 
     python benchmarks/generative_eval.py word-level
         the word-level confusion rule on NTREX-128: how many reference lines of each language it flags (false
@@ -81,7 +81,7 @@ def run_bactrian(langs: list[str], batch: int, max_tokens: int, packed: bool = T
     output = tempfile.mkdtemp()
     results = evaluate(EvalConfig(tasks=["mgsm_direct"], data_dir=str(DATA / "eval" / "mgsm"), langs=langs,
                                   prompt_template_name="raw", gen_batch_size=batch, max_new_tokens=max_tokens,
-                                  output_dir=output, packed_weights=packed))
+                                  output_dir=output, prepacked_weights=packed))
     per_lang = results["tasks"]["mgsm_direct"]["base"]
     return {"flexible": {lang: s["flexible_match"] for lang, s in per_lang.items()},
             "strict": {lang: s["strict_match"] for lang, s in per_lang.items()},
@@ -142,8 +142,8 @@ def mgsm_speed(langs: list[str], batch: int, lm_eval_batch: int, max_tokens: int
 
 def word_level() -> None:
     from bactrian import languages
-    from bactrian.eval.generative import ntrex_files
     from bactrian.eval.metrics import foreign_run
+    from bactrian.eval.tasks.translation import ntrex_files
 
     source, references = ntrex_files(DATA / "translation")
     english = source.read_text(encoding="utf-8").splitlines()

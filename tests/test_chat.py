@@ -7,8 +7,8 @@ import pytest
 
 from bactrian.infer.batcher import Batcher
 from bactrian.infer.chat import build_app
-from bactrian.infer.decoding import Request, SamplingParams
 from bactrian.infer.engine import Engine
+from bactrian.infer.requests import Request, SamplingParams
 
 from test_server import free_port
 
@@ -35,7 +35,7 @@ def url(engine, batcher):
 
 
 def expected(engine, adapter, instruction, beams=1, max_tokens=12):
-    request = Request(engine.render(adapter, instruction), SamplingParams(max_new_tokens=max_tokens,
+    request = Request(engine.catalog.render(adapter, instruction), SamplingParams(max_new_tokens=max_tokens,
                                                                           num_beams=beams), adapter)
     return engine.generate([request])[0][0]
 

@@ -12,7 +12,7 @@ from bactrian.data.filters import FilterSettings, filter_rows
 from bactrian.data.translate import TranslateConfig, is_code_instruction, protect, restore, translate
 from bactrian.errors import BactrianError
 from bactrian.infer.engine import Engine
-from bactrian.infer.server import create_app
+from bactrian.infer.server import engine_app
 
 from conftest import needs_shared_data, write_jsonl
 from test_server import LiveServer
@@ -70,7 +70,7 @@ def test_protected_spans_and_code_instructions():
 
 @pytest.fixture(scope="module")
 def tiny_server(tiny_llama):
-    with LiveServer(create_app(Engine(str(tiny_llama)))) as url:
+    with LiveServer(engine_app(Engine(str(tiny_llama)))) as url:
         yield f"{url}/v1"
 
 
@@ -111,7 +111,7 @@ def test_build_with_a_real_teacher_gives_a_dataset_for_datasets_and_finetune(tin
                  "Name a fruit that is yellow.", "What is the opposite of hot?", "What colour is the sky?"]
     write_jsonl(tmp_path / "en.jsonl", [{"id": f"q{i}", "instruction": q} for i, q in enumerate(questions)])
     teacher = Engine(str(next(Path(smollm2.__file__).parent.glob("*.gguf"))), prompt_template_name="chat")
-    with LiveServer(create_app(teacher)) as url:
+    with LiveServer(engine_app(teacher)) as url:
         recipe = tmp_path / "recipe.yaml"
         recipe.write_text(f"input: {tmp_path / 'en.jsonl'}\noutput_dir: {tmp_path / 'dataset'}\n"
                           f"generate:\n  model: base\n  base_url: {url}/v1\n  max_tokens: 96\n"
@@ -268,7 +268,7 @@ def test_generate_through_faults_completes_every_row(tiny_llama, tmp_path):
     source = write_jsonl(tmp_path / "fr.jsonl", [{"id": f"q{i}", "instruction": f"Question {i} ?"}
                                                  for i in range(12)])
     counter: dict = {}
-    inner = create_app(Engine(str(tiny_llama)))
+    inner = engine_app(Engine(str(tiny_llama)))
     with LiveServer(counting_app(inner, counter, fault_share=0.3)) as url:
         result = generate(DataGenerateConfig(input=str(source), model="base", base_url=f"{url}/v1", max_tokens=4,
                                              concurrency=4, output_dir=str(tmp_path / "out")))
@@ -287,7 +287,7 @@ def test_sigkill_mid_generate_then_resume_resends_only_what_was_in_flight(tiny_l
     rows = [{"id": f"q{i}", "instruction": f"Question numéro {i} ?"} for i in range(40)]
     source = write_jsonl(tmp_path / "fr.jsonl", rows)
     counter: dict = {}
-    with LiveServer(counting_app(create_app(Engine(str(tiny_llama))), counter, hold_after=12)) as url:
+    with LiveServer(counting_app(engine_app(Engine(str(tiny_llama))), counter, hold_after=12)) as url:
         reference = generate(DataGenerateConfig(input=str(source), model="base", base_url=f"{url}/v1", max_tokens=6,
                                                 output_dir=str(tmp_path / "reference")))
         counter.update(requests=0, hold=True)  # requests 13 and on wait: 12 answered, 4 in flight, then the kill
@@ -377,11 +377,11 @@ def test_hf_generation_engine(tiny_llama, tmp_path):
     assert generate(config)["rows"] == {"de": 3}
     rows = [json.loads(line) for line in (tmp_path / "out" / "de.jsonl").open()]
     from bactrian.data.generate import answer_messages
-    from bactrian.infer.decoding import Request, SamplingParams
+    from bactrian.infer.requests import Request, SamplingParams
 
     engine = Engine(str(tiny_llama))  # the tiny tokenizer has no chat template: the bactrian template renders
     for row in rows:
-        ids = engine.encode_chat("base", answer_messages(row))
+        ids = engine.catalog.encode_chat("base", answer_messages(row))
         text, reason, _ = engine.generate([Request(ids, SamplingParams(max_new_tokens=5))])[0]
         assert (row["output"], row["finish_reason"], row["generate_engine"]) == (text.strip(), reason, "hf")
 
@@ -448,7 +448,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_done(tiny_llama, tmp_path):
 
     source = write_jsonl(tmp_path / "fr.jsonl", [{"id": f"q{i}", "instruction": f"Question {i} ?"} for i in range(40)])
     counter: dict = {"hold": True}  # requests after the 8th wait: the job is interrupted at a known point
-    with LiveServer(counting_app(create_app(Engine(str(tiny_llama))), counter, hold_after=8)) as url:
+    with LiveServer(counting_app(engine_app(Engine(str(tiny_llama))), counter, hold_after=8)) as url:
         out = tmp_path / "out"
         command = [sys.executable, "-m", "bactrian", "data", "generate", "--input", str(source), "--model", "base",
                    "--base_url", f"{url}/v1", "--max_tokens", "6", "--concurrency", "2", "--output_dir", str(out)]

@@ -69,7 +69,8 @@ def test_bf16_rows_batched_stay_within_the_stated_tolerance_of_rows_alone(tiny_l
     """In bf16 a row's logits depend on its batch (the kernels' blocking changes with the rows): within 2% of the
     logits' range, so greedy answers may differ where two tokens are closer than that. fp32 is exact (test_engine)."""
     engine = Engine(str(tiny_llama), [], dtype="bfloat16")
-    prompts = [engine.render("base", text) for text in ("Name a primary colour.", "Add", "Nenne das Gegenteil.")]
+    texts = ("Name a primary colour.", "Add", "Nenne das Gegenteil.")
+    prompts = [engine.catalog.render("base", text) for text in texts]
     width = max(map(len, prompts))
     pad = engine.tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])

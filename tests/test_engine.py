@@ -6,8 +6,8 @@ import torch
 
 from bactrian.adapters import parse_adapter_specs
 from bactrian.errors import ConfigError
-from bactrian.infer.decoding import Request, SamplingParams
 from bactrian.infer.engine import Engine
+from bactrian.infer.requests import Request, SamplingParams
 from bactrian.infer.routing import BASE
 
 from conftest import make_adapter
@@ -21,13 +21,13 @@ def engine(tiny_llama, tiny_adapters):
 
 
 def greedy(engine, prompt, adapter, **params):
-    return Request(engine.render(adapter, prompt), SamplingParams(max_new_tokens=params.pop("max_new_tokens", 12),
-                                                                  **params), adapter)
+    params = SamplingParams(max_new_tokens=params.pop("max_new_tokens", 12), **params)
+    return Request(engine.catalog.render(adapter, prompt), params, adapter)
 
 
 def test_adapters_are_named_and_share_the_base(engine):
-    assert engine.model_names == ["base", "fr", "de", "auto"]
-    assert engine.adapters["de"].languages == ["de"]
+    assert engine.catalog.model_names == ["base", "fr", "de", "auto"]
+    assert engine.catalog.adapters["de"].languages == ["de"]
 
 
 def test_mixed_batch_gives_each_request_what_it_gets_alone(engine):
@@ -94,7 +94,7 @@ def test_beam_search(engine, tiny_llama, tiny_adapters):
 
     text, reason, tokens = engine.generate([greedy(engine, PROMPTS[0], "fr", num_beams=3, max_new_tokens=6)])[0]
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), tiny_adapters["fr"]).eval()
-    ids = torch.tensor([engine.render("fr", PROMPTS[0])])
+    ids = torch.tensor([engine.catalog.render("fr", PROMPTS[0])])
     with torch.no_grad():
         beams = tuned.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=3, do_sample=False,
                                max_new_tokens=6, pad_token_id=engine.tokenizer.pad_token_id)
@@ -105,7 +105,7 @@ def test_beam_search(engine, tiny_llama, tiny_adapters):
 
 def test_eos_ends_a_request(tiny_llama):
     engine = Engine(str(tiny_llama), dtype="float32")
-    prompt = engine.render(BASE, PROMPTS[0])
+    prompt = engine.catalog.render(BASE, PROMPTS[0])
     with torch.no_grad():
         first = int(engine.model(torch.tensor([prompt])).logits[0, -1].argmax())
     engine.tokenizer.eos_token_id = first  # make the model's first greedy choice the end of sequence
@@ -146,16 +146,16 @@ def parameter_bytes(model) -> int:
     ("Good morning, could you please tell me what time it is?", "base", "en"),
 ])
 def test_auto_routes_by_detected_language(engine, text, adapter, lang):
-    route = engine.resolve_adapter("auto", text)
+    route = engine.catalog.resolve_adapter("auto", text)
     assert (route.adapter, route.lang) == (adapter, lang)
 
 
 def test_auto_falls_back_to_a_multilingual_adapter(tiny_llama, tiny_adapters, tmp_path):
     multi = make_adapter(tiny_llama, tmp_path / "multi", ["en", "fr", "de", "es"], seed=9)
     engine = Engine(str(tiny_llama), [f"fr={tiny_adapters['fr']}", f"multi={multi}"], dtype="float32")
-    route = engine.resolve_adapter("auto", "Good morning, could you please tell me the time?")
+    route = engine.catalog.resolve_adapter("auto", "Good morning, could you please tell me the time?")
     assert (route.adapter, route.lang) == ("multi", "en")
-    assert engine.resolve_adapter("auto", "Bonjour, pouvez-vous me dire quelle heure il est ?").adapter == "fr"
+    assert engine.catalog.resolve_adapter("auto", "Bonjour, pouvez-vous me dire quelle heure il est ?").adapter == "fr"
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
@@ -173,7 +173,7 @@ def test_greedy_equals_transformers_generate_for_the_base_and_an_adapter(engine,
     jobs = [(adapter, prompt) for adapter in (("base", "fr") if arch == "llama" else ("base",)) for prompt in PROMPTS]
     batched = engine.generate([greedy(engine, prompt, adapter, max_new_tokens=steps) for adapter, prompt in jobs])
     for (adapter, prompt), (text, _, count) in zip(jobs, batched):
-        ids = torch.tensor([engine.render(adapter, prompt)])
+        ids = torch.tensor([engine.catalog.render(adapter, prompt)])
         model = base if adapter == "base" else tuned
         with torch.no_grad():
             reference = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps,
@@ -215,7 +215,7 @@ def test_bf16_weights_stay_close_to_fp32(tiny_llama):
     fp32 = Engine(str(tiny_llama), [], dtype="float32")
     bf16 = Engine(str(tiny_llama), [], dtype="bfloat16")
     assert bf16.model.dtype == torch.bfloat16 and fp32.model.dtype == torch.float32
-    ids = torch.tensor([fp32.render("base", PROMPTS[1])])
+    ids = torch.tensor([fp32.catalog.render("base", PROMPTS[1])])
     with torch.no_grad():
         exact = fp32.model(ids).logits[0, -1]
         half = bf16.model(ids).logits[0, -1].float()
@@ -226,14 +226,13 @@ def test_bf16_weights_stay_close_to_fp32(tiny_llama):
 
 def test_selecting_an_adapter_for_scoring_holds_the_lock_and_restores_the_previous_one(engine):
     engine.model.set_adapter("de")
-    ids = torch.tensor([engine.render("base", PROMPTS[0])])
+    ids = torch.tensor([engine.catalog.render("base", PROMPTS[0])])
     with torch.no_grad():
         for name in ("base", "fr"):
             with engine.using(name) as model:
                 assert engine.lock.locked()
                 scored = model(ids).logits[0, -1]
-            alone = engine.forward(ids, torch.ones_like(ids), torch.arange(ids.shape[1])[None], None,
-                                   [type("R", (), {"request": Request([], SamplingParams(), name)})()])[0, -1]
+            alone = engine.forward(ids, torch.ones_like(ids), torch.arange(ids.shape[1])[None], None, [name])[0, -1]
             assert torch.allclose(scored, alone, atol=1e-5), name
             assert engine.model.active_adapter == "de" and not engine.lock.locked()
 

@@ -11,7 +11,7 @@ import pytest
 
 from bactrian.adapters import adapters_in
 from bactrian.infer.engine import Engine
-from bactrian.infer.server import create_app
+from bactrian.infer.server import engine_app
 
 from conftest import needs_shared_data
 from test_server import LiveServer
@@ -62,7 +62,7 @@ def test_per_language_run_interrupted_resumed_and_served(tiny_llama, three_langu
         assert "PeftModel.from_pretrained" in card and f"(`{lang}`)" in card
 
     engine = Engine(str(tiny_llama), adapters_in(str(out)))
-    with LiveServer(create_app(engine)) as url:
+    with LiveServer(engine_app(engine)) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
         assert [m.id for m in client.models.list().data] == ["base", "es", "ja", "pt", "auto"]
         for lang, question in QUESTIONS.items():

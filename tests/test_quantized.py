@@ -13,9 +13,9 @@ from transformers import AutoModelForCausalLM
 from bactrian.errors import ModelError
 from bactrian.export.config import ExportConfig
 from bactrian.export.run import export
-from bactrian.infer.decoding import Request, SamplingParams
 from bactrian.infer.engine import Engine
-from bactrian.infer.server import create_app
+from bactrian.infer.requests import Request, SamplingParams
+from bactrian.infer.server import engine_app
 from bactrian.models import load_model
 from bactrian.train.finetune import finetune
 
@@ -78,10 +78,11 @@ def test_generate_and_serve_on_a_4bit_base_with_its_qlora_adapter(qlora_adapter,
     out, _ = qlora_adapter
     engine = Engine(str(tiny_llama), [f"qlora={out}"], load_4bit=True, dtype="float32")
     assert any(isinstance(module, bitsandbytes.nn.Linear4bit) for module in engine.model.modules())
-    request = Request(engine.render("qlora", "Name a primary colour."), SamplingParams(max_new_tokens=8), "qlora")
+    prompt = engine.catalog.render("qlora", "Name a primary colour.")
+    request = Request(prompt, SamplingParams(max_new_tokens=8), "qlora")
     first, again = engine.generate([request]), engine.generate([request])
     assert first == again and first[0][2] > 0
-    with LiveServer(create_app(engine)) as url:
+    with LiveServer(engine_app(engine)) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none")
         answers = [client.completions.create(model="qlora", prompt="Name a primary colour.", max_tokens=8,
                                              temperature=0)

@@ -83,13 +83,13 @@ def test_engine_reads_languages_and_eval_losses_from_each_manifest(tiny_llama, t
 
     engine = Engine(str(tiny_llama), [adapter("wide", ["de", "fr", "en"], {"de": 3.0, "fr": 1.0, "en": 2.0}, 1),
                                       adapter("narrow", ["de", "fr", "en"], {"de": 1.0, "fr": 3.0, "en": 2.0}, 2)])
-    assert engine.adapters["wide"].eval_loss == {"de": 3.0, "fr": 1.0, "en": 2.0}
-    assert engine.resolve_adapter("auto", GERMAN).adapter == "narrow"
-    assert engine.resolve_adapter("auto", FRENCH).adapter == "wide"
-    assert engine.resolve_adapter("auto", [FRENCH, "ok"]).adapter == "wide"
-    assert engine.resolve_adapter("wide", GERMAN).rule == "requested"
+    assert engine.catalog.adapters["wide"].eval_loss == {"de": 3.0, "fr": 1.0, "en": 2.0}
+    assert engine.catalog.resolve_adapter("auto", GERMAN).adapter == "narrow"
+    assert engine.catalog.resolve_adapter("auto", FRENCH).adapter == "wide"
+    assert engine.catalog.resolve_adapter("auto", [FRENCH, "ok"]).adapter == "wide"
+    assert engine.catalog.resolve_adapter("wide", GERMAN).rule == "requested"
     base = Engine(str(tiny_llama), [adapter("wide2", ["de", "fr"], {}, 3)], auto_fallback="base")
-    assert base.resolve_adapter("auto", SWAHILI).adapter == "base"
+    assert base.catalog.resolve_adapter("auto", SWAHILI).adapter == "base"
 
 
 def test_an_adapter_without_a_language_list_covers_the_language_it_is_named_after(tiny_llama, tmp_path):
@@ -100,8 +100,8 @@ def test_an_adapter_without_a_language_list_covers_the_language_it_is_named_afte
     get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama),
                    LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(folder)
     engine = Engine(str(tiny_llama), [str(folder)])
-    assert engine.adapters["de"].languages == ["de"]
-    assert engine.resolve_adapter("auto", GERMAN).adapter == "de"
+    assert engine.catalog.adapters["de"].languages == ["de"]
+    assert engine.catalog.resolve_adapter("auto", GERMAN).adapter == "de"
 
 
 def test_a_bad_fallback_is_refused(tiny_llama):

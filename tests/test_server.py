@@ -12,9 +12,9 @@ import openai
 import pytest
 import uvicorn
 
-from bactrian.infer.decoding import Request, SamplingParams
 from bactrian.infer.engine import Engine
-from bactrian.infer.server import create_app
+from bactrian.infer.requests import Request, SamplingParams
+from bactrian.infer.server import engine_app
 
 pytestmark = pytest.mark.dtype_sensitive  # runs under both choices of `auto` in .ci/run
 
@@ -67,7 +67,7 @@ def engine(tiny_llama, tiny_adapters):
 
 @pytest.fixture(scope="module")
 def url(engine):
-    with LiveServer(create_app(engine, api_key=KEY)) as address:
+    with LiveServer(engine_app(engine, api_key=KEY)) as address:
         yield address
 
 
@@ -77,7 +77,7 @@ def client(url):
 
 
 def expected(engine, adapter, messages, max_tokens):
-    ids = engine.encode_chat(adapter, messages)
+    ids = engine.catalog.encode_chat(adapter, messages)
     return engine.generate([Request(ids, SamplingParams(max_new_tokens=max_tokens), adapter)])[0]
 
 
@@ -87,7 +87,7 @@ def test_chat_completion_matches_the_engine(client, engine):
     text, reason, tokens = expected(engine, "fr", messages, 8)
     assert reply.choices[0].message.content == text and reply.choices[0].finish_reason == reason
     assert reply.usage.completion_tokens == tokens
-    assert reply.usage.prompt_tokens == len(engine.encode_chat("fr", messages))
+    assert reply.usage.prompt_tokens == len(engine.catalog.encode_chat("fr", messages))
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + tokens
     assert reply.model == "fr" and reply.object == "chat.completion"
 
@@ -105,7 +105,7 @@ def test_streamed_chat_completion(client, engine):
 
 def test_completion_and_stop(client, engine):
     reply = client.completions.create(model="base", prompt="Red is", max_tokens=6, temperature=0)
-    full = engine.generate([Request(engine.encode("Red is"), SamplingParams(max_new_tokens=6))])[0][0]
+    full = engine.generate([Request(engine.catalog.encode("Red is"), SamplingParams(max_new_tokens=6))])[0][0]
     assert reply.choices[0].text == full and reply.choices[0].finish_reason == "length"
     stop = full[2:4]
     stopped = client.completions.create(model="base", prompt="Red is", max_tokens=6, temperature=0, stop=[stop])

@@ -13,9 +13,9 @@ import psutil
 import pytest
 
 from bactrian.infer import decoding
-from bactrian.infer.decoding import Request, SamplingParams
 from bactrian.infer.engine import Engine
-from bactrian.infer.server import Limits, create_app
+from bactrian.infer.requests import Request, SamplingParams
+from bactrian.infer.server import Limits, engine_app
 
 from test_server import LiveServer
 
@@ -30,7 +30,7 @@ def engine(tiny_llama, tiny_adapters):
 
 @pytest.fixture(scope="module")
 def url(engine):
-    with LiveServer(create_app(engine, api_key="k", limits=Limits(max_tokens=480, max_request_bytes=256 * 1024))) as u:
+    with LiveServer(engine_app(engine, api_key="k", limits=Limits(max_tokens=480, max_request_bytes=256 * 1024))) as u:
         yield u
 
 
@@ -40,7 +40,7 @@ def client(url):
 
 
 def alone(engine, adapter, messages, max_tokens, **params):
-    ids = engine.encode_chat(adapter, messages)
+    ids = engine.catalog.encode_chat(adapter, messages)
     return engine.generate([Request(ids, SamplingParams(max_new_tokens=max_tokens, **params), adapter)])[0][0]
 
 
@@ -104,8 +104,8 @@ def test_bounds_are_enforced(url, client):
 
 
 def test_a_short_request_joins_while_a_long_one_decodes(engine):
-    app = create_app(engine)
-    batcher = app.state.batcher
+    app = engine_app(engine)
+    batcher = app.state.backend
     body = {"model": "base", "messages": QUESTION, "max_tokens": 480, "stream": True, "temperature": 0,
             "stop": ["never-printed"]}
     with LiveServer(app) as url, httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as long:
@@ -120,8 +120,8 @@ def test_a_short_request_joins_while_a_long_one_decodes(engine):
 
 
 def test_queue_full_is_429_with_retry_after_and_a_vanished_client_frees_its_place(engine):
-    app = create_app(engine, max_batch=1, max_queue=1)
-    batcher = app.state.batcher
+    app = engine_app(engine, max_batch=1, max_queue=1)
+    batcher = app.state.backend
     body = {"model": "base", "messages": QUESTION, "max_tokens": 4}
 
     def wait_for(condition):
@@ -152,8 +152,8 @@ def _ignore_timeout(url, body, timeout, headers=None):
 
 
 def test_a_non_streaming_client_that_hangs_up_stops_its_decoding(engine):
-    app = create_app(engine)
-    batcher = app.state.batcher
+    app = engine_app(engine)
+    batcher = app.state.backend
     with LiveServer(app) as url:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{url}/v1/chat/completions", timeout=0.3, json={
@@ -165,7 +165,7 @@ def test_a_non_streaming_client_that_hangs_up_stops_its_decoding(engine):
 
 
 def test_engine_failures_fail_only_their_requests_in_openai_format(engine, monkeypatch):
-    app = create_app(engine)
+    app = engine_app(engine)
     real = decoding.choose_token
 
     def flaky(row, logits):
@@ -288,7 +288,7 @@ def test_connections_that_send_headers_a_byte_at_a_time_are_closed_at_the_deadli
     from test_server import free_port
 
     port = free_port()
-    server = uvicorn.Server(uvicorn_config(create_app(engine), "127.0.0.1", port, header_seconds=1.0))
+    server = uvicorn.Server(uvicorn_config(engine_app(engine), "127.0.0.1", port, header_seconds=1.0))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -375,7 +375,7 @@ def test_the_linear_chat_rendering_joins_messages_as_before():
 
 def test_a_prompt_that_cannot_fit_is_refused_before_it_is_tokenized(url, engine, monkeypatch):
     monkeypatch.setattr(engine.tokenizer.__class__, "__call__", lambda *a, **k: pytest.fail("tokenized"))
-    text = "x" * (engine.context_length * engine.max_token_chars + 1)
+    text = "x" * (engine.catalog.context_length * engine.catalog.max_token_chars + 1)
     reply = httpx.post(f"{url}/v1/completions", headers=HEADERS, timeout=60,
                        json={"model": "base", "prompt": text, "max_tokens": 1})
     assert reply.status_code == 400 and reply.json()["error"]["code"] == "context_length_exceeded"

@@ -10,7 +10,7 @@ import pytest
 from bactrian.infer.catalog import build_catalog
 from bactrian.infer.config import ServeConfig
 from bactrian.infer.engine import Engine
-from bactrian.infer.server import create_app
+from bactrian.infer.server import create_app, engine_app
 from bactrian.infer.upstream import Upstream
 
 from test_server import LiveServer, free_port
@@ -21,7 +21,7 @@ GERMAN = "Guten Morgen, kannst du mir bitte sagen, wie spät es ist?"
 @pytest.fixture(scope="module")
 def upstream_url(tiny_llama, tiny_adapters):
     engine = Engine(str(tiny_llama), [f"fr={tiny_adapters['fr']}", f"de={tiny_adapters['de']}"])
-    with LiveServer(create_app(engine, api_key="upstream-key")) as url:
+    with LiveServer(engine_app(engine, api_key="upstream-key")) as url:
         yield url
 
 
@@ -29,7 +29,7 @@ def upstream_url(tiny_llama, tiny_adapters):
 def proxy(tiny_llama, tiny_adapters, upstream_url):
     catalog = build_catalog(ServeConfig(base_model=str(tiny_llama), lora_weights=[f"fr={tiny_adapters['fr']}",
                                                                                    f"de={tiny_adapters['de']}"]))
-    app = create_app(catalog, api_key="proxy-key", batcher=Upstream(f"{upstream_url}/v1", "upstream-key"))
+    app = create_app(catalog, Upstream(f"{upstream_url}/v1", "upstream-key"), api_key="proxy-key")
     with LiveServer(app) as url:
         yield url
 
@@ -68,7 +68,7 @@ def test_the_proxy_keeps_its_own_key_and_bounds(proxy):
 
 def test_an_unreachable_upstream_is_a_502_in_openai_format(tiny_llama):
     catalog = build_catalog(ServeConfig(base_model=str(tiny_llama)))
-    with LiveServer(create_app(catalog, batcher=Upstream(f"http://127.0.0.1:{free_port()}/v1"))) as url:
+    with LiveServer(create_app(catalog, Upstream(f"http://127.0.0.1:{free_port()}/v1"))) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
         with pytest.raises(openai.APIStatusError) as failed:
             client.chat.completions.create(model="base", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
@@ -83,7 +83,7 @@ def test_forwarding_to_llama_cpp_server(tmp_path):
     gguf = next(Path(smollm2.__file__).parent.glob("*.gguf"))
     with llama_cpp_server(gguf, "smol") as upstream:
         catalog = build_catalog(ServeConfig(base_model=str(gguf)))
-        with LiveServer(create_app(catalog, batcher=Upstream(upstream, base_name="smol"))) as url:
+        with LiveServer(create_app(catalog, Upstream(upstream, base_name="smol"))) as url:
             prompt = "The capital of France is"
             through = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
             direct = openai.OpenAI(base_url=upstream, api_key="x", max_retries=0)

@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import BactrianError, ConfigError
 from .fileio import out_of_space
-from .options import base_type, parse_bool, read_yaml, typed_values
+from .options import base_type, config_of, other_names, parse_bool, read_yaml
 
 
 def _flag_bool(text: str) -> bool:
@@ -27,23 +27,31 @@ def _flag_bool(text: str) -> bool:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
-    """One flag per dataclass field, named as the field; defaults stay out of argparse so that we can tell
-    which flags were given (they override the YAML config)."""
+    """One flag per dataclass field, named as the field (and its seed names: the original Bactrian-X flags);
+    defaults stay out of argparse so that we can tell which flags were given (they override the YAML config).
+    Old names are hidden flags of their own, so that using one can warn."""
     hints = typing.get_type_hints(config_cls)
     parser.add_argument("--config", help="YAML file whose keys are option names; flags override it.")
     for spec in dataclasses.fields(config_cls):
         kind = base_type(hints[spec.name])
         default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
         help_text = f"{spec.metadata.get('help', '')} (default: {_show(default)})"
-        flag = f"--{spec.name}"
-        if kind is bool:
-            parser.add_argument(flag, type=_flag_bool, nargs="?", const=True, default=argparse.SUPPRESS,
-                                metavar="BOOL", help=help_text)
-        elif kind is list:
-            parser.add_argument(flag, action="append", default=argparse.SUPPRESS, metavar="VALUE", help=help_text)
-        else:
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=spec.metadata.get("choices"),
-                                help=help_text)
+        flags = [f"--{name}" for name in (spec.name, *spec.metadata.get("seed_names", ()))]
+        _add_flag(parser, flags, spec.name, kind, help_text, spec.metadata.get("choices"))
+        for old in spec.metadata.get("old_names", ()):
+            _add_flag(parser, [f"--{old}"], old, kind, argparse.SUPPRESS, spec.metadata.get("choices"))
+
+
+def _add_flag(parser: argparse.ArgumentParser, flags: list[str], dest: str, kind: Any, help_text: str,
+              choices: Any) -> None:
+    if kind is bool:
+        parser.add_argument(*flags, dest=dest, type=_flag_bool, nargs="?", const=True, default=argparse.SUPPRESS,
+                            metavar="BOOL", help=help_text)
+    elif kind is list:
+        parser.add_argument(*flags, dest=dest, action="append", default=argparse.SUPPRESS, metavar="VALUE",
+                            help=help_text)
+    else:
+        parser.add_argument(*flags, dest=dest, type=kind, default=argparse.SUPPRESS, choices=choices, help=help_text)
 
 
 def _show(value: Any) -> str:
@@ -55,12 +63,10 @@ def _show(value: Any) -> str:
 def build_config(config_cls: type, args: argparse.Namespace) -> Any:
     """Defaults, then the YAML file, then the flags given on the command line, each value checked against its
     option's type."""
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        values.update(typed_values(config_cls, _read_yaml(Path(args.config)), args.config))
-    fields = {spec.name for spec in dataclasses.fields(config_cls)}
-    values.update(typed_values(config_cls, {key: value for key, value in vars(args).items() if key in fields}))
-    return config_cls(**values)
+    names = {spec.name for spec in dataclasses.fields(config_cls)} | set(other_names(config_cls))
+    flags = {key: value for key, value in vars(args).items() if key in names}
+    yaml_layer = [(_read_yaml(Path(args.config)), args.config)] if getattr(args, "config", None) else []
+    return config_of(config_cls, *yaml_layer, (flags, ""))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

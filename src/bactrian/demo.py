@@ -76,13 +76,13 @@ def demo(config: DemoConfig) -> str:
 
 def compare_answers(config: DemoConfig, adapter_dir: str, held_out: list[Record]) -> str:
     """Each held-out prompt answered greedily by the base model and by the tuned adapter, in one batch."""
-    from .infer.decoding import Request, SamplingParams
+    from ..infer.requests import Request, SamplingParams
     from .infer.engine import Engine
     from .infer.routing import BASE
 
     engine = Engine(config.base_model, [f"tuned={adapter_dir}"])
     params = SamplingParams(max_new_tokens=config.max_new_tokens)
-    requests = [Request(engine.render(name, record.instruction, record.input), params, name)
+    requests = [Request(engine.catalog.render(name, record.instruction, record.input), params, name)
                 for record in held_out for name in (BASE, "tuned")]
     answers = iter(text for text, _, _ in engine.generate(requests))
     return "".join(f"{f'[{record.lang}] {record.instruction} {record.input}'.strip()}\n"

@@ -27,3 +27,7 @@ class EndpointError(BactrianError):
 
 class TrainingError(BactrianError):
     """Training cannot go on as asked (a non-finite loss or weights): the message names the step and what to do."""
+
+
+class QueueFull(BactrianError):
+    """More requests are waiting than the server accepts (`serve --max_queue`): retry shortly."""

@@ -4,6 +4,7 @@ and the options of loading a base model, shared by the verbs that load one."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import types
 import typing
@@ -13,9 +14,12 @@ from typing import Any
 
 from .errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 
 def option(default, help: str, **extra):
-    """A dataclass field whose help text the CLI shows."""
+    """A dataclass field whose help text the CLI shows. `seed_names`: the original Bactrian-X flags for it, which
+    keep working as they are; `old_names`: earlier bactrian names, accepted with a deprecation warning."""
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
     return field(default=default, metadata={"help": help, **extra})
@@ -52,11 +56,46 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: {f'line {mark.line + 1}: ' if mark else ''}not valid YAML ({exc}).") from exc
 
 
+def config_of(config_cls: type, *layers: tuple[dict[str, Any], str]) -> Any:
+    """A config from layers of option values, each a (mapping, where) as `typed_values` takes it, later layers
+    overriding earlier ones (the defaults < a YAML file < the flags; a recipe's section < what the recipe fixes).
+    The one path from YAML or flags to a config."""
+    values: dict[str, Any] = {}
+    for mapping, where in layers:
+        values.update(typed_values(config_cls, mapping, where))
+    return config_cls(**values)
+
+
+def other_names(config_cls: type) -> dict[str, tuple[str, bool]]:
+    """Every seed or old name of `config_cls`'s options: name -> (the option's name, whether it is deprecated)."""
+    names = {}
+    for spec in dataclasses.fields(config_cls):
+        names.update({seed: (spec.name, False) for seed in spec.metadata.get("seed_names", ())})
+        names.update({old: (spec.name, True) for old in spec.metadata.get("old_names", ())})
+    return names
+
+
+def _canonical(config_cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """`values` under the options' current names (an old name warns; both names at once is an error)."""
+    names = other_names(config_cls)
+    renamed: dict[str, Any] = {}
+    for key, value in values.items():
+        name, deprecated = names.get(key, (key, False))
+        shown = f"{where}: {key}" if where else f"--{key}"
+        if name in renamed:
+            raise ConfigError(f"{shown}: the option {name} is given twice (once as {key}); keep one.")
+        if deprecated:
+            log.warning("%s is deprecated: it is now %s.", shown, name if where else f"--{name}")
+        renamed[name] = value
+    return renamed
+
+
 def typed_values(config_cls: type, values: dict[str, Any], where: str = "") -> dict[str, Any]:
     """Option values (a YAML mapping, a recipe section; with no `where`, command-line flags), each checked against
     its option's type; errors name the source and key ("recipe.yaml: generate: temperature", "--max_steps")."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping of option names to values, got {type(values).__name__}.")
+    values = _canonical(config_cls, values, where)
     fields = {spec.name: spec for spec in dataclasses.fields(config_cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:

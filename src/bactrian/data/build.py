@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..fileio import atomic_write_bytes, output_lock
-from ..options import read_yaml, typed_values
+from ..options import config_of, read_yaml, typed_values
 from ..records import read_rows, write_parquet
 from . import filters
 from .generate import DataGenerateConfig, generate
@@ -78,7 +78,7 @@ def _stage_configs(recipe: dict[str, Any], where: str, stages: Path) -> dict[str
         section = recipe.get(name) if name in recipe else {}
         if section is None:
             raise ConfigError(f"{where}: {name}: the section is empty; give its options or remove it.")
-        configs[name] = config_cls(**{**typed_values(config_cls, section, f"{where}: {name}"), **fixed[name]})
+        configs[name] = config_of(config_cls, (section, f"{where}: {name}"), (fixed[name], f"{where}: {name}"))
     filters.check_settings(configs["filter"])
     return configs
 

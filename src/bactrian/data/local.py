@@ -73,8 +73,8 @@ def translate_locally(model_name: str, segments: dict[str, list[str]], cache: Re
 def generate_locally(model_name: str, conversations: list[list[dict[str, str]]], cache: RequestCache,
                      batch_size: int, max_tokens: int) -> list[dict[str, Any]]:
     """Answers of a local causal model (its chat template if it has one), batched, cached per conversation."""
-    from ..infer.decoding import Request, SamplingParams
     from ..infer.engine import Engine
+    from ..infer.requests import Request, SamplingParams
     from ..infer.routing import BASE
     from ..prompts import load_template
 
@@ -83,10 +83,10 @@ def generate_locally(model_name: str, conversations: list[list[dict[str, str]]],
     if todo:
         engine = Engine(model_name, prompt_template_name="bactrian")
         if getattr(engine.tokenizer, "chat_template", None):
-            engine.default_template = load_template("chat")
+            engine.catalog.default_template = load_template("chat")
         for batch in _batches(todo, batch_size):
-            requests = [Request(engine.encode_chat(BASE, conversations[i]), SamplingParams(max_new_tokens=max_tokens))
-                        for i in batch]
+            requests = [Request(engine.catalog.encode_chat(BASE, conversations[i]),
+                                SamplingParams(max_new_tokens=max_tokens)) for i in batch]
             for index, (text, reason, tokens) in zip(batch, engine.generate(requests)):
                 cache.put(keys[index], {"content": text, "finish_reason": reason,
                                         "usage": {"completion_tokens": tokens}})

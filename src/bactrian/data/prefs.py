@@ -23,15 +23,15 @@ from ..endpoints.cache import RequestCache
 from ..endpoints.client import ChatClient, chat_client
 from ..errors import ConfigError, DataError
 from ..eval.config import JudgeOptions
-from ..eval.judge import SYSTEM, VERDICT, parse_scores
 from ..eval.metrics import language_confusion
+from ..eval.pairwise import agreed_winner, both_orders
 from ..fileio import atomic_write_bytes, atomic_write_json, holds_output
-from ..infer import generate as answering
-from ..infer.config import EngineConfig, GenerateConfig
+from ..infer.answers import Decoding, answer_prompts, read_answers
+from ..infer.config import EngineConfig
 from ..infer.engine import build_engine
 from ..infer.routing import BASE
 from ..options import option
-from ..records import load_records, read_jsonl, write_jsonl_rows, write_parquet
+from ..records import Instruction, load_records, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -105,18 +105,14 @@ def _rows(config: PrefsConfig) -> list[dict[str, Any]]:
 
 
 def _model_answers(config: PrefsConfig, rows: list[dict[str, Any]], out: Path) -> dict[str, dict[str, Any]]:
-    """The model's answer to every row, through the engine (resumed from answers.jsonl like `generate`)."""
+    """The model's answer to every row, through the engine (resumed from answers.jsonl)."""
     engine = build_engine(config)
-    model = config.adapter or (next(iter(engine.adapters)) if len(engine.adapters) == 1 else BASE)
-    if model not in engine.model_names:
-        raise ConfigError(f"--adapter {model}: not loaded. Loaded: {', '.join(engine.model_names)}.")
-    out.mkdir(parents=True, exist_ok=True)
-    write_jsonl_rows(out / "instructions.jsonl", ({"id": row["key"], "lang": row["lang"], "instruction":
-                                                   row["instruction"], "input": row["input"]} for row in rows))
-    answering.generate(GenerateConfig(input_file=str(out / "instructions.jsonl"),
-                                      output_file=str(out / "answers.jsonl"), adapter=[model],
-                                      batch_size=config.batch_size, max_new_tokens=config.max_new_tokens), engine)
-    return {row["id"]: row for _, row in read_jsonl(out / "answers.jsonl") if row["model"] == model}
+    model = config.adapter or (next(iter(engine.catalog.adapters)) if len(engine.catalog.adapters) == 1 else BASE)
+    engine.catalog.check_loaded(model, "--adapter")
+    prompts = [Instruction(row["key"], row["lang"], row["instruction"], row["input"]) for row in rows]
+    answer_prompts(engine, prompts, [model], Decoding(max_new_tokens=config.max_new_tokens), out / "answers.jsonl",
+                   config.batch_size)
+    return {key: row for (key, name), row in read_answers(out / "answers.jsonl").items() if name == model}
 
 
 def _simple(text: str) -> str:
@@ -168,25 +164,10 @@ def _judge(config: PrefsConfig, rows: list[dict[str, Any]], answers: dict[str, d
 
 async def _verdicts(config: PrefsConfig, rows: list[dict[str, Any]], answers: dict[str, dict[str, Any]],
                     client: ChatClient) -> dict[str, str]:
-    async def score(row: dict[str, Any], teacher_first: bool) -> tuple[float, float] | None:
-        question = f"{row['instruction']}\n\n{row['input']}" if row["input"] else row["instruction"]
-        teacher, model = row["output"], answers[row["key"]]["output"]
-        first, second = (teacher, model) if teacher_first else (model, teacher)
-        prompt = VERDICT.format(question=question, first=first, second=second,
-                                language=languages.get(row["lang"]).name)
-        reply = await client.chat(config.judge_model, [{"role": "system", "content": SYSTEM},
-                                                        {"role": "user", "content": prompt}],
-                                  temperature=0, max_tokens=config.judge_max_tokens)
-        scores = parse_scores(reply["content"]) if reply else None
-        return scores if scores is None or teacher_first else (scores[1], scores[0])
-
     async def verdict(row: dict[str, Any]) -> str:
-        both = await asyncio.gather(score(row, True), score(row, False))
-        if any(scores is None for scores in both):
-            return "tie"
-        if all(teacher > model for teacher, model in both):
-            return "teacher"
-        return "model" if all(teacher < model for teacher, model in both) else "tie"
+        question = f"{row['instruction']}\n\n{row['input']}" if row["input"] else row["instruction"]
+        both = await both_orders(client, config, question, row["output"], answers[row["key"]]["output"], row["lang"])
+        return {"a": "teacher", "b": "model", "tie": "tie"}[agreed_winner(both)]
 
     try:
         await client.check()

@@ -17,15 +17,12 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from ..errors import BactrianError
-from .decoding import DecodeBatch, Delta, Request, Row
-from .engine import Engine
+from ..errors import QueueFull
+from .protocols import DecodingModel
+from .requests import Delta, Request
+from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
-
-
-class QueueFull(BactrianError):
-    """More requests are waiting than the server accepts (`--max_queue`)."""
 
 
 @dataclass
@@ -42,9 +39,11 @@ class _Job:
 
 
 class Batcher:
-    def __init__(self, engine: Engine, max_batch: int = 64, wait_ms: float = 5.0, max_queue: int = 256,
+    """The local `protocols.Backend`: requests decoded by one worker on `model` (an engine)."""
+
+    def __init__(self, model: DecodingModel, max_batch: int = 64, wait_ms: float = 5.0, max_queue: int = 256,
                  prefill_tokens: int = 512):
-        self.engine, self.max_batch, self.wait = engine, max_batch, wait_ms / 1000
+        self.model, self.max_batch, self.wait = model, max_batch, wait_ms / 1000
         self.prefill_tokens = prefill_tokens
         self.pending: queue.Queue[_Job] = queue.Queue(maxsize=max_queue)
         self.restarts = 0
@@ -103,23 +102,17 @@ class Batcher:
                 self.finished["error"] += len(jobs)
 
     def _work(self, jobs: dict[int, _Job]) -> None:
-        batch = DecodeBatch(self.engine, self.prefill_tokens)
+        scheduler = Scheduler(self.model, self.max_batch, self.prefill_tokens)
         serial = 0
         while True:
-            for job in self._take(idle=not len(batch), room=self.max_batch - len(batch)):
+            for job in self._take(idle=not len(scheduler), room=scheduler.room):
                 serial += 1
                 jobs[serial] = job
-                if job.request.params.num_beams > 1:  # beam search runs apart, between steps
-                    with self.engine.lock:
-                        job.send(self.engine.beam_search(serial, job.request))
-                    del jobs[serial]
-                else:
-                    batch.admit([Row(job.request, serial, self.engine.loaded.device)])
-            if not len(batch):
+                scheduler.admit(serial, job.request)
+            if not len(scheduler):
                 continue
-            with self.engine.lock:
-                deltas = list(batch.step())
-            self.most_rows = max(self.most_rows, len(batch.rows))
+            deltas = scheduler.step()
+            self.most_rows = max(self.most_rows, scheduler.decoding)
             for delta in deltas:
                 job = jobs.get(delta.index)
                 if job is not None:

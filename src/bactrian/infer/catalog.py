@@ -41,6 +41,11 @@ class Catalog:
             raise UnknownModel(f"The model '{name}' does not exist. Available: {', '.join(self.model_names)}.")
         return Route(name)
 
+    def check_loaded(self, name: str, option: str) -> None:
+        """A ConfigError naming `option` when `name` is not one of the model names."""
+        if name not in self.model_names:
+            raise ConfigError(f"{option} {name}: not loaded. Loaded: {', '.join(self.model_names)}.")
+
     # -- prompts ----------------------------------------------------------------------------------------
     def render(self, adapter: str, instruction: str, input: str = "") -> list[int]:
         template = self.template_for(adapter)

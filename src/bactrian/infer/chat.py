@@ -9,8 +9,8 @@ from typing import Any
 
 from .batcher import Batcher
 from .config import ChatConfig
-from .decoding import Delta, Request, SamplingParams
 from .engine import Engine, build_engine
+from .requests import Delta, Request, SamplingParams
 from .routing import AUTO, BASE
 
 log = logging.getLogger(__name__)
@@ -44,13 +44,13 @@ def build_app(engine: Engine, batcher: Batcher | None = None) -> Any:
     import gradio as gr
 
     batcher = batcher or Batcher(engine)
-    choices = [AUTO, *engine.adapters, BASE] if engine.adapters else [BASE]
+    choices = [AUTO, *engine.catalog.adapters, BASE] if engine.catalog.adapters else [BASE]
 
     async def answer(instruction: str, input: str, temperature: float, top_p: float, top_k: int, beams: int,
                      max_tokens: int, stream: bool, adapter: str) -> AsyncIterator[tuple[str, str]]:
-        route = engine.resolve_adapter(adapter, f"{instruction}\n{input}")
+        route = engine.catalog.resolve_adapter(adapter, f"{instruction}\n{input}")
         note = route.note()
-        request = Request(engine.render(route.adapter, instruction, input),
+        request = Request(engine.catalog.render(route.adapter, instruction, input),
                           _params(temperature, top_p, top_k, beams, max_tokens), route.adapter)
         text = ""
         async for delta in batcher.stream(request):
@@ -64,8 +64,9 @@ def build_app(engine: Engine, batcher: Batcher | None = None) -> Any:
                        max_tokens: int) -> AsyncIterator[tuple[list[dict[str, str]], str, str]]:
         messages = [{"role": m["role"], "content": _plain_text(m["content"])} for m in history] + [
             {"role": "user", "content": message}]
-        route = engine.resolve_adapter(adapter, [m["content"] for m in messages if m["role"] == "user"])
-        request = Request(engine.encode_chat(route.adapter, messages), _params(temperature, 1.0, 0, 1, max_tokens),
+        route = engine.catalog.resolve_adapter(adapter, [m["content"] for m in messages if m["role"] == "user"])
+        request = Request(engine.catalog.encode_chat(route.adapter, messages),
+                          _params(temperature, 1.0, 0, 1, max_tokens),
                           route.adapter)
         reply = ""
         async for delta in batcher.stream(request):
@@ -75,7 +76,7 @@ def build_app(engine: Engine, batcher: Batcher | None = None) -> Any:
 
     with gr.Blocks(title="bactrian") as app:
         gr.Markdown(f"# bactrian\nBase model: `{engine.loaded.source.spec}`; adapters: "
-                    f"{', '.join(engine.adapters) or 'none'}.")
+                    f"{', '.join(engine.catalog.adapters) or 'none'}.")
         adapter = gr.Dropdown(choices, value=choices[0], label="Adapter (auto picks by the input's language)")
         with gr.Tab("Instruction"):
             instruction = gr.Textbox(lines=2, label="Instruction", placeholder="Tell me about alpacas.",

@@ -12,54 +12,16 @@ only; a failing forward pass fails the rows that took part in it."""
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ..errors import ModelError
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from .protocols import DecodingModel
+from .requests import Delta, Request, cut_at_stop, safe_prefix
 
 log = logging.getLogger(__name__)
-
-GREEDY_BELOW = 1e-5  # temperatures below this decode greedily (vLLM's rule): dividing by them overflows
-PEFT_BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
-
-
-@dataclass
-class SamplingParams:
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0: off
-    max_new_tokens: int = 128
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    num_beams: int = 1
-
-
-@dataclass
-class Request:
-    prompt_ids: list[int]
-    params: SamplingParams
-    adapter: str = "base"
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    prompt_text: str = ""  # the rendered prompt, for backends that take text (serve --upstream)
-
-
-@dataclass
-class Delta:
-    """A piece of a request's output: new text, and when it is done, why (stop, length, cancelled or error)."""
-
-    index: int
-    text: str
-    finish_reason: str | None = None
-    completion_tokens: int = 0
-    error: str | None = None
-    status: int = 500  # the HTTP status an error maps to
 
 
 class Row:
@@ -71,7 +33,7 @@ class Row:
         self.emitted = ""
         self.finished: str | None = None
         self.generator = None
-        if request.params.temperature >= GREEDY_BELOW:
+        if not request.params.greedy:
             self.generator = torch.Generator(device=device)
             seed = request.params.seed
             self.generator.manual_seed(seed % 2**64 if seed is not None else int(torch.randint(0, 2**62, (1,))))
@@ -84,11 +46,11 @@ class Row:
 class _Prefill:
     """New rows being prefilled together, a chunk of columns at a time, in their own cache."""
 
-    def __init__(self, engine: Engine, rows: list[Row]):
+    def __init__(self, model: DecodingModel, rows: list[Row]):
         from transformers import DynamicCache
 
         width = max(len(row.request.prompt_ids) for row in rows)
-        pad = engine.tokenizer.pad_token_id
+        pad = model.tokenizer.pad_token_id
         self.rows = rows
         self.ids = torch.tensor([[pad] * (width - len(r.request.prompt_ids)) + r.request.prompt_ids for r in rows])
         self.mask = torch.tensor([[0] * (width - len(r.request.prompt_ids)) + [1] * len(r.request.prompt_ids)
@@ -97,13 +59,13 @@ class _Prefill:
         self.cache = DynamicCache()  # full-length layers: caches of different rows can then be merged
         self.done = 0
 
-    def step(self, engine: Engine, budget: int) -> torch.Tensor | None:
+    def step(self, model: DecodingModel, budget: int) -> torch.Tensor | None:
         """Prefill the next chunk; the last position's logits once the whole prompt is in."""
         columns = max(16, budget // len(self.rows))
         end = min(self.done + columns, self.ids.shape[1])
-        device = engine.loaded.device
-        logits = engine.forward(self.ids[:, self.done:end].to(device), self.mask[:, :end].to(device),
-                                self.positions[:, self.done:end].to(device), self.cache, self.rows)
+        device = model.device
+        logits = model.forward(self.ids[:, self.done:end].to(device), self.mask[:, :end].to(device),
+                               self.positions[:, self.done:end].to(device), self.cache, adapters_of(self.rows))
         self.done = end
         check_cache_holds(self.cache, end)
         return logits if end == self.ids.shape[1] else None
@@ -124,14 +86,14 @@ class DecodeBatch:
     """The running rows and their shared cache. `admit` queues new rows; each `step` advances every row by one
     token and the prefill by one chunk, yielding the deltas."""
 
-    def __init__(self, engine: Engine, prefill_tokens: int = 512):
-        self.engine, self.prefill_tokens = engine, prefill_tokens
+    def __init__(self, model: DecodingModel, prefill_tokens: int = 512):
+        self.model, self.prefill_tokens = model, prefill_tokens
         self.rows: list[Row] = []
         self.waiting: list[Row] = []
         self.prefill: _Prefill | None = None
         self.cache: Any = None
         self.mask = self.positions = self.next_ids = None
-        self.eos = {engine.tokenizer.eos_token_id, *_extra_eos(engine)}
+        self.eos = model.eos_token_ids
 
     def __len__(self) -> int:
         return len(self.rows) + len(self.waiting) + (len(self.prefill.rows) if self.prefill else 0)
@@ -144,7 +106,7 @@ class DecodeBatch:
         if self.rows:
             yield from self._guarded(self.rows, self._decode)
         if self.prefill is None and self.waiting:
-            self.prefill, self.waiting = _Prefill(self.engine, self.waiting), []
+            self.prefill, self.waiting = _Prefill(self.model, self.waiting), []
         if self.prefill is not None:
             yield from self._guarded(self.prefill.rows, self._prefill_chunk)
         self._drop_finished()
@@ -160,19 +122,19 @@ class DecodeBatch:
 
     def _decode(self) -> Iterator[Delta]:
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
-        logits = self.engine.forward(self.next_ids, self.mask, self.positions, self.cache, self.rows)
+        logits = self.model.forward(self.next_ids, self.mask, self.positions, self.cache, adapters_of(self.rows))
         self.positions = self.positions + 1
         chosen = yield from self._advance(self.rows, logits)
         self.next_ids = self._as_column(chosen)
 
     def _prefill_chunk(self) -> Iterator[Delta]:
         prefill = self.prefill
-        logits = prefill.step(self.engine, self.prefill_tokens)
+        logits = prefill.step(self.model, self.prefill_tokens)
         if logits is None:
             return
         self.prefill = None
         chosen = yield from self._advance(prefill.rows, logits)
-        device = self.engine.loaded.device
+        device = self.model.device
         self._merge(prefill.rows, prefill.cache, prefill.mask.to(device), prefill.positions[:, -1:].to(device) + 1,
                     self._as_column(chosen))
 
@@ -181,7 +143,7 @@ class DecodeBatch:
         last = logits[:, -1].float()
         chosen = last.argmax(-1).tolist()  # greedy rows' tokens, for all rows at once
         for i, row in enumerate(rows):
-            if row.finished or row.request.params.temperature < GREEDY_BELOW:
+            if row.finished or row.request.params.greedy:
                 continue
             try:
                 chosen[i] = choose_token(row, last[i])
@@ -194,7 +156,7 @@ class DecodeBatch:
         return chosen
 
     def _as_column(self, tokens: list[int]) -> torch.Tensor:
-        return torch.tensor(tokens, device=self.engine.loaded.device).view(-1, 1)
+        return torch.tensor(tokens, device=self.model.device).view(-1, 1)
 
     def _emit(self, row: Row, token: int) -> Iterator[Delta]:
         params = row.request.params
@@ -202,13 +164,13 @@ class DecodeBatch:
             row.finished = "stop"
         else:
             row.tokens.append(token)
-        text = self.engine.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        text = self.model.tokenizer.decode(row.tokens, skip_special_tokens=True)
         text, stopped = cut_at_stop(text, params.stop)
         if stopped:
             row.finished = "stop"
         elif not row.finished and len(row.tokens) >= params.max_new_tokens:
             row.finished = "length"
-        ready = text if row.finished else _safe_prefix(text, params.stop)
+        ready = text if row.finished else safe_prefix(text, params.stop)
         delta, row.emitted = ready[len(row.emitted):], ready
         if delta or row.finished:
             yield Delta(row.index, delta, row.finished, len(row.tokens) + (1 if token in self.eos else 0))
@@ -230,6 +192,8 @@ class DecodeBatch:
             self.rows, self.cache, self.mask = list(rows), cache, mask
             self.positions, self.next_ids = positions, next_ids
             return
+        # Rows are left-padded: padding the shorter cache on the left with masked (zero) slots keeps every row's
+        # newest token in the last column, so one step appends one column to all of them.
         width = max(self.mask.shape[1], mask.shape[1])
         for mine, theirs in zip(self.cache.layers, cache.layers):
             mine.keys = torch.cat([_pad_left(mine.keys, width, 2), _pad_left(theirs.keys, width, 2)])
@@ -247,12 +211,18 @@ class DecodeBatch:
             self.rows, self.cache, self.mask, self.positions, self.next_ids = [], None, None, None, None
             return
         index = torch.tensor(keep, device=self.mask.device)
+        # Positions come from each row's own count (not the column), so dropping all-padding columns on the left
+        # changes no row's attention or positions: the cache only shrinks.
         first = int((self.mask[index].sum(0) > 0).nonzero()[0])  # columns before it are padding in every row
         for layer in self.cache.layers:
             layer.keys = layer.keys[index, :, first:]
             layer.values = layer.values[index, :, first:]
         self.mask, self.positions, self.next_ids = self.mask[index, first:], self.positions[index], self.next_ids[index]
         self.rows = [self.rows[i] for i in keep]
+
+
+def adapters_of(rows: list[Row]) -> list[str]:
+    return [row.request.adapter for row in rows]
 
 
 def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -288,28 +258,3 @@ def _filtered_probs(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Ten
         sorted_probs[drop] = 0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     return probs / probs.sum()
-
-
-# -- text -----------------------------------------------------------------------------------------------------
-def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
-    positions = [text.find(stop) for stop in stops if stop and stop in text]
-    return (text[: min(positions)], True) if positions else (text, False)
-
-
-def _safe_prefix(text: str, stops: list[str]) -> str:
-    """Text that can be shown now: no half-decoded character, no possible start of a stop string."""
-    text = text.rstrip("\ufffd")
-    hold = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:size]):
-                hold = max(hold, size)
-                break
-    return text[: len(text) - hold]
-
-
-def _extra_eos(engine: Engine) -> list[int]:
-    config_eos = getattr(engine.model.generation_config, "eos_token_id", None)
-    if config_eos is None:
-        return []
-    return list(config_eos) if isinstance(config_eos, (list, tuple)) else [config_eos]

@@ -1,17 +1,18 @@
 """The generation engine: one base model in memory, any number of LoRA adapters switched per request.
 
-Requests are decoded together (`decoding.DecodeBatch`: continuous batching on one KV cache), each with its own
-adapter (PEFT `adapter_names`), sampling settings and random generator, so a request's result does not depend
-on what else is in its batch. Text streams out token by token; a request ends at EOS, a stop string, its token
-budget, or when its caller cancels it. On an x86 CPU in fp32 the model's linear layers multiply by
-oneDNN-packed weights (`packing.py`)."""
+Requests are decoded together (`scheduler.Scheduler` driving a `decoding.DecodeBatch`: continuous batching on one
+KV cache), each with its own adapter (PEFT `adapter_names`), sampling settings and random generator, so a
+request's result does not depend on what else is in its batch. Text streams out token by token; a request ends at
+EOS, a stop string, its token budget, or when its caller cancels it. On an x86 CPU in fp32 the model's linear
+layers multiply by oneDNN-prepacked weights (`prepack.py`). The engine is a `protocols.DecodingModel`; what it
+offers (model names, templates, the `auto` route, prompts) is its `catalog`."""
 
 from __future__ import annotations
 
 import inspect
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,38 +24,46 @@ from ..models import LoadedModel, inference_dtype, load_model, pick_device
 from ..prompts import load_template
 from .catalog import Catalog, adapter_specs, context_length
 from .config import EngineConfig
-from .decoding import PEFT_BASE, DecodeBatch, Delta, Request, Row, cut_at_stop
-from .packing import pack_linear_layers, packing_applies
+from .prepack import prepack_linear_layers, prepacking_applies
+from .requests import Delta, Request, cut_at_stop
 from .routing import BASE
+from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
 
-class Engine(Catalog):
+PEFT_BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+class Engine:
     """The catalog's models, loaded: the base model once, each adapter attached to it (PEFT), decoding batches."""
 
     def __init__(self, base_model: str = "default", lora_weights: list[str] | None = None,
                  prompt_template_name: str = "bactrian", load_8bit: bool = False, load_4bit: bool = False,
-                 auto_fallback: str = "multilingual", dtype: str = "auto", packed_weights: bool = True):
+                 auto_fallback: str = "multilingual", dtype: str = "auto", prepacked_weights: bool = True):
         device = pick_device()
         self.loaded: LoadedModel = load_model(base_model, load_8bit, load_4bit, device, inference_dtype(dtype, device))
-        self.model = self.loaded.model
+        self.model, self.tokenizer, self.device = self.loaded.model, self.loaded.tokenizer, self.loaded.device
         self.cache_keyword = cache_keyword(self.model)
         specs = parse_adapter_specs(lora_weights or [])
-        super().__init__(self.loaded.tokenizer, load_template(prompt_template_name),
-                         [read_card(name, path) for name, path in specs.items()], auto_fallback,
-                         context_length(self.model.config))
+        self.catalog = Catalog(self.tokenizer, load_template(prompt_template_name),
+                               [read_card(name, path) for name, path in specs.items()], auto_fallback,
+                               context_length(self.model.config))
         for name, path in specs.items():
             self._attach(name, path)
-        if packed_weights and packing_applies(self.model):
-            pack_linear_layers(self.model)
+        if prepacked_weights and prepacking_applies(self.model):
+            prepack_linear_layers(self.model)
         self.model.eval()
-        self.lock = threading.Lock()  # one batch on the model at a time
+        self.lock = threading.Lock()  # one batch step (or eval's scoring) on the model at a time
 
     def _attach(self, name: str, path: Path) -> None:
         self.model = attach(self.model, name, path)
-        log.info("Loaded adapter %s from %s (template %s, languages %s)", name, path, self.template_for(name).name,
-                 ",".join(self.adapters[name].languages) or "unknown")
+        log.info("Loaded adapter %s from %s (template %s, languages %s)", name, path,
+                 self.catalog.template_for(name).name, ",".join(self.catalog.adapters[name].languages) or "unknown")
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        return {self.tokenizer.eos_token_id, *_generation_eos(self.model)}
 
     @contextmanager
     def using(self, name: str) -> Iterator[Any]:
@@ -78,35 +87,26 @@ class Engine(Catalog):
     def stream(self, requests: Iterable[Request], max_rows: int = 0) -> Iterator[Delta]:
         """Deltas of all requests (numbered in the order given) as they are decoded. With `max_rows`, at most that
         many are decoded at once and the next ones are taken (lazily, from any iterable) as rows finish, so the
-        batch stays full. Beam search requests run apart, at the end (no streaming)."""
-        with self.lock:
-            batch, beams = DecodeBatch(self), []
-            numbered = enumerate(requests)
+        batch stays full."""
+        scheduler = Scheduler(self, max_rows)
+        numbered = enumerate(requests)
 
-            def fill() -> None:
-                while not max_rows or len(batch) < max_rows:
-                    index, request = next(numbered, (None, None))
-                    if request is None:
-                        return
-                    if request.params.num_beams > 1:
-                        beams.append((index, request))
-                    else:
-                        batch.admit([Row(request, index, self.loaded.device)])
+        def fill() -> None:
+            while scheduler.room > 0 and (taken := next(numbered, None)) is not None:
+                scheduler.admit(*taken)
 
+        fill()
+        while len(scheduler):
+            yield from scheduler.step()
             fill()
-            while len(batch):
-                yield from batch.step()
-                fill()
-            for index, request in beams:
-                yield self.beam_search(index, request)
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
-                rows: list[Row]) -> torch.Tensor:
-        """The last position's logits of one step of `rows` (each with its own adapter), extending `cache`."""
+                adapters: Sequence[str]) -> torch.Tensor:
+        """The last position's logits of one step of rows (each with its own adapter), extending `cache`."""
         kwargs: dict[str, Any] = {}
-        if self.adapters:
-            kwargs["adapter_names"] = [_peft_name(row.request.adapter) for row in rows]
+        if self.catalog.adapters:
+            kwargs["adapter_names"] = [_peft_name(adapter) for adapter in adapters]
         kwargs[self.cache_keyword] = cache
         output = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                             logits_to_keep=1, **kwargs)
@@ -115,9 +115,9 @@ class Engine(Catalog):
     @torch.no_grad()
     def beam_search(self, index: int, request: Request) -> Delta:
         params = request.params
-        ids = torch.tensor([request.prompt_ids], device=self.loaded.device)
+        ids = torch.tensor([request.prompt_ids], device=self.device)
         kwargs: dict[str, Any] = {}
-        if self.adapters:
+        if self.catalog.adapters:
             kwargs["adapter_names"] = [_peft_name(request.adapter)]
         output = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                      num_beams=params.num_beams, max_new_tokens=params.max_new_tokens,
@@ -135,10 +135,18 @@ def cache_keyword(model: Any) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def _generation_eos(model: Any) -> list[int]:
+    """The end tokens the model's generation config names besides the tokenizer's (Gemma's <end_of_turn>)."""
+    config_eos = getattr(model.generation_config, "eos_token_id", None)
+    if config_eos is None:
+        return []
+    return list(config_eos) if isinstance(config_eos, (list, tuple)) else [config_eos]
+
+
 def _peft_name(adapter: str) -> str:
     return PEFT_BASE if adapter == BASE else adapter
 
 
 def build_engine(config: EngineConfig) -> Engine:
     return Engine(config.base_model, adapter_specs(config), config.prompt_template_name, config.load_8bit,
-                  config.load_4bit, config.auto_fallback, config.dtype, config.packed_weights)
+                  config.load_4bit, config.auto_fallback, config.dtype, config.prepacked_weights)

@@ -14,11 +14,13 @@ from typing import Any
 
 import httpx
 
-from .decoding import Delta, Request
+from .requests import Delta, Request
 from .routing import BASE
 
 
 class Upstream:
+    """A `protocols.Backend` that forwards each request to another OpenAI-compatible server."""
+
     def __init__(self, url: str, api_key: str = "", base_name: str = BASE, timeout_s: float = 600):
         self.url = url.rstrip("/")
         self.base_name = base_name

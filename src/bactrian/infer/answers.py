@@ -1,0 +1,161 @@
+"""Answer these prompts with these models: the one resumable way to get a loaded engine's answers, used by
+`generate`, `eval`, `eval judge` and `data prefs` alike.
+
+Answers are appended to a JSONL file as they finish (continuous batching, so in finishing order), each row whole
+and durable; a rerun with the same file answers only what is missing (a last line cut short by a crash is dropped
+first), and refuses answers made with other decoding settings rather than mixing them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..records import Instruction, parsing, read_jsonl
+from .requests import GREEDY_BELOW, Request, SamplingParams
+from .routing import AUTO
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (prompt id, model)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How answers are decoded; what decides an answer is recorded with it (`recorded`)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    num_beams: int = 1
+    max_new_tokens: int = 128
+    stop: tuple[str, ...] = field(default_factory=tuple)
+    seed: int = 42  # prompt number n samples with seed + n, so an answer does not depend on its batch
+
+    def recorded(self) -> dict[str, Any]:
+        used = ("num_beams", "max_new_tokens", "stop") if self.num_beams > 1 else (
+            "temperature", "top_p", "top_k", "max_new_tokens", "stop")
+        return {key: list(value) if key == "stop" else value for key, value in asdict(self).items() if key in used}
+
+    def params(self, number: int) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                              max_new_tokens=self.max_new_tokens, stop=list(self.stop), seed=self.seed + number,
+                              num_beams=self.num_beams)
+
+    def sampled(self) -> bool:
+        return self.num_beams == 1 and self.temperature >= GREEDY_BELOW
+
+
+def answer_prompts(engine: Any, prompts: Sequence[Instruction], models: Sequence[str], decoding: Decoding,
+                   answers_file: Path, decode_batch_size: int = 8,
+                   on_answer: Callable[[], None] | None = None) -> int:
+    """Answer each prompt with each model (an adapter, `base` or `auto`) of `engine` (an `engine.Engine`) into
+    `answers_file`, skipping the pairs it already holds; returns how many were answered now. At most
+    `decode_batch_size` answers decode at once, the next prompt taking a finished one's place; `on_answer` is
+    called as each is written. `read_answers` reads them back."""
+    for name in models:
+        engine.catalog.check_loaded(name, "model")
+    answers_file = Path(answers_file)
+    wanted = [(number, prompt, model) for number, prompt in enumerate(prompts) for model in models]
+    done = _answered(answers_file, {(prompt.id, model) for _, prompt, model in wanted}, decoding)
+    todo = [item for item in wanted if (item[1].id, item[2]) not in done]
+    if done and todo:
+        log.info("%s: %d answers already written; %d to go.", answers_file, len(done), len(todo))
+    answers_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(answers_file, "a", encoding="utf-8") as handle:
+        finished: list[dict[str, Any]] = []
+        for row in _decoded(engine, decoding, todo, decode_batch_size):
+            finished.append(row)
+            if on_answer:
+                on_answer()
+            if len(finished) == decode_batch_size:
+                _append(handle, finished)
+        _append(handle, finished)
+    return len(todo)
+
+
+def read_answers(path: Path) -> dict[Key, dict[str, Any]]:
+    """Every complete answer row of `path` by (prompt id, model)."""
+    return {key: row for key, row in _rows(path)}
+
+
+def _rows(path: Path) -> Iterator[tuple[Key, dict[str, Any]]]:
+    if not path.exists():
+        return
+    _drop_torn_last_line(path)
+    for number, row in read_jsonl(path):
+        with parsing(path, f"line {number}", "a row of answers written by bactrian"):
+            yield (str(row["id"]), str(row["model"])), row
+
+
+def _answered(path: Path, wanted: set[Key], decoding: Decoding) -> set[Key]:
+    """The wanted pairs `path` already answers (a torn last line is cut off first); a ConfigError if any was
+    decoded with other settings than `decoding` (the seed aside: it follows the prompt's number)."""
+    expected, done = decoding.recorded(), set()
+    for key, row in _rows(path):
+        if key not in wanted:
+            continue
+        made = {name: value for name, value in row.get("generation", {}).items() if name != "seed"}
+        if made != expected:
+            raise ConfigError(f"{path}: answers were generated with other settings ({made}, now {expected}); use "
+                              "another output file (or --output_dir), or delete that file to answer again.")
+        done.add(key)
+    return done
+
+
+def _drop_torn_last_line(path: Path, block: int = 1 << 16) -> None:
+    """Cut a last line without its newline (a run killed while writing it), reading only the file's tail."""
+    with open(path, "r+b") as handle:
+        size = handle.seek(0, 2)
+        end = size
+        while end > 0:
+            start = max(0, end - block)
+            handle.seek(start)
+            newline = handle.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                complete = start + newline + 1
+                break
+            end = start
+        else:
+            complete = 0
+        if complete != size:
+            log.warning("%s: dropping an incomplete last line left by an interrupted run.", path)
+            handle.truncate(complete)
+
+
+def _append(handle: Any, rows: list[dict[str, Any]]) -> None:
+    """Write finished rows whole and durably (a crash loses at most the rows not yet written), then forget them."""
+    handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    handle.flush()
+    os.fsync(handle.fileno())
+    rows.clear()
+
+
+def _decoded(engine: Any, decoding: Decoding, todo: list[tuple[int, Instruction, str]],
+             decode_batch_size: int) -> Iterator[dict[str, Any]]:
+    """The answer row of each (prompt number, prompt, model) as it finishes."""
+    catalog, routes = engine.catalog, {}
+
+    def requests() -> Iterator[Request]:
+        for index, (number, prompt, model) in enumerate(todo):
+            routes[index] = catalog.resolve_adapter(model, f"{prompt.instruction}\n{prompt.input}")
+            yield Request(catalog.render(routes[index].adapter, prompt.instruction, prompt.input),
+                          decoding.params(number), routes[index].adapter)
+
+    texts: dict[int, str] = {}
+    for delta in engine.stream(requests(), max_rows=decode_batch_size):
+        texts[delta.index] = texts.get(delta.index, "") + delta.text
+        if not delta.finish_reason:
+            continue
+        number, prompt, model = todo[delta.index]
+        route = routes.pop(delta.index)
+        seed = {"seed": decoding.seed + number} if decoding.sampled() else {}
+        yield {**asdict(prompt), "model": model, "adapter": route.adapter, "detected_lang": route.lang,
+               "output": texts.pop(delta.index), "finish_reason": delta.finish_reason,
+               "completion_tokens": delta.completion_tokens, "generation": {**decoding.recorded(), **seed},
+               **({"route": route.to_dict()} if model == AUTO else {})}
