@@ -73,9 +73,9 @@ def free_port() -> int:
 
 async def drive(url: str, cache_path: Path, in_flight: int, count: int, salt: str) -> dict:
     from bactrian.endpoints.cache import RequestCache
-    from bactrian.endpoints.client import ChatClient, Limits
+    from bactrian.endpoints.client import ChatClient, RateLimits
 
-    client = ChatClient(url, "none", RequestCache(cache_path), Limits(concurrency=in_flight))
+    client = ChatClient(url, "none", RequestCache(cache_path), RateLimits(concurrency=in_flight))
     messages = [[{"role": "user", "content": f"{salt} question {i}"}] for i in range(count)]
     wall, cpu = time.perf_counter(), time.process_time()
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bactrian.data.translate import TranslateConfig, translate
-from bactrian.endpoints.client import Limits, retry_after_seconds
+from bactrian.endpoints.client import RateLimits, retry_after_seconds
 from bactrian.errors import BactrianError
 
 from conftest import write_jsonl
@@ -77,7 +77,7 @@ def test_a_refused_key_mid_job_stops_it_with_the_endpoints_message_and_keeps_wha
     ("2", 2.0), ("-5", 0.0), ("1e9", 60.0), ("soon", None), ("nan", None), ("inf", None), ("", None),
     ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)])
 def test_retry_after_values_are_clamped(header, expected):
-    assert retry_after_seconds(header, Limits().max_delay) == expected
+    assert retry_after_seconds(header, RateLimits().max_delay) == expected
 
 
 def test_retry_after_as_a_future_http_date():
@@ -136,7 +136,7 @@ def test_export_replaces_an_existing_output_only_once_the_new_one_is_complete(ti
 
 def test_duplicate_ids_are_errors_naming_both_rows(tiny_llama, tmp_path):
     from bactrian.data.generate import DataGenerateConfig, generate
-    from bactrian.eval.generative import vicuna_questions
+    from bactrian.eval.tasks.confusion import vicuna_questions
     from bactrian.infer import generate as answering
     from bactrian.infer.config import GenerateConfig
 

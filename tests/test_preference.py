@@ -250,7 +250,7 @@ def test_rejection_rules():
     assert rejection(row, {"output": ok, "finish_reason": "length"}) == "cut_off"
     assert rejection(row, {"output": " ", "finish_reason": "stop"}) == "empty"
     english = "The opposite of hot is cold, as every child knows."
-    assert rejection(row, {"output": english, "finish_reason": "stop"}) == "wrong_language"
+    assert rejection(row, {"output": english, "finish_reason": "stop"}) == "language_confusion"
     echo = "Nenne das Gegenteil von heiß. ### Input: Nenne das Gegenteil von heiß."
     assert rejection(row, {"output": echo, "finish_reason": "stop"}) == "echo"
     assert echoes("Gegenteil von heiß", row["instruction"]) and not echoes("kalt", row["instruction"])
@@ -293,7 +293,7 @@ def test_data_prefs_builds_pairs_resumes_and_trains(tiny_llama, tiny_adapters, l
     report = prefs(config)
     assert report["answered"] == 16 and report["pairs"] == 16
     assert report["languages"]["fr"]["cut_off"] + report["languages"]["fr"]["echo"] + \
-        report["languages"]["fr"]["wrong_language"] + report["languages"]["fr"]["empty"] == 8
+        report["languages"]["fr"]["language_confusion"] + report["languages"]["fr"]["empty"] == 8
     loaded = datasets.load_dataset("parquet", data_files=str(out / "fr.parquet"), split="train")
     assert loaded.column_names[:7] == ["id", "lang", "instruction", "input", "chosen", "rejected", "kind"]
     assert "| fr | 8 | 8 |" in (out / "report.md").read_text()

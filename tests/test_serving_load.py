@@ -15,7 +15,7 @@ import pytest
 from bactrian.infer import decoding
 from bactrian.infer.engine import Engine
 from bactrian.infer.requests import Request, SamplingParams
-from bactrian.infer.server import Limits, engine_app
+from bactrian.infer.server import RequestLimits, engine_app
 
 from test_server import LiveServer
 
@@ -30,7 +30,8 @@ def engine(tiny_llama, tiny_adapters):
 
 @pytest.fixture(scope="module")
 def url(engine):
-    with LiveServer(engine_app(engine, api_key="k", limits=Limits(max_tokens=480, max_request_bytes=256 * 1024))) as u:
+    limits = RequestLimits(max_tokens=480, max_request_bytes=256 * 1024)
+    with LiveServer(engine_app(engine, api_key="k", limits=limits)) as u:
         yield u
 
 

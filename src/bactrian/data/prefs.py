@@ -35,7 +35,7 @@ from ..records import Instruction, load_records, write_parquet
 
 log = logging.getLogger(__name__)
 
-KINDS = ("wrong_language", "echo", "cut_off", "empty", "judge")
+KINDS = ("language_confusion", "echo", "cut_off", "empty", "judge")
 PAIR_COLUMNS = ("id", "lang", "instruction", "input", "chosen", "rejected", "kind")
 ECHO_CHARS = 40  # an answer that repeats this much of the prompt's start (or is part of the prompt) echoes it
 
@@ -136,8 +136,8 @@ def rejection(row: dict[str, Any], answer: dict[str, Any]) -> str | None:
         return "empty"
     if _simple(text) == _simple(row["output"]):
         return None
-    if language_confusion(text, row["lang"])["line_pass"] is False:
-        return "wrong_language"
+    if language_confusion(text, row["lang"])["line_pass"] is False:  # a line in another language (eval's rule;
+        return "language_confusion"  # data filter's wrong_language judges the whole answer instead)
     if echoes(text, row["instruction"], row["input"]):
         return "echo"
     if answer["finish_reason"] == "length":

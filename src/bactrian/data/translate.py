@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import languages
 from ..endpoints.cache import request_key
-from ..endpoints.client import Limits, Requester
+from ..endpoints.client import RateLimits, Requester
 from ..errors import ConfigError
 from ..fileio import holds_output
 from ..options import option
@@ -184,7 +184,7 @@ def _machine_translation(config: TranslateConfig, texts: dict, targets: list[str
         characters = sum(len(protected[key][0]) for key in protected)
         return {"requests": len(chunks), "characters": characters,
                 "estimated_cost": characters * config.price_per_1m_tokens / 1e6}
-    requester = Requester(request_cache(config), Limits.of(config), secrets=[api_key])
+    requester = Requester(request_cache(config), RateLimits.of(config), secrets=[api_key])
     results = asyncio.run(_send_chunks(requester, base_url, api_key, google, codes, chunks, protected))
     translated: dict = {key: "" for key, text in texts.items() if not text}
     for (lang, keys), reply in zip(chunks, results):

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Limits:
+class RateLimits:
     concurrency: int = 16
     requests_per_minute: int = 0  # 0: no limit
     tokens_per_minute: int = 0
@@ -36,7 +36,7 @@ class Limits:
     max_delay: float = 60.0
 
     @classmethod
-    def of(cls, options: Any) -> Limits:
+    def of(cls, options: Any) -> RateLimits:
         """The limits a verb's options set (concurrency, requests_per_minute, tokens_per_minute)."""
         return cls(concurrency=options.concurrency, requests_per_minute=options.requests_per_minute,
                    tokens_per_minute=options.tokens_per_minute)
@@ -70,7 +70,7 @@ class _MinuteWindow:
             await asyncio.sleep(60 - (now - self.events[0][0]) + 0.01)
 
 
-def retry_delay(exc: Exception, attempt: int, limits: Limits) -> float | None:
+def retry_delay(exc: Exception, attempt: int, limits: RateLimits) -> float | None:
     """Seconds to wait before retrying, or None when the error is not worth retrying."""
     import httpx
     import openai
@@ -133,7 +133,7 @@ class Requester:
     """Cached, limited, retried execution of any request: `run(key, send, estimate)`."""
 
     cache: RequestCache
-    limits: Limits = field(default_factory=Limits)
+    limits: RateLimits = field(default_factory=RateLimits)
     usage: Usage = field(default_factory=Usage)
     secrets: list[str] = field(default_factory=list)  # API keys: never stored, logged or raised
 
@@ -180,11 +180,11 @@ class Requester:
 
 
 class ChatClient(Requester):
-    def __init__(self, base_url: str, api_key: str, cache: RequestCache, limits: Limits | None = None,
+    def __init__(self, base_url: str, api_key: str, cache: RequestCache, limits: RateLimits | None = None,
                  timeout: float = 600.0):
         import openai
 
-        super().__init__(cache, limits or Limits(), secrets=[api_key])
+        super().__init__(cache, limits or RateLimits(), secrets=[api_key])
         self.base_url = base_url
         self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0,
                                          timeout=timeout)
@@ -255,4 +255,4 @@ class ChatClient(Requester):
 def chat_client(base_url: str, api_key: str, cache: RequestCache, options: Any) -> ChatClient:
     """The client of an OpenAI-compatible endpoint, limited as `options` say; the key defaults to
     $OPENAI_API_KEY."""
-    return ChatClient(base_url, api_key or os.environ.get("OPENAI_API_KEY", ""), cache, Limits.of(options))
+    return ChatClient(base_url, api_key or os.environ.get("OPENAI_API_KEY", ""), cache, RateLimits.of(options))
