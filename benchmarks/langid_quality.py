@@ -42,7 +42,7 @@ def ntrex_lines() -> dict[str, list[str]]:
 
 def flores_lines() -> dict[str, list[str]]:
     from bactrian import languages
-    from bactrian.eval.tasks import sib200_rows
+    from bactrian.eval.tasks.sib200 import sib200_rows
 
     return {lang: [row["text"] for row in sib200_rows(SIB.parent, lang)[1]] for lang in languages.CODES}
 

@@ -11,10 +11,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from bactrian.errors import DataError
 from bactrian.eval.config import EvalConfig
 from bactrian.eval.lm_eval_tasks import write_local_xcopa_tasks
-from bactrian.eval.report import wilson_interval
 from bactrian.eval.run import evaluate
 from bactrian.eval.scoring import encode_pair, loglikelihoods
-from bactrian.eval.tasks import Item, load_task
+from bactrian.eval.statistics import wilson_interval
+from bactrian.eval.tasks.base import Item
+from bactrian.eval.tasks.registry import get_task
 
 from conftest import needs_shared_data, write_jsonl
 
@@ -59,13 +60,13 @@ def test_every_interval_holds_its_value_at_0_and_100_percent(n):
 
 
 def test_the_report_charts_and_prints_rates_of_0_and_100_percent_at_small_n(tmp_path):
-    from bactrian.eval.generative import _confusion_summary
     from bactrian.eval.report import write_reports
+    from bactrian.eval.tasks.confusion import confusion_summary
 
     passing = [{"judged": True, "line_pass": True, "word_pass": True}] * 6
     failing = [{"judged": True, "line_pass": False, "word_pass": False}] * 3
     mixed = passing[:5] + [{"judged": True, "line_pass": True, "word_pass": False}]
-    summaries = {"ja": _confusion_summary(passing), "de": _confusion_summary(failing), "fr": _confusion_summary(mixed)}
+    summaries = {"ja": confusion_summary(passing), "de": confusion_summary(failing), "fr": confusion_summary(mixed)}
     for summary in summaries.values():
         for key in ("line_pass", "word_pass", "lcpr"):
             if summary[key] is not None:
@@ -126,14 +127,14 @@ def test_task_readers_on_published_formats(tiny_llama, tmp_path):
              "RandomFifthSentenceQuiz1\tRandomFifthSentenceQuiz2\tAnswerRightEnding\n"
     (tmp_path / "xstorycloze" / "spring2016.val.ru.tsv.split_20_80_eval.tsv").write_text(
         header + "s1\tА.\tБ.\tВ.\tГ.\tКонец один.\tКонец два.\t2\n", encoding="utf-8")
-    story = load_task("xstorycloze", str(tmp_path), ["ru"])["ru"][0]
+    story = get_task("xstorycloze").load(tmp_path, ["ru"])["ru"][0]
     assert story.contexts[0] == "А. Б. В. Г." and story.continuations == (" Конец один.", " Конец два.")
     assert story.label == 1
     (tmp_path / "xwinograd").mkdir()
     write_jsonl(tmp_path / "xwinograd" / "fr.jsonl", [
         {"sentence": "Le trophée ne rentre pas dans la valise car _ est trop grand.", "option1": "le trophée",
          "option2": "la valise", "answer": "1"}])
-    wino = load_task("xwinograd", str(tmp_path), ["fr"])["fr"][0]
+    wino = get_task("xwinograd").load(tmp_path, ["fr"])["fr"][0]
     assert wino.contexts == ("Le trophée ne rentre pas dans la valise car le trophée",
                              "Le trophée ne rentre pas dans la valise car la valise")
     assert wino.continuations == (" est trop grand.", " est trop grand.") and wino.label == 0
@@ -143,15 +144,15 @@ def test_task_readers_on_published_formats(tiny_llama, tmp_path):
         assert len(scored["loglikelihoods"]) == 2 and scored["pred"] in (0, 1)
     spec = tmp_path / "mine.yaml"
     spec.write_text(yaml.safe_dump({"items": [{"context": "Q", "choices": [" a", " b", " c"], "label": 2}]}))
-    assert load_task(str(spec), "", [])["und"][0].label == 2
+    assert get_task(str(spec)).load(None, [])["und"][0].label == 2
     broken = write_jsonl(tmp_path / "broken.jsonl", [{"context": "Q", "choices": [" a"], "label": 0}])
     with pytest.raises(DataError, match="broken.jsonl: item 0: field 'choices'"):
-        load_task(str(broken), "", [])
+        get_task(str(broken)).load(None, [])
 
 
 def test_xcopa_prompt_follows_lm_eval():
     xcopa = needs_shared_data("eval", "xcopa")
-    item = load_task("xcopa", str(xcopa.parent), ["et"])["et"][0]
+    item = get_task("xcopa").load(xcopa.parent, ["et"])["et"][0]
     assert item.contexts[0] == "Mees keeras kraani lahti seetõttu"
     assert item.continuations == (" tualett täitus veega.", " tilast voolas vett.") and item.label == 1
 
@@ -166,5 +167,5 @@ def test_hub_fallback_calls_datasets(monkeypatch):
         return [{"premise": "A.", "choice1": "B", "choice2": "C", "question": "cause", "label": 0}]
 
     monkeypatch.setattr(datasets, "load_dataset", fake)
-    assert len(load_task("xcopa", "", ["it"])["it"]) == 1
+    assert len(get_task("xcopa").load(None, ["it"])["it"]) == 1
     assert calls == [("cambridgeltl/xcopa", "it", "validation")]

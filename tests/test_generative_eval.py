@@ -12,9 +12,11 @@ import pytest
 from bactrian.errors import ConfigError, DataError
 from bactrian.eval import metrics
 from bactrian.eval.config import EvalConfig
-from bactrian.eval.generative import MGSM, TASKS, Prompt, ntrex_files
 from bactrian.eval.run import evaluate
-from bactrian.eval.tasks import load_task
+from bactrian.eval.tasks.base import Prompt
+from bactrian.eval.tasks.mgsm import MGSM
+from bactrian.eval.tasks.registry import get_task
+from bactrian.eval.tasks.translation import ntrex_files
 
 from conftest import needs_shared_data, write_jsonl
 
@@ -28,8 +30,8 @@ def test_mgsm_extraction_matches_lm_evaluation_harness():
 
     flexible = RegexFilter(regex_pattern=r"(-?[$0-9.,]{2,})|(-?[0-9]+)", group_select=-1)
     strict_cot = RegexFilter(regex_pattern=r"Die Antwort lautet (\-?[0-9\.\,]+)")
-    cot = TASKS["mgsm_cot"].score
-    direct = TASKS["mgsm_direct"].score
+    cot = get_task("mgsm_cot").score
+    direct = get_task("mgsm_direct").score
     for reference in ("18", "1000", "42", "7"):
         prompt = Prompt("p", "de", "q", reference=reference)
         for answer in MGSM_ANSWERS:
@@ -88,7 +90,7 @@ def test_xquad_scores_equal_torchmetrics_squad():
     from torchmetrics.functional.text import squad
 
     xquad = needs_shared_data("eval", "xquad")
-    prompts = [p for lang in ("en", "de", "zh", "ar") for p in TASKS["xquad"].read(xquad, [lang], "")[:20]]
+    prompts = [p for lang in ("en", "de", "zh", "ar") for p in get_task("xquad").read(xquad, [lang], "")[:20]]
     for number, prompt in enumerate(prompts):
         for prediction in _variants(prompt.reference[0]):
             ours = metrics.qa_scores(prediction, prompt.reference, prompt.lang)
@@ -106,7 +108,7 @@ def test_mlqa_scores_equal_the_official_script():
 
     xquad = needs_shared_data("eval", "xquad")
     for lang in ("en", "de", "es", "vi", "zh", "hi"):
-        for prompt in TASKS["xquad"].read(xquad, [lang], "")[:15]:
+        for prompt in get_task("xquad").read(xquad, [lang], "")[:15]:
             for prediction in _variants(prompt.reference[0]):
                 ours = metrics.qa_scores(prediction, prompt.reference, lang, mlqa=True)
                 em = official.metric_max_over_ground_truths(official.exact_match_score, prediction, prompt.reference,
@@ -164,7 +166,7 @@ def test_confusion_summary_is_the_papers():
            [{"judged": True, "line_pass": True, "word_pass": False}] * 2 + \
            [{"judged": True, "line_pass": False, "word_pass": None}] * 2 + \
            [{"judged": False, "line_pass": None, "word_pass": None}] * 5
-    summary = TASKS["confusion"].summarise(rows)
+    summary = get_task("confusion").summarise(rows)
     assert summary["line_pass"] == 0.8 and summary["word_pass"] == 0.75 and summary["n"] == 15
     assert summary["lcpr"] == pytest.approx(2 * 0.8 * 0.75 / 1.55)
     assert summary["lcpr_ci95"][0] <= summary["lcpr"] <= summary["lcpr_ci95"][1]
@@ -175,54 +177,54 @@ def test_published_formats_and_their_errors(tmp_path):
     Belebele JSONL; a bad row is named by file and line."""
     (tmp_path / "mgsm").mkdir()
     (tmp_path / "mgsm" / "mgsm_de.tsv").write_text('Wie viel ist "zwei" plus 2?\t4\nUnd 3 mal 3?\t9\n')
-    prompts = TASKS["mgsm_cot"].read(tmp_path, [], "")
+    prompts = get_task("mgsm_cot").read(tmp_path, [], "")
     assert [p.reference for p in prompts] == ["4", "9"] and prompts[0].lang == "de"
     assert prompts[0].instruction == 'Frage: Wie viel ist "zwei" plus 2?\nSchritt-für-Schritt-Antwort:'
     (tmp_path / "mgsm" / "mgsm_de.tsv").write_text("Und 3 mal 3?\t9\nkaputt\n")
     with pytest.raises(DataError, match=r"mgsm_de.tsv: line 2: expected question<TAB>answer"):
-        TASKS["mgsm_direct"].read(tmp_path, ["de"], "")
+        get_task("mgsm_direct").read(tmp_path, ["de"], "")
     with pytest.raises(ConfigError, match="mgsm has no language 'xx'|no language"):
-        TASKS["mgsm_direct"].read(tmp_path, ["ko"], "")
+        get_task("mgsm_direct").read(tmp_path, ["ko"], "")
 
     squad = {"data": [{"paragraphs": [{"context": "Paris ist die Hauptstadt.", "qas": [
         {"id": "q1", "question": "Was ist die Hauptstadt?", "answers": [{"text": "Paris", "answer_start": 0}]}]}]}]}
     (tmp_path / "mlqa").mkdir()
     (tmp_path / "mlqa" / "test-context-de-question-de.json").write_text(json.dumps(squad))
-    [prompt] = TASKS["mlqa"].read(tmp_path, [], "")
+    [prompt] = get_task("mlqa").read(tmp_path, [], "")
     assert prompt.reference == ["Paris"] and prompt.instruction.startswith("Kontext: Paris") and \
         prompt.instruction.endswith("Antwort:")
     squad["data"][0]["paragraphs"][0]["qas"][0].pop("answers")
     (tmp_path / "mlqa" / "test-context-de-question-de.json").write_text(json.dumps(squad))
     with pytest.raises(DataError, match="test-context-de-question-de.json: article 0, question q1"):
-        TASKS["mlqa"].read(tmp_path, [], "")
+        get_task("mlqa").read(tmp_path, [], "")
 
     flores = tmp_path / "flores200_dataset" / "devtest"
     flores.mkdir(parents=True)
     (flores / "eng_Latn.devtest").write_text("Hello.\nGood night.\n")
     (flores / "fra_Latn.devtest").write_text("Bonjour.\nBonne nuit.\n")
-    prompts = TASKS["flores"].read(tmp_path, [], "")
+    prompts = get_task("flores").read(tmp_path, [], "")
     assert {p.group for p in prompts} == {"en-fr", "fr-en"} and len(prompts) == 4
     assert prompts[0].instruction == "Translate the following text from English into French." and \
         prompts[0].input == "Hello." and prompts[0].reference == "Bonjour."
     (flores / "fra_Latn.devtest").write_text("Bonjour.\n")
     with pytest.raises(DataError, match="fra_Latn.devtest: 1 lines, but .*eng_Latn.devtest has 2"):
-        TASKS["flores"].read(tmp_path, [], "")
+        get_task("flores").read(tmp_path, [], "")
 
     own = write_jsonl(tmp_path / "own.jsonl", [{"instruction": "Wie spät ist es?", "lang": "de", "id": "a"},
                                                {"instruction": "Quelle heure est-il ?", "lang": "fr", "id": "b"}])
-    assert [(p.id, p.lang) for p in TASKS["confusion"].read(None, ["fr"], str(own))] == [("b", "fr")]
+    assert [(p.id, p.lang) for p in get_task("confusion").read(None, ["fr"], str(own))] == [("b", "fr")]
     write_jsonl(tmp_path / "nolang.jsonl", [{"instruction": "Hi", "id": "a"}])
     with pytest.raises(DataError, match="nolang.jsonl: row a: field 'lang'"):
-        TASKS["confusion"].read(None, [], str(tmp_path / "nolang.jsonl"))
+        get_task("confusion").read(None, [], str(tmp_path / "nolang.jsonl"))
 
     (tmp_path / "belebele").mkdir()
     row = {"flores_passage": "Le chat dort.", "question": "Qui dort ? ", "mc_answer1": "le chien",
            "mc_answer2": "le chat", "mc_answer3": "la souris", "mc_answer4": "personne", "correct_answer_num": "2"}
     write_jsonl(tmp_path / "belebele" / "fra_Latn.jsonl", [row, {**row, "correct_answer_num": "5"}])
     with pytest.raises(DataError, match="fra_Latn.jsonl: line 2: field 'correct_answer_num'"):
-        load_task("belebele", str(tmp_path), ["fr"])
+        get_task("belebele").load(tmp_path, ["fr"])
     write_jsonl(tmp_path / "belebele" / "fra_Latn.jsonl", [row])
-    [item] = load_task("belebele", str(tmp_path), ["fr"])["fr"]
+    [item] = get_task("belebele").load(tmp_path, ["fr"])["fr"]
     assert item.label == 1 and item.continuations == (" A", " B", " C", " D")
     assert item.contexts[0] == ("P: Le chat dort.\nQ: Qui dort ?\nA: le chien\nB: le chat\nC: la souris\n"
                                 "D: personne\nAnswer:")
@@ -310,8 +312,8 @@ def test_hub_fallbacks_call_datasets(monkeypatch):
         return rows[path]
 
     monkeypatch.setattr(datasets, "load_dataset", fake)
-    [mgsm] = TASKS["mgsm_direct"].read(None, ["de"], "")
-    [xquad] = TASKS["xquad"].read(None, ["de"], "")
+    [mgsm] = get_task("mgsm_direct").read(None, ["de"], "")
+    [xquad] = get_task("xquad").read(None, ["de"], "")
     assert mgsm.reference == "2" and mgsm.instruction == "Frage: 1 + 1?\nAntwort:"
     assert xquad.reference == ["Paris"] and xquad.instruction.startswith("Kontext: Paris.")
     assert calls == [("juletxara/mgsm", "de", "test"), ("google/xquad", "xquad.de", "validation")]

@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 from bactrian.endpoints.cache import RequestCache
 from bactrian.endpoints.client import ChatClient, Limits
 from bactrian.eval.config import JudgeConfig
-from bactrian.eval.generative import vicuna_questions
 from bactrian.eval.judge import judge, parse_scores
+from bactrian.eval.tasks.confusion import vicuna_questions
 from bactrian.infer.engine import Engine
 from bactrian.infer.server import create_app
 

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from bactrian import languages
-from bactrian.eval.tasks import sib200_rows
+from bactrian.eval.tasks.sib200 import sib200_rows
 from bactrian.langid import detect_language, markers, rank, written_in
 
 from conftest import needs_shared_data

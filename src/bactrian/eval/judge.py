@@ -22,7 +22,7 @@ from ..infer.engine import build_engine
 from ..langid import detect_language
 from ..records import read_jsonl, write_jsonl_rows
 from .config import JudgeConfig
-from .generative import vicuna_questions
+from .tasks.confusion import vicuna_questions
 
 SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 VERDICT = (

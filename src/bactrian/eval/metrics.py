@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import languages
 from ..langid import rank, written_in
+from .statistics import sacrebleu_interval
 
 # -- language confusion -------------------------------------------------------------------------------------
 MIN_LINE_WORDS = 5  # the paper skips shorter lines (a title, a number, a name)
@@ -159,20 +160,12 @@ BLEU_TOKENIZERS = {"zh": "zh", "ja": "char", "th": "char", "my": "char", "km": "
 
 def translation_scores(hypotheses: list[str], references: list[str], target: str,
                        bootstrap: int = 1000) -> dict[str, Any]:
-    """Corpus chrF++ and BLEU (sacrebleu), each with the 95% interval of sacrebleu's bootstrap resampling (its
-    own resampler and seed; the interval is taken here because sacrebleu's summary of it fails on some inputs)."""
+    """Corpus chrF++ and BLEU (sacrebleu), each with the 95% interval of sacrebleu's bootstrap resampling."""
     from sacrebleu.metrics import BLEU, CHRF
-    from sacrebleu.significance import _bootstrap_resample
-
-    from .report import enclosing
 
     scores: dict[str, Any] = {"n": len(hypotheses)}
     for name, metric in (("chrf++", CHRF(word_order=2)), ("bleu", BLEU(tokenize=BLEU_TOKENIZERS.get(target, "13a")))):
         scores[name] = float(metric.corpus_score(hypotheses, [references]).score)
-        _, resampled = _bootstrap_resample(metric._extract_corpus_statistics(hypotheses, [references]), metric,
-                                           bootstrap)
-        values = sorted(float(score.score) for score in resampled)
-        scores[f"{name}_ci95"] = enclosing(scores[name], (values[len(values) // 40],
-                                                          values[len(values) - len(values) // 40 - 1]))
+        scores[f"{name}_ci95"] = sacrebleu_interval(metric, scores[name], hypotheses, references, bootstrap)
         scores[f"{name}_signature"] = str(metric.get_signature())
     return scores

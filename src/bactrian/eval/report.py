@@ -1,41 +1,13 @@
-"""Accuracy with confidence intervals, and the reports: JSON, a Markdown table, a bar chart per task."""
+"""The reports of `bactrian eval`: results.json, a Markdown table per task and metric (each value with its 95%
+interval), a bar chart and a heatmap per task."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from ..charts import figure_and_axes, save_png
 from ..fileio import atomic_write_bytes, atomic_write_json
-
-
-def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (sound at 0%, 100% and small n)."""
-    if total == 0:
-        return 0.0, 0.0
-    p = correct / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return enclosing(p, (max(0.0, centre - half), min(1.0, centre + half)))
-
-
-def enclosing(value: float, interval: tuple[float, float]) -> tuple[float, float]:
-    """An interval that holds its value: floating-point rounding (a Wilson bound of 100% computed as
-    0.9999999999999999) or a combination of bounds (LCPR's) may leave the value just outside."""
-    low, high = interval
-    if not all(math.isfinite(bound) for bound in (value, low, high)):
-        raise ValueError(f"interval ({low}, {high}) of {value}: not finite")
-    return min(low, value), max(high, value)
-
-
-def summarise(predictions: list[dict[str, Any]]) -> dict[str, Any]:
-    n = len(predictions)
-    correct = sum(p["pred"] == p["label"] for p in predictions)
-    correct_norm = sum(p["pred_norm"] == p["label"] for p in predictions)
-    return {"n": n, "acc": correct / n, "acc_ci95": wilson_interval(correct, n),
-            "acc_norm": correct_norm / n, "acc_norm_ci95": wilson_interval(correct_norm, n)}
-
 
 ACCURACY = [["acc", "accuracy %", 100.0]]  # the metrics of a multiple-choice task: key, label, scale
 

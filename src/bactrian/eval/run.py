@@ -18,10 +18,11 @@ from ..infer.routing import BASE
 from ..manifest import public_config
 from ..records import read_jsonl, write_jsonl_rows
 from .config import EvalConfig
-from .generative import TASKS, GenerativeTask, Prompt
-from .report import summarise, write_reports
+from .report import write_reports
 from .scoring import loglikelihoods
-from .tasks import Item, load_task
+from .statistics import summarise
+from .tasks.base import GenerativeTask, Item, Prompt
+from .tasks.registry import get_task
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +50,17 @@ def _first(prompts: list[Prompt], limit: int) -> list[Prompt]:
 
 @holds_output("output_dir", "eval")
 def evaluate(config: EvalConfig) -> dict[str, Any]:
-    generative = [task for task in config.tasks if task in TASKS]
+    generative = [task for task in config.tasks if isinstance(get_task(task), GenerativeTask)]
     if not generative and config.prompt_template_name != EvalConfig.prompt_template_name:
         raise ConfigError("--prompt_template_name: multiple-choice tasks score each task's own prompts (as "
                           "lm-evaluation-harness does), so no template is used; drop the option.")
     langs = languages.parse_langs(config.langs)
     root = Path(config.data_dir) if config.data_dir else None
-    multiple_choice = {task: load_task(task, config.data_dir, langs) for task in config.tasks if task not in TASKS}
+    multiple_choice = {task: get_task(task).load(root, langs) for task in config.tasks if task not in generative}
     if config.limit:
         multiple_choice = {task: {lang: items[: config.limit] for lang, items in per_lang.items()}
                            for task, per_lang in multiple_choice.items()}
-    prompts = {task: _first(TASKS[task].read(root, langs, config.confusion_prompts), config.limit)
+    prompts = {task: _first(get_task(task).read(root, langs, config.confusion_prompts), config.limit)
                for task in generative}
     engine = build_engine(config)
     models = [BASE, *engine.adapters]
@@ -68,10 +69,10 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     for task, per_lang in multiple_choice.items():
         results["tasks"][task], results["examples"][task] = _multiple_choice(engine, config, models, per_lang)
     for task in generative:
-        results["tasks"][task], results["examples"][task] = _generated(engine, config, models, TASKS[task],
+        results["tasks"][task], results["examples"][task] = _generated(engine, config, models, get_task(task),
                                                                        prompts[task])
-        results["metrics"][task] = [[m.key, m.label, m.scale] for m in TASKS[task].metrics]
-        results["notes"][task] = TASKS[task].notes
+        results["metrics"][task] = [[m.key, m.label, m.scale] for m in get_task(task).metrics]
+        results["notes"][task] = get_task(task).notes
     write_reports(results, Path(config.output_dir))
     return results
 

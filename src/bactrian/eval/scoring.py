@@ -10,7 +10,7 @@ import torch
 
 from ..train import dataset as ds
 from ..train.loss import token_losses
-from .tasks import Item
+from .tasks.base import Item
 
 ROW_TOKENS = 128  # packed row length: short rows keep the (dense) attention over a packed row cheap
 MAX_LENGTH = 2048  # longer pairs are left-truncated, as lm-eval does at the model's length
