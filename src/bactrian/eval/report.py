@@ -8,6 +8,7 @@ from typing import Any
 
 from ..charts import figure_and_axes, save_png
 from ..fileio import atomic_write_bytes, atomic_write_json
+from .tasks.task_file import TASK_FILE_SUFFIXES
 
 ACCURACY = [["acc", "accuracy %", 100.0]]  # the metrics of a multiple-choice task: key, label, scale
 
@@ -61,7 +62,7 @@ def _cell(summary: dict[str, Any] | None, key: str, scale: float) -> str:
 
 
 def _chart_name(task: str, kind: str) -> str:
-    return f"{Path(task).stem if task.endswith(('.jsonl', '.yaml', '.yml')) else task}{kind}.png"
+    return f"{Path(task).stem if task.endswith(TASK_FILE_SUFFIXES) else task}{kind}.png"
 
 
 def _interval(summary: dict[str, Any] | None, key: str, scale: float) -> tuple[float, float, float]:
