@@ -27,7 +27,7 @@ def run_bactrian(langs: list[str]) -> dict:
     from bactrian.eval.config import EvalConfig
     from bactrian.eval.run import evaluate
 
-    config = EvalConfig(base_model="default", tasks=["xcopa"], data_dir=str(XCOPA.parent), langs=langs,
+    config = EvalConfig(base_model="default", tasks=["xcopa"], data_dir=str(XCOPA.parent), lang=langs,
                         output_dir=str(OUT / "eval-report"))
     from bactrian.models import resolve
 

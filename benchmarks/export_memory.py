@@ -54,7 +54,7 @@ def child(fmt: str, options: dict, adapter: str, output: str) -> None:
     from bactrian.export.run import export
 
     started = time.perf_counter()
-    export(ExportConfig(base_model="default", lora_weights=adapter, output_dir=output, format=fmt, overwrite=True,
+    export(ExportConfig(base_model="default", lora_weights=[adapter], output_dir=output, format=fmt, overwrite=True,
                         **options))
     print("RESULT " + json.dumps({"peak_rss_mb": peak_mb(), "seconds": time.perf_counter() - started}))
 

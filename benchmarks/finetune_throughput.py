@@ -137,7 +137,7 @@ def run_bactrian(name, settings, train, val, work: Path) -> dict:
     shutil.rmtree(cache, ignore_errors=True)  # the whole process includes tokenizing, as for the other ways
     config = FinetuneConfig(cache_dir=str(cache),
         base_model=model_path(name), data_path=[str(data)], output_dir=str(work / "bactrian"),
-        batch_size=settings["batch_size"], micro_batch_size=settings["micro_batch_size"],
+        global_batch_size=settings["batch_size"], micro_batch_size=settings["micro_batch_size"],
         max_steps=settings["steps"], learning_rate=LEARNING_RATE, cutoff_len=settings["cutoff_len"], val_set_size=0,
         lora_r=LORA["r"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"],
         lora_target_modules=LORA["target_modules"], train_on_inputs=False, warmup_steps=WARMUP, logging_steps=0,

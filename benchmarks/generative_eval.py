@@ -41,11 +41,11 @@ def quality(adapter: str, questions: int, lines: int, batch: int) -> None:
     runs = {"confusion": dict(data_dir=str(DATA / "chat-eval"), limit=questions, max_new_tokens=128),
             "mgsm_direct": dict(data_dir=str(DATA / "eval" / "mgsm"), max_new_tokens=32),
             "ntrex": dict(data_dir=str(DATA / "translation"), limit=lines, max_new_tokens=96,
-                          langs=[lang for lang in VICUNA_LANGS if lang != "en"])}
+                          lang=[lang for lang in VICUNA_LANGS if lang != "en"])}
     summary = {}
     for task, options in runs.items():
         started = time.perf_counter()
-        results = evaluate(EvalConfig(tasks=[task], lora_weights=[f"demo={adapter}"], gen_batch_size=batch,
+        results = evaluate(EvalConfig(tasks=[task], lora_weights=[f"demo={adapter}"], decode_batch_size=batch,
                                       output_dir=str(OUT / "generative-eval" / task), **options))
         summary[task] = {"seconds": time.perf_counter() - started, "tasks": results["tasks"][task],
                          "metrics": results["metrics"][task]}
@@ -79,8 +79,8 @@ def run_bactrian(langs: list[str], batch: int, max_tokens: int, packed: bool = T
     from bactrian.eval.run import evaluate
 
     output = tempfile.mkdtemp()
-    results = evaluate(EvalConfig(tasks=["mgsm_direct"], data_dir=str(DATA / "eval" / "mgsm"), langs=langs,
-                                  prompt_template_name="raw", gen_batch_size=batch, max_new_tokens=max_tokens,
+    results = evaluate(EvalConfig(tasks=["mgsm_direct"], data_dir=str(DATA / "eval" / "mgsm"), lang=langs,
+                                  prompt_template_name="raw", decode_batch_size=batch, max_new_tokens=max_tokens,
                                   output_dir=output, prepacked_weights=packed))
     per_lang = results["tasks"]["mgsm_direct"]["base"]
     return {"flexible": {lang: s["flexible_match"] for lang, s in per_lang.items()},

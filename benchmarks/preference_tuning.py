@@ -28,7 +28,7 @@ from bench_out import OUT, save
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT_EVAL = REPO.parent / "shared" / "data" / "chat-eval"
-SETTINGS = dict(batch_size=8, micro_batch_size=2, cutoff_len=256, beta=0.1)
+SETTINGS = dict(global_batch_size=8, micro_batch_size=2, cutoff_len=256, beta=0.1)
 
 
 def build_pairs(sft: str) -> dict:
@@ -36,7 +36,7 @@ def build_pairs(sft: str) -> dict:
     from bactrian.demo import demo_data_dir
 
     started = time.perf_counter()
-    report = prefs(PrefsConfig(lora_weights=[f"sft={sft}"], data_path=[str(demo_data_dir())], batch_size=16,
+    report = prefs(PrefsConfig(lora_weights=[f"sft={sft}"], data_path=[str(demo_data_dir())], decode_batch_size=16,
                                max_new_tokens=128, output_dir=str(OUT / "prefs" / "pairs")))
     print(f"\n## pairs ({time.perf_counter() - started:.0f} s)\n\n{markdown(report)}")
     return report
@@ -73,7 +73,7 @@ def train_trl(sft: str, pairs: str, steps: int, output: str, learning_rate: floa
                                       is_trainable=True)
     args = DPOConfig(output_dir=output, beta=SETTINGS["beta"], max_steps=steps, learning_rate=learning_rate,
                      per_device_train_batch_size=SETTINGS["micro_batch_size"],
-                     gradient_accumulation_steps=SETTINGS["batch_size"] // SETTINGS["micro_batch_size"],
+                     gradient_accumulation_steps=SETTINGS["global_batch_size"] // SETTINGS["micro_batch_size"],
                      max_length=SETTINGS["cutoff_len"], warmup_steps=0, logging_steps=1, save_strategy="no",
                      report_to="none", use_cpu=True, bf16=False)
     trainer = DPOTrainer(model=model, args=args, train_dataset=rows, processing_class=load_tokenizer(path))
@@ -107,7 +107,7 @@ def fidelity(sft: str, dpo: str, questions: int) -> dict:
     from bactrian.eval.run import evaluate
 
     results = evaluate(EvalConfig(tasks=["confusion"], lora_weights=[f"sft={sft}", f"dpo={dpo}"],
-                                  data_dir=str(CHAT_EVAL), limit=questions, max_new_tokens=128, gen_batch_size=16,
+                                  data_dir=str(CHAT_EVAL), limit=questions, max_new_tokens=128, decode_batch_size=16,
                                   output_dir=str(OUT / "prefs" / "fidelity")))["tasks"]["confusion"]
     print(f"\n## Language fidelity on Vicuna-80 ({questions} questions per language), % [95% interval]\n")
     print("| language | " + " | ".join(f"{model} LPR | {model} LCPR" for model in results) + " |")

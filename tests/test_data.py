@@ -80,8 +80,8 @@ def test_translate_against_a_real_server_and_resume(tiny_server, tmp_path):
         {"id": "b", "instruction": "Summarise the text.", "input": "The train was late.", "output": "Late train."},
         {"id": "c", "instruction": "Write a Python function that adds two numbers.", "output": "def f..."},
         {"id": "d", "instruction": "Open https://example.org and describe it.", "output": "A page."}])
-    config = TranslateConfig(input=str(source), langs=["fr", "de"], model="base", base_url=tiny_server,
-                             output_dir=str(tmp_path / "translated"), max_tokens=8)
+    config = TranslateConfig(input=str(source), lang=["fr", "de"], model="base", base_url=tiny_server,
+                             output_dir=str(tmp_path / "translated"), max_new_tokens=8)
     estimate = translate(TranslateConfig(**{**vars(config), "dry_run": True}))
     assert estimate["requests"] == 8 and estimate["cached"] == 0 and estimate["characters"] > 0
     first = translate(config)
@@ -126,7 +126,7 @@ def test_build_with_a_real_teacher_gives_a_dataset_for_datasets_and_finetune(tin
         loaded.column_names)
     assert "| en |" in (tmp_path / "dataset" / "README.md").read_text()
     metrics = finetune(FinetuneConfig(base_model=str(tiny_llama), data_path=[str(tmp_path / "dataset")],
-                                      output_dir=str(tmp_path / "adapter"), batch_size=2, micro_batch_size=2,
+                                      output_dir=str(tmp_path / "adapter"), global_batch_size=2, micro_batch_size=2,
                                       max_steps=2, val_set_size=0, warmup_steps=1, save_steps=0))
     assert metrics["steps"] == 2
 
@@ -171,7 +171,7 @@ def test_google_and_deepl_against_their_documented_apis(tmp_path, engine, key, e
     source = write_jsonl(tmp_path / "en.jsonl", rows)
     seen: list = []
     with LiveServer(mt_app(engine, seen)) as url:
-        result = translate(TranslateConfig(input=str(source), langs=["zh", "de"], engine=engine, api_key=key,
+        result = translate(TranslateConfig(input=str(source), lang=["zh", "de"], engine=engine, api_key=key,
                                            base_url=url, output_dir=str(tmp_path / "out")))
     assert result["rows"] == {"de": 130, "zh": 130} and result["failed"] == 0
     assert len(seen) == 2 * -(-130 // per_request)
@@ -183,12 +183,12 @@ def test_google_and_deepl_against_their_documented_apis(tmp_path, engine, key, e
 def test_machine_translation_input_errors(tmp_path):
     source = write_jsonl(tmp_path / "en.jsonl", [{"instruction": "Hi"}])
     with pytest.raises(BactrianError, match="DeepL does not translate into km"):
-        translate(TranslateConfig(input=str(source), langs=["km"], engine="deepl", api_key="k",
+        translate(TranslateConfig(input=str(source), lang=["km"], engine="deepl", api_key="k",
                                   output_dir=str(tmp_path / "out")))
     with pytest.raises(BactrianError, match="No API key for google"):
-        translate(TranslateConfig(input=str(source), langs=["fr"], engine="google", output_dir=str(tmp_path / "out")))
+        translate(TranslateConfig(input=str(source), lang=["fr"], engine="google", output_dir=str(tmp_path / "out")))
     with pytest.raises(BactrianError, match="overlaps --input"):  # it would be rewritten
-        translate(TranslateConfig(input=str(source), langs=["fr"], engine="google", api_key="k",
+        translate(TranslateConfig(input=str(source), lang=["fr"], engine="google", api_key="k",
                                   output_dir=str(tmp_path)))
 
 
@@ -207,7 +207,7 @@ def test_batch_file_then_batch_results(tiny_server, tmp_path):
     from bactrian.data.generate import DataGenerateConfig, generate
 
     source = write_jsonl(tmp_path / "de.jsonl", [{"id": f"q{i}", "instruction": f"Frage {i}?"} for i in range(3)])
-    config = DataGenerateConfig(input=str(source), model="base", base_url=tiny_server, max_tokens=4,
+    config = DataGenerateConfig(input=str(source), model="base", base_url=tiny_server, max_new_tokens=4,
                                 output_dir=str(tmp_path / "out"), batch_file=str(tmp_path / "batch.jsonl"))
     assert generate(config)["requests"] == 3
     requests = [json.loads(line) for line in (tmp_path / "batch.jsonl").open()]
@@ -270,7 +270,7 @@ def test_generate_through_faults_completes_every_row(tiny_llama, tmp_path):
     counter: dict = {}
     inner = engine_app(Engine(str(tiny_llama)))
     with LiveServer(counting_app(inner, counter, fault_share=0.3)) as url:
-        result = generate(DataGenerateConfig(input=str(source), model="base", base_url=f"{url}/v1", max_tokens=4,
+        result = generate(DataGenerateConfig(input=str(source), model="base", base_url=f"{url}/v1", max_new_tokens=4,
                                              concurrency=4, output_dir=str(tmp_path / "out")))
     assert result["rows"] == {"fr": 12} and result["failed"] == 0
     assert counter["requests"] > 12 and result["usage"]["requests_sent"] == counter["requests"]
@@ -288,7 +288,7 @@ def test_sigkill_mid_generate_then_resume_resends_only_what_was_in_flight(tiny_l
     source = write_jsonl(tmp_path / "fr.jsonl", rows)
     counter: dict = {}
     with LiveServer(counting_app(engine_app(Engine(str(tiny_llama))), counter, hold_after=12)) as url:
-        reference = generate(DataGenerateConfig(input=str(source), model="base", base_url=f"{url}/v1", max_tokens=6,
+        reference = generate(DataGenerateConfig(input=str(source), model="base", base_url=f"{url}/v1", max_new_tokens=6,
                                                 output_dir=str(tmp_path / "reference")))
         counter.update(requests=0, hold=True)  # requests 13 and on wait: 12 answered, 4 in flight, then the kill
         out = tmp_path / "killed"
@@ -356,8 +356,8 @@ def test_hf_translation_engine_forces_the_target_language(tiny_nllb, tmp_path, m
     monkeypatch.setattr(M2M100ForConditionalGeneration, "generate", spy)
     source = write_jsonl(tmp_path / "en.jsonl", [{"id": f"r{i}", "instruction": f"Name colour {i}.", "input": ""}
                                                  for i in range(3)])
-    config = TranslateConfig(input=str(source), langs=["fr", "zh"], engine="hf", model=str(tiny_nllb),
-                             output_dir=str(tmp_path / "out"), max_tokens=6)
+    config = TranslateConfig(input=str(source), lang=["fr", "zh"], engine="hf", model=str(tiny_nllb),
+                             output_dir=str(tmp_path / "out"), max_new_tokens=6)
     result = translate(config)
     assert result["rows"] == {"fr": 3, "zh": 3}
     tokenizer = AutoTokenizer.from_pretrained(tiny_nllb)
@@ -372,7 +372,7 @@ def test_hf_generation_engine(tiny_llama, tmp_path):
     from bactrian.data.generate import DataGenerateConfig, generate
 
     source = write_jsonl(tmp_path / "de.jsonl", [{"id": f"q{i}", "instruction": f"Frage {i}?"} for i in range(3)])
-    config = DataGenerateConfig(input=str(source), engine="hf", model=str(tiny_llama), max_tokens=5,
+    config = DataGenerateConfig(input=str(source), engine="hf", model=str(tiny_llama), max_new_tokens=5,
                                 output_dir=str(tmp_path / "out"))
     assert generate(config)["rows"] == {"de": 3}
     rows = [json.loads(line) for line in (tmp_path / "out" / "de.jsonl").open()]
@@ -397,7 +397,7 @@ def test_generate_against_llama_cpp_server_with_smollm2(tmp_path):
     with llama_cpp_server(gguf, "smollm2") as url:
         source = write_jsonl(tmp_path / "en.jsonl", [{"id": "q0", "instruction": "What is the capital of France?"},
                                                      {"id": "q1", "instruction": "Name a primary colour."}])
-        result = generate(DataGenerateConfig(input=str(source), model="smollm2", base_url=url, max_tokens=32,
+        result = generate(DataGenerateConfig(input=str(source), model="smollm2", base_url=url, max_new_tokens=32,
                                              output_dir=str(tmp_path / "out")))
     assert result["rows"] == {"en": 2} and result["usage"]["completion_tokens"] > 0
     answers = {json.loads(line)["id"]: json.loads(line)["output"] for line in (tmp_path / "out" / "en.jsonl").open()}

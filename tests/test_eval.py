@@ -92,7 +92,7 @@ def test_xcopa_accuracy_equals_lm_evaluation_harness(tiny_llama, tmp_path, monke
     theirs = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={tiny_llama},dtype=float32",
                                      tasks=names, device="cpu", batch_size=16,
                                      task_manager=TaskManager(include_path=str(tasks_dir)))["results"]
-    ours = evaluate(EvalConfig(base_model=str(tiny_llama), tasks=["xcopa"], data_dir=str(xcopa.parent), langs=langs,
+    ours = evaluate(EvalConfig(base_model=str(tiny_llama), tasks=["xcopa"], data_dir=str(xcopa.parent), lang=langs,
                                dtype="float32", output_dir=str(tmp_path / "report")))["tasks"]["xcopa"]["base"]
     for lang in langs:
         assert abs(ours[lang]["acc"] - theirs[f"local_xcopa_{lang}"]["acc,none"]) <= 0.002, lang
@@ -105,7 +105,7 @@ def test_side_by_side_models_and_reports(tiny_llama, tiny_adapters, tmp_path):
         {"context": "Le ciel est", "choices": [" bleu", " vert"], "label": 0, "lang": "fr"}])
     out = tmp_path / "report"
     results = evaluate(EvalConfig(base_model=str(tiny_llama), adapters_dir=str(tiny_adapters["fr"].parent),
-                                  tasks=["sib200", str(custom)], data_dir=str(sib.parent), langs=["fr", "de"],
+                                  tasks=["sib200", str(custom)], data_dir=str(sib.parent), lang=["fr", "de"],
                                   limit=10, output_dir=str(out)))
     assert results["models"] == ["base", "de", "fr"]
     sib_fr = results["tasks"]["sib200"]["fr"]["fr"]
@@ -139,7 +139,7 @@ def test_task_readers_on_published_formats(tiny_llama, tmp_path):
                              "Le trophée ne rentre pas dans la valise car la valise")
     assert wino.continuations == (" est trop grand.", " est trop grand.") and wino.label == 0
     for task, lang in (("xstorycloze", "ru"), ("xwinograd", "fr")):
-        scored = evaluate(EvalConfig(base_model=str(tiny_llama), tasks=[task], data_dir=str(tmp_path), langs=[lang],
+        scored = evaluate(EvalConfig(base_model=str(tiny_llama), tasks=[task], data_dir=str(tmp_path), lang=[lang],
                                      output_dir=str(tmp_path / f"report-{task}")))["examples"][task]["base"][0]
         assert len(scored["loglikelihoods"]) == 2 and scored["pred"] in (0, 1)
     spec = tmp_path / "mine.yaml"

@@ -9,7 +9,7 @@ from native import in_child
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bactrian.errors import BactrianError, ModelError
+from bactrian.errors import BactrianError, ConfigError, ModelError
 from bactrian.export.config import ExportConfig
 from bactrian.export.run import export
 from bactrian.export.state_dict import meta_name, permute
@@ -33,7 +33,7 @@ def peaked(tmp_path_factory):
 
 def run_export(tmp_path, base, adapter, fmt, **extra) -> Path:
     out = tmp_path / f"{fmt}-{extra.get('gguf_type', extra.get('dtype', 'x'))}"
-    return export(ExportConfig(base_model=str(base), lora_weights=str(adapter) if adapter else "",
+    return export(ExportConfig(base_model=str(base), lora_weights=[str(adapter)] if adapter else [],
                                output_dir=str(out), format=fmt, **extra))
 
 
@@ -62,7 +62,7 @@ def test_hf_merge_equals_base_plus_adapter(peaked, tmp_path, arch):
 
 def test_hf_half_precision(peaked, tmp_path):
     models, adapters = peaked
-    out = run_export(tmp_path, models["llama"], adapters["llama"], "hf", dtype="bf16")
+    out = run_export(tmp_path, models["llama"], adapters["llama"], "hf", dtype="bfloat16")
     assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.bfloat16
 
 
@@ -140,10 +140,10 @@ def test_errors_leave_nothing_behind(peaked, tmp_path, tiny_llama):
     get_peft_model(AutoModelForCausalLM.from_pretrained(models["llama"]),
                    LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(zero)
     cases = [
-        (dict(lora_weights=str(zero)), "changes nothing"),
-        (dict(lora_weights=str(adapters["llama"]), base_model=str(tiny_llama)), "trained on another base"),
-        (dict(lora_weights=str(tmp_path / "nowhere")), "adapter_config.json is missing"),
-        (dict(lora_weights=str(adapters["gemma3"]), base_model=str(models["gemma3"]), format="state_dict"),
+        (dict(lora_weights=[str(zero)]), "changes nothing"),
+        (dict(lora_weights=[str(adapters["llama"])], base_model=str(tiny_llama)), "trained on another base"),
+        (dict(lora_weights=[str(tmp_path / "nowhere")]), "adapter_config.json is missing"),
+        (dict(lora_weights=[str(adapters["gemma3"])], base_model=str(models["gemma3"]), format="state_dict"),
          "Meta LLaMA layout"),
     ]
     for overrides, message in cases:
@@ -155,7 +155,7 @@ def test_errors_leave_nothing_behind(peaked, tmp_path, tiny_llama):
     full.mkdir()
     (full / "keep.txt").write_text("mine")
     with pytest.raises(BactrianError, match="not empty"):
-        export(ExportConfig(base_model=str(models["llama"]), lora_weights=str(adapters["llama"]),
+        export(ExportConfig(base_model=str(models["llama"]), lora_weights=[str(adapters["llama"])],
                             output_dir=str(full)))
     assert (full / "keep.txt").read_text() == "mine"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
@@ -188,3 +188,15 @@ def test_a_truncated_adapter_is_one_line_naming_the_file(peaked, tmp_path):
     weights.write_bytes(weights.read_bytes()[:200])
     with pytest.raises(ModelError, match=r"cut/adapter_model.safetensors: not a readable safetensors file"):
         run_export(tmp_path, models["llama"], cut, "hf")
+
+
+def test_one_adapter_per_export_and_the_old_dtype_names_still_work(tiny_llama, tiny_adapters, tmp_path, caplog):
+    from bactrian.cli import build_config, build_parser
+
+    config = build_config(ExportConfig, build_parser().parse_args(
+        ["export", "--lora_weights", f"fr={tiny_adapters['fr']}", "--dtype", "bf16", "--output_dir", "x"]))
+    assert config.dtype == "bfloat16" and "--dtype bf16 is deprecated: it is now bfloat16" in caplog.text
+    with pytest.raises(ConfigError, match="merges one adapter; 2 were given"):
+        export(ExportConfig(base_model=str(tiny_llama), lora_weights=[str(tiny_adapters["fr"]),
+                            str(tiny_adapters["de"])], output_dir=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()

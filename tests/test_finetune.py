@@ -26,9 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 def make_config(model, data, out, **overrides) -> FinetuneConfig:
     """A small run in fp32 (bf16="false"): the parities these tests assert to 1e-5 are fp32's; `--bf16 auto` would
     pick bf16 autocast on a CPU with AMX or AVX512-BF16 (test_dtype_rule.py covers those paths)."""
-    settings = dict(bf16="false", base_model=str(model), data_path=[str(data)], output_dir=str(out), batch_size=8,
-                    micro_batch_size=2, max_steps=4, val_set_size=6, warmup_steps=1, eval_steps=0, save_steps=0,
-                    logging_steps=1, learning_rate=1e-2, lora_dropout=0.0, train_on_inputs=False)
+    settings = dict(bf16="false", base_model=str(model), data_path=[str(data)], output_dir=str(out),
+                    global_batch_size=8, micro_batch_size=2, max_steps=4, val_set_size=6, warmup_steps=1, eval_steps=0,
+                    save_steps=0, logging_steps=1, learning_rate=1e-2, lora_dropout=0.0, train_on_inputs=False)
     settings.update(overrides)
     return FinetuneConfig(**settings)
 
@@ -122,7 +122,7 @@ def test_eval_loss_per_language_and_temperature_sampling(tiny_llama, lang_folder
     (dict(prompt_template_name="vicuna"), ConfigError, "Unknown prompt template 'vicuna'"),
     (dict(lang=["sw"]), DataError, "sw asked for with --lang but not found"),
     (dict(lora_target_modules=["query_key_value"]), ConfigError, "query_key_value: not in this model"),
-    (dict(batch_size=6, micro_batch_size=4), ConfigError, "not divisible"),
+    (dict(global_batch_size=6, micro_batch_size=4), ConfigError, "not divisible"),
 ])
 def test_bad_input_fails_before_training(tiny_llama, lang_folder, tmp_path, overrides, error, message):
     out = tmp_path / "out"
@@ -195,7 +195,7 @@ def run_ddp(config: FinetuneConfig, port: int) -> subprocess.CompletedProcess:
 
 
 def test_sigkill_and_resume_matches_an_uninterrupted_run(tiny_llama, lang_folder, tmp_path):
-    common = dict(max_steps=60, batch_size=4, micro_batch_size=2, lora_dropout=0.1, learning_rate=3e-3,
+    common = dict(max_steps=60, global_batch_size=4, micro_batch_size=2, lora_dropout=0.1, learning_rate=3e-3,
                   cutoff_len=256, val_set_size=0)
     reference = make_config(tiny_llama, lang_folder, tmp_path / "straight", **common)
     finetune(reference)
@@ -204,7 +204,7 @@ def test_sigkill_and_resume_matches_an_uninterrupted_run(tiny_llama, lang_folder
 
 
 def test_two_process_ddp_matches_single_process(tiny_llama, lang_folder, tmp_path):
-    settings = dict(max_steps=3, batch_size=8, micro_batch_size=2, val_set_size=4, learning_rate=1e-2)
+    settings = dict(max_steps=3, global_batch_size=8, micro_batch_size=2, val_set_size=4, learning_rate=1e-2)
     single = make_config(tiny_llama, lang_folder, tmp_path / "single", **settings)
     finetune(single)
     result = run_ddp(make_config(tiny_llama, lang_folder, tmp_path / "ddp", **settings), 29533)

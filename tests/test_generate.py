@@ -25,7 +25,7 @@ def questions(tmp_path):
 def config(tiny_llama, tiny_adapters, questions, output, **extra):
     return GenerateConfig(base_model=str(tiny_llama), lora_weights=[f"fr={tiny_adapters['fr']}",
                           f"de={tiny_adapters['de']}"], input_file=str(questions), output_file=str(output),
-                          adapter=["fr", "de"], batch_size=3, max_new_tokens=6, **extra)
+                          adapter=["fr", "de"], decode_batch_size=3, max_new_tokens=6, **extra)
 
 
 def rows_of(path):
@@ -51,7 +51,7 @@ def test_results_do_not_depend_on_batch_size(tiny_llama, tiny_adapters, question
     generate(config(tiny_llama, tiny_adapters, questions, one, temperature=0.8))
     many = tmp_path / "many.jsonl"
     cfg = config(tiny_llama, tiny_adapters, questions, many, temperature=0.8)
-    cfg.batch_size = 7
+    cfg.decode_batch_size = 7
     generate(cfg)
     assert sorted(map(json.dumps, rows_of(one))) == sorted(map(json.dumps, rows_of(many)))
 

@@ -65,8 +65,8 @@ def test_mgsm_direct_end_to_end_equals_lm_evaluation_harness(tiny_llama, tmp_pat
                                      tasks=names, device="cpu", batch_size=4, limit=6, log_samples=True,
                                      gen_kwargs="max_gen_toks=12",
                                      task_manager=TaskManager(include_path=str(tmp_path / "tasks")))
-    ours = evaluate(EvalConfig(base_model=str(tiny_llama), tasks=["mgsm_direct"], data_dir=str(mgsm), langs=langs,
-                               limit=6, prompt_template_name="raw", max_new_tokens=12, gen_batch_size=4,
+    ours = evaluate(EvalConfig(base_model=str(tiny_llama), tasks=["mgsm_direct"], data_dir=str(mgsm), lang=langs,
+                               limit=6, prompt_template_name="raw", max_new_tokens=12, decode_batch_size=4,
                                dtype="float32", output_dir=str(tmp_path / "ours")))
     rows = {row["id"]: row for row in ours["examples"]["mgsm_direct"]["base"]}
     for lang in langs:
@@ -247,7 +247,7 @@ def test_belebele_accuracy_equals_lm_evaluation_harness(tiny_llama, tmp_path):
     theirs = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={tiny_llama},dtype=float32",
                                      tasks=["local_belebele"], device="cpu", batch_size=8,
                                      task_manager=TaskManager(include_path=str(tmp_path / "tasks")))
-    ours = evaluate(EvalConfig(base_model=str(tiny_llama), tasks=["belebele"], data_dir=str(tmp_path), langs=["fr"],
+    ours = evaluate(EvalConfig(base_model=str(tiny_llama), tasks=["belebele"], data_dir=str(tmp_path), lang=["fr"],
                                dtype="float32", output_dir=str(tmp_path / "ours")))["tasks"]["belebele"]["base"]["fr"]
     assert ours["acc"] == pytest.approx(theirs["results"]["local_belebele"]["acc,none"])
 
@@ -256,7 +256,7 @@ def test_generative_eval_end_to_end_resumes_and_reports(tiny_llama, tiny_adapter
     data = needs_shared_data()
     out = tmp_path / "report"
     config = EvalConfig(base_model=str(tiny_llama), adapters_dir=str(tiny_adapters["fr"].parent),
-                        tasks=["confusion", "mgsm_direct", "ntrex", "xquad"], data_dir=str(data), langs=["de", "zh"],
+                        tasks=["confusion", "mgsm_direct", "ntrex", "xquad"], data_dir=str(data), lang=["de", "zh"],
                         limit=2, max_new_tokens=8, output_dir=str(out))
     results = evaluate(config)
     assert results["models"] == ["base", "de", "fr"]

@@ -10,12 +10,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from bactrian.endpoints.cache import RequestCache
-from bactrian.endpoints.client import ChatClient, Limits
+from bactrian.endpoints.client import ChatClient, RateLimits
 from bactrian.eval.config import JudgeConfig
-from bactrian.eval.judge import judge, parse_scores
+from bactrian.eval.judge import judge
+from bactrian.eval.pairwise import parse_scores
 from bactrian.eval.tasks.confusion import vicuna_questions
 from bactrian.infer.engine import Engine
-from bactrian.infer.server import create_app
+from bactrian.infer.server import engine_app
 
 from conftest import needs_shared_data
 from test_server import LiveServer
@@ -41,10 +42,10 @@ def test_judge_with_a_real_server_then_resume_from_cache(tiny_llama, tiny_adapte
     folder = needs_shared_data("chat-eval", "vicuna-80")
     judge_engine = Engine(str(next(Path(smollm2.__file__).parent.glob("*.gguf"))), prompt_template_name="chat")
     config = JudgeConfig(base_model=str(tiny_llama), lora_weights=[f"fr={tiny_adapters['fr']}"],
-                         questions_dir=str(folder), langs=["en", "fr"], questions_per_lang=2, model_a="base",
+                         questions_dir=str(folder), lang=["en", "fr"], questions_per_lang=2, model_a="base",
                          model_b="fr", max_new_tokens=8, judge_model="base", judge_max_tokens=16,
                          price_input_per_1m=1.0, price_output_per_1m=2.0, output_dir=str(tmp_path / "judge"))
-    with LiveServer(create_app(judge_engine)) as url:
+    with LiveServer(engine_app(judge_engine)) as url:
         config.judge_base_url = f"{url}/v1"
         first = judge(config)
         assert first["judge"]["requests_sent"] == 8 and first["judge"]["cached"] == 0
@@ -95,7 +96,7 @@ def test_client_retries_429_500_and_dropped_connections(tmp_path):
     app = flaky_app(["429", "500", "drop", "429"])
     with LiveServer(app) as url:
         cache = RequestCache(tmp_path / "cache.sqlite")
-        client = ChatClient(f"{url}/v1", "key", cache, Limits(concurrency=2, base_delay=0.05))
+        client = ChatClient(f"{url}/v1", "key", cache, RateLimits(concurrency=2, base_delay=0.05))
 
         async def run():
             try:
@@ -113,7 +114,7 @@ def test_client_retries_429_500_and_dropped_connections(tmp_path):
 def test_a_request_that_keeps_failing_is_recorded_not_fatal(tmp_path):
     with LiveServer(flaky_app(["500"] * 10)) as url:
         cache = RequestCache(tmp_path / "cache.sqlite")
-        client = ChatClient(f"{url}/v1", "key", cache, Limits(max_retries=2, base_delay=0.01))
+        client = ChatClient(f"{url}/v1", "key", cache, RateLimits(max_retries=2, base_delay=0.01))
 
         async def run():
             try:
@@ -154,7 +155,7 @@ def test_a_refused_judge_key_stops_before_any_answer_is_made(tiny_llama, tmp_pat
                             status_code=401)
 
     with LiveServer(app) as url:
-        config = JudgeConfig(base_model=str(tiny_llama), questions_dir=str(folder), langs=["en"], questions_per_lang=1,
+        config = JudgeConfig(base_model=str(tiny_llama), questions_dir=str(folder), lang=["en"], questions_per_lang=1,
                              model_b="base", judge_base_url=f"{url}/v1", judge_api_key="sk-wrong-key",
                              output_dir=str(tmp_path / "judge"))
         with pytest.raises(BactrianError, match="refused the API key") as refused:

@@ -43,7 +43,7 @@ def test_no_key_in_logs_cache_outputs_or_errors(tmp_path, caplog):
     source = write_jsonl(tmp_path / "en.jsonl", rows)
     out = tmp_path / "out"
     with LiveServer(flaky_google([400, 200, 200])) as url:  # the first language fails for good (a 400)
-        result = translate(TranslateConfig(input=str(source), langs=["de", "fr"], engine="google", api_key=SECRET,
+        result = translate(TranslateConfig(input=str(source), lang=["de", "fr"], engine="google", api_key=SECRET,
                                            base_url=url, output_dir=str(out), concurrency=1))
     assert result["failed"] == 3 and sum(result["rows"].values()) == 3
     assert SECRET not in caplog.text
@@ -51,7 +51,7 @@ def test_no_key_in_logs_cache_outputs_or_errors(tmp_path, caplog):
         if file.is_file():
             assert SECRET.encode() not in file.read_bytes(), file
     with LiveServer(flaky_google([401])) as url, pytest.raises(BactrianError) as refused:
-        translate(TranslateConfig(input=str(source), langs=["it"], engine="google", api_key=SECRET, base_url=url,
+        translate(TranslateConfig(input=str(source), lang=["it"], engine="google", api_key=SECRET, base_url=url,
                                   output_dir=str(tmp_path / "other")))
     assert SECRET not in str(refused.value) and "401" in str(refused.value)
 
@@ -59,7 +59,7 @@ def test_no_key_in_logs_cache_outputs_or_errors(tmp_path, caplog):
 def test_a_refused_key_mid_job_stops_it_with_the_endpoints_message_and_keeps_what_was_done(tmp_path):
     rows = [{"id": f"r{i}", "instruction": f"Sentence number {i}."} for i in range(4)]
     source = write_jsonl(tmp_path / "en.jsonl", rows)
-    config = dict(input=str(source), langs=["de", "fr", "it", "es"], engine="google", api_key=SECRET,
+    config = dict(input=str(source), lang=["de", "fr", "it", "es"], engine="google", api_key=SECRET,
                   output_dir=str(tmp_path / "out"), concurrency=1)
     answers = [200, 403, 200, 200]
     with LiveServer(flaky_google(answers)) as url:
@@ -101,7 +101,7 @@ def test_export_refuses_outputs_that_would_destroy_inputs(tiny_llama, tiny_adapt
                             (str(adapter), "overlaps the input"), (str(adapter.parent), "overlaps the input"),
                             (str(adapter / "merged"), "overlaps the input"), (str(tiny_llama), "overlaps the input")):
         with pytest.raises(BactrianError, match=message):
-            export(ExportConfig(base_model=str(tiny_llama), lora_weights=str(adapter), output_dir=output,
+            export(ExportConfig(base_model=str(tiny_llama), lora_weights=[str(adapter)], output_dir=output,
                                 overwrite=True))
     assert (work / "notes.txt").read_text() == "mine" and sorted(p.name for p in adapter.iterdir()) == before
 
@@ -112,7 +112,7 @@ def test_export_replaces_an_existing_output_only_once_the_new_one_is_complete(ti
     from bactrian.export.config import ExportConfig
 
     out = tmp_path / "merged"
-    config = ExportConfig(base_model=str(tiny_llama), lora_weights=str(tiny_adapters["fr"]), output_dir=str(out),
+    config = ExportConfig(base_model=str(tiny_llama), lora_weights=[str(tiny_adapters["fr"])], output_dir=str(out),
                           overwrite=True)
     run.export(config)
     first = (out / "bactrian.json").read_text()
@@ -144,7 +144,7 @@ def test_duplicate_ids_are_errors_naming_both_rows(tiny_llama, tmp_path):
     source = write_jsonl(tmp_path / "en.jsonl", rows)
     both_rows = rf"{source}: line 3: duplicate id 'a', already used at {source}: line 1"
     with pytest.raises(BactrianError, match=both_rows):
-        translate(TranslateConfig(input=str(source), langs=["de"], engine="google", api_key="k",
+        translate(TranslateConfig(input=str(source), lang=["de"], engine="google", api_key="k",
                                   output_dir=str(tmp_path / "t")))
     with pytest.raises(BactrianError, match=both_rows):
         generate(DataGenerateConfig(input=str(source), model="m", base_url="http://127.0.0.1:9/v1",
@@ -228,7 +228,7 @@ def test_a_dataset_holds_exactly_what_the_current_recipe_produced(tmp_path):
 def finetune_config(model, data, out, **overrides):
     from bactrian.train.config import FinetuneConfig
 
-    settings = dict(base_model=str(model), data_path=[str(data)], output_dir=str(out), batch_size=4,
+    settings = dict(base_model=str(model), data_path=[str(data)], output_dir=str(out), global_batch_size=4,
                     micro_batch_size=2, max_steps=4, val_set_size=0, warmup_steps=1, save_steps=2, save_total_limit=2,
                     learning_rate=1e-2, lora_dropout=0.0)
     settings.update(overrides)

@@ -10,7 +10,8 @@ from conftest import write_jsonl
 @pytest.mark.parametrize("engine, extra, named", [
     ("hf", {"dry_run": True}, "--dry_run"), ("hf", {"batch_file": "b.jsonl"}, "--batch_file"),
     ("hf", {"base_url": "http://x/v1", "requests_per_minute": 5}, "--base_url, --requests_per_minute"),
-    ("hf", {"price_per_1m_tokens": 1.0}, "--price_per_1m_tokens"), ("openai", {"batch_size": 4}, "--batch_size")])
+    ("hf", {"price_per_1m_tokens": 1.0}, "--price_per_1m_tokens"),
+    ("openai", {"decode_batch_size": 4}, "--decode_batch_size")])
 def test_data_generate_refuses_what_its_engine_ignores(tmp_path, engine, extra, named):
     from bactrian.data.generate import DataGenerateConfig, generate
 
@@ -22,13 +23,13 @@ def test_data_generate_refuses_what_its_engine_ignores(tmp_path, engine, extra, 
 
 @pytest.mark.parametrize("engine, extra, named", [
     ("google", {"model": "gpt"}, "--model"), ("deepl", {"batch_file": "b"}, "--batch_file"),
-    ("llm", {"batch_size": 4}, "--batch_size"), ("hf", {"concurrency": 2}, "--concurrency")])
+    ("llm", {"decode_batch_size": 4}, "--decode_batch_size"), ("hf", {"concurrency": 2}, "--concurrency")])
 def test_data_translate_refuses_what_its_engine_ignores(tmp_path, engine, extra, named):
     from bactrian.data.translate import TranslateConfig, translate
 
     source = write_jsonl(tmp_path / "en.jsonl", [{"instruction": "Hello?"}])
     with pytest.raises(ConfigError, match=f"--engine {engine} does not use {named}"):
-        translate(TranslateConfig(input=str(source), langs=["fr"], engine=engine, output_dir=str(tmp_path / "o"),
+        translate(TranslateConfig(input=str(source), lang=["fr"], engine=engine, output_dir=str(tmp_path / "o"),
                                   **extra))
 
 
@@ -75,3 +76,19 @@ def test_per_language_refuses_one_checkpoint_for_every_language(tmp_path):
     with pytest.raises(ConfigError, match="--per_language resumes each language from its own checkpoints"):
         finetune(FinetuneConfig(data_path=[str(tmp_path)], per_language=True,
                                 resume_from_checkpoint=str(tmp_path / "checkpoint-5")))
+
+
+def test_seed_names_work_old_names_warn_and_both_at_once_is_an_error(caplog):
+    from bactrian.cli import build_config, build_parser
+    from bactrian.infer.config import GenerateConfig
+    from bactrian.train.config import FinetuneConfig
+
+    def parse(config_cls, verb, *argv):
+        return build_config(config_cls, build_parser().parse_args([verb, *argv]))
+
+    assert parse(FinetuneConfig, "finetune", "--batch_size", "64").global_batch_size == 64  # the Bactrian-X flag
+    assert not caplog.records
+    assert parse(GenerateConfig, "generate", "--batch_size", "3").decode_batch_size == 3
+    assert "--batch_size is deprecated: it is now --decode_batch_size" in caplog.text
+    with pytest.raises(ConfigError, match="given twice"):
+        parse(GenerateConfig, "generate", "--batch_size", "3", "--decode_batch_size", "4")

@@ -222,7 +222,7 @@ def test_orpo_and_dpo_from_an_sft_adapter(tiny_llama, tmp_path):
 @pytest.mark.slow
 def test_dpo_resumes_exactly_after_sigkill(tiny_llama, tmp_path):
     data = _preference_folder(tmp_path, copies=6)
-    common = dict(method="dpo", max_steps=40, batch_size=4, micro_batch_size=2, lora_dropout=0.1,
+    common = dict(method="dpo", max_steps=40, global_batch_size=4, micro_batch_size=2, lora_dropout=0.1,
                   learning_rate=3e-3, val_set_size=0)
     finetune(make_config(tiny_llama, data, tmp_path / "straight", **common))
     kill_then_resume(make_config(tiny_llama, data, tmp_path / "killed", save_steps=3, **common))
@@ -232,7 +232,7 @@ def test_dpo_resumes_exactly_after_sigkill(tiny_llama, tmp_path):
 @pytest.mark.slow
 def test_dpo_two_process_ddp_matches_single_process(tiny_llama, tmp_path):
     data = _preference_folder(tmp_path)
-    settings = dict(method="dpo", max_steps=3, batch_size=8, micro_batch_size=2, val_set_size=4,
+    settings = dict(method="dpo", max_steps=3, global_batch_size=8, micro_batch_size=2, val_set_size=4,
                     learning_rate=1e-2)
     single = make_config(tiny_llama, data, tmp_path / "single", **settings)
     finetune(single)

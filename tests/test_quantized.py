@@ -93,7 +93,7 @@ def test_generate_and_serve_on_a_4bit_base_with_its_qlora_adapter(qlora_adapter,
 def test_export_of_a_qlora_adapter_merges_onto_the_full_precision_base(qlora_adapter, tiny_llama, tmp_path, caplog):
     out, _ = qlora_adapter
     with caplog.at_level(logging.WARNING, logger="bactrian.export.run"):
-        merged_dir = export(ExportConfig(base_model=str(tiny_llama), lora_weights=str(out),
+        merged_dir = export(ExportConfig(base_model=str(tiny_llama), lora_weights=[str(out)],
                                          output_dir=str(tmp_path / "merged"), format="hf"))
     assert "trained on a 4-bit base" in caplog.text
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()

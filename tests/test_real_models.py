@@ -24,7 +24,7 @@ def test_finetune_default_on_real_multilingual_data_learns_and_loads_in_peft(tmp
     data = needs_shared_data("instructions", "multialpaca")
     out = tmp_path / "gemma-lora"
     metrics = finetune(FinetuneConfig(
-        base_model="default", data_path=[str(data)], lang=["es", "ja"], output_dir=str(out), batch_size=8,
+        base_model="default", data_path=[str(data)], lang=["es", "ja"], output_dir=str(out), global_batch_size=8,
         micro_batch_size=8, max_steps=8, learning_rate=1e-3, cutoff_len=128, val_set_size=16, lora_r=8,
         lora_target_modules=["q_proj", "v_proj"], train_on_inputs=False, warmup_steps=1, eval_steps=0,
         save_steps=0, packing=True))
@@ -90,13 +90,13 @@ def test_gguf_round_trip_through_llama_cpp_on_the_default(tmp_path):
 
     adapter = tmp_path / "adapter"
     finetune(FinetuneConfig(base_model="default", data_path=[str(demo_data_dir())], output_dir=str(adapter),
-                            batch_size=8, micro_batch_size=8, max_steps=4, learning_rate=2e-3, val_set_size=0,
+                            global_batch_size=8, micro_batch_size=8, max_steps=4, learning_rate=2e-3, val_set_size=0,
                             lora_r=8, lora_target_modules=["q_proj", "v_proj"], warmup_steps=1, save_steps=0,
                             packing=True, train_on_inputs=False))
-    out = export(ExportConfig(base_model="default", lora_weights=str(adapter), output_dir=str(tmp_path / "gguf"),
+    out = export(ExportConfig(base_model="default", lora_weights=[str(adapter)], output_dir=str(tmp_path / "gguf"),
                               format="gguf", gguf_type="f32"))
     merged = AutoModelForCausalLM.from_pretrained(
-        export(ExportConfig(base_model="default", lora_weights=str(adapter), output_dir=str(tmp_path / "hf"))))
+        export(ExportConfig(base_model="default", lora_weights=[str(adapter)], output_dir=str(tmp_path / "hf"))))
     prompts = ["### Input:\nNenne drei Farben.\n\n### Output:\n", "### Input:\n法国的首都是哪里？\n\n### Output:\n",
                "### Input:\nWhat is water made of?\n\n### Output:\n"]
     answers = in_child("greedy_text", model=str(next(out.glob("*.gguf"))), prompts=prompts)

@@ -154,7 +154,7 @@ def test_parquet_is_read_in_batches_and_the_cache_loads_with_datasets(tokenizer,
 def test_two_nodes_share_one_cache_and_train_like_one_process(tiny_llama, lang_folder, tmp_path):
     """torchrun --nnodes 2 (one process each, gloo, on this machine) with the cache on 'shared storage': the
     cache is built once, and the adapter equals a single-process run's."""
-    settings = dict(max_steps=3, batch_size=8, micro_batch_size=2, val_set_size=4, learning_rate=1e-2,
+    settings = dict(max_steps=3, global_batch_size=8, micro_batch_size=2, val_set_size=4, learning_rate=1e-2,
                     cache_dir=str(tmp_path / "shared-cache"))
     single = make_config(tiny_llama, lang_folder, tmp_path / "single", **{**settings, "cache_dir": str(tmp_path / "c")})
     from bactrian.train.finetune import finetune

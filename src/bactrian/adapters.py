@@ -79,14 +79,18 @@ def _eval_losses(manifest: dict[str, Any]) -> dict[str, float]:
     return {lang: float(loss) for lang, loss in per_lang.items()}
 
 
+def split_spec(spec: str) -> tuple[str, Path]:
+    """`name=path` or a bare path (named after its folder) as (name, path), unchecked."""
+    name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    return name or Path(path).resolve().name, Path(path)
+
+
 def parse_adapter_specs(specs: list[str]) -> dict[str, Path]:
     """`name=path` or a bare path (named after its folder), checked: names unique and not reserved, folders
     holding an adapter."""
     adapters: dict[str, Path] = {}
     for spec in specs:
-        name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
-        path_obj = Path(path)
-        name = name or path_obj.resolve().name
+        name, path_obj = split_spec(spec)
         if name in RESERVED_NAMES:
             raise ConfigError(f"--lora_weights {spec}: '{name}' is a reserved name; pick another.")
         if name in adapters:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
+import json
 import logging
 import os
 import sqlite3
 import sys
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +40,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
         default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
         help_text = f"{spec.metadata.get('help', '')} (default: {_show(default)})"
         flags = [f"--{name}" for name in (spec.name, *spec.metadata.get("seed_names", ()))]
-        _add_flag(parser, flags, spec.name, kind, help_text, spec.metadata.get("choices"))
+        choices = spec.metadata.get("choices")
+        if choices and spec.metadata.get("old_values"):
+            help_text += f" (one of {', '.join(choices)})"
+            choices = None  # the old values are accepted too, with a warning, by options.typed_value
+        _add_flag(parser, flags, spec.name, kind, help_text, choices)
         for old in spec.metadata.get("old_names", ()):
-            _add_flag(parser, [f"--{old}"], old, kind, argparse.SUPPRESS, spec.metadata.get("choices"))
+            _add_flag(parser, [f"--{old}"], old, kind, argparse.SUPPRESS, choices)
 
 
 def _add_flag(parser: argparse.ArgumentParser, flags: list[str], dest: str, kind: Any, help_text: str,
@@ -79,105 +86,101 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 # -- verbs -------------------------------------------------------------------------------------------------
-def _finetune(args: argparse.Namespace) -> None:
-    from .train.config import FinetuneConfig
-    from .train.finetune import finetune
-    from .train.per_language import summary_table
+@dataclass(frozen=True)
+class Command:
+    """A verb: its config class and function as "module:name" (imported only when used: configs are light, the
+    functions load torch), and how its result is printed."""
 
-    config = build_config(FinetuneConfig, args)
-    metrics = finetune(config)
-    if _is_main_process() and not config.per_language:
+    name: str  # "eval judge"
+    help: str
+    config: str | None
+    function: str
+    show: Callable[[Any, Any], None]
+
+
+def _finetune_summary(config: Any, metrics: Any) -> None:
+    if not _is_main_process():
+        return
+    if not config.per_language:
         print(f"Adapter saved to {config.output_dir}")
         print(f"Final metrics: {metrics}")
-    elif _is_main_process():
-        print(summary_table(metrics["languages"]))
-        print(f"Adapters saved to {config.output_dir}/<lang>/; summary in {config.output_dir}/summary.json")
+        return
+    from .train.per_language import summary_table
+
+    print(summary_table(metrics["languages"]))
+    print(f"Adapters saved to {config.output_dir}/<lang>/; summary in {config.output_dir}/summary.json")
 
 
-def _is_main_process() -> bool:
-    """False on the non-zero ranks of a torchrun / accelerate launch, which stay quiet."""
-    return os.environ.get("RANK", "0") == "0"
-
-
-def _demo(args: argparse.Namespace) -> None:
-    from .demo import DemoConfig, demo
-
-    print(demo(build_config(DemoConfig, args)))
-
-
-def _generate(args: argparse.Namespace) -> None:
-    from .infer.config import GenerateConfig
-    from .infer.generate import generate
-
-    config = build_config(GenerateConfig, args)
-    written = generate(config)
-    print(f"Wrote {written} rows to {config.output_file}")
-
-
-def _serve(args: argparse.Namespace) -> None:
-    from .infer.config import ServeConfig
-    from .infer.server import serve
-
-    serve(build_config(ServeConfig, args))
-
-
-def _chat(args: argparse.Namespace) -> None:
-    from .infer.chat import chat
-    from .infer.config import ChatConfig
-
-    chat(build_config(ChatConfig, args))
-
-
-def _export(args: argparse.Namespace) -> None:
-    from .export.config import ExportConfig
-    from .export.run import export
-
-    print(f"Wrote {export(build_config(ExportConfig, args))}")
-
-
-def _eval(args: argparse.Namespace) -> None:
-    from .eval.config import EvalConfig
+def _eval_report(config: Any, results: Any) -> None:
     from .eval.report import markdown
-    from .eval.run import evaluate
 
-    config = build_config(EvalConfig, args)
-    print(markdown(evaluate(config)))
+    print(markdown(results))
     print(f"Reports in {config.output_dir} (results.json, report.md, one PNG chart per task)")
 
 
-def _judge(args: argparse.Namespace) -> None:
-    from .eval.config import JudgeConfig
-    from .eval.judge import judge, markdown
+def _judge_report(config: Any, report: Any) -> None:
+    from .eval.judge import markdown
 
-    config = build_config(JudgeConfig, args)
-    print(markdown(judge(config)))
+    print(markdown(report))
     print(f"Report in {config.output_dir} (judge.json, judge.md; answers.jsonl and the request cache resume a rerun)")
 
 
-def _data(name: str):
-    """A `bactrian data <name>` verb: build its config, run it, print its summary as JSON."""
-
-    def run(args: argparse.Namespace) -> None:
-        import json
-
-        from .data import build, filters, generate, prefs, stats, translate
-
-        verbs = {"translate": (translate.TranslateConfig, translate.translate),
-                 "prefs": (prefs.PrefsConfig, prefs.prefs),
-                 "generate": (generate.DataGenerateConfig, generate.generate),
-                 "filter": (filters.FilterConfig, filters.filter),
-                 "stats": (stats.StatsConfig, stats.stats)}
-        if name == "build":
-            result = build.build(args.config)
-        else:
-            config_cls, function = verbs[name]
-            result = function(build_config(config_cls, args))
-        print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
-
-    return run
+def _as_json(_: Any, result: Any) -> None:
+    print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
 
 
-def _languages(args: argparse.Namespace) -> None:
+def _nothing(*_: Any) -> None:
+    pass
+
+
+COMMANDS = (
+    Command("finetune", "Train a LoRA adapter on instruction data (the original finetune.py, fixed and faster).",
+            "bactrian.train.config:FinetuneConfig", "bactrian.train.finetune:finetune", _finetune_summary),
+    Command("demo", "Fine-tune the embedded default model on the bundled multilingual set and compare answers.",
+            "bactrian.config:DemoConfig", "bactrian.demo:demo", lambda _, text: print(text)),
+    Command("chat", "A Gradio app to talk to a model and its adapters (the original generate.py).",
+            "bactrian.infer.config:ChatConfig", "bactrian.infer.chat:chat", _nothing),
+    Command("generate", "Answer every instruction of a file, in batches, resumable.",
+            "bactrian.infer.config:GenerateConfig", "bactrian.infer.generate:generate",
+            lambda config, written: print(f"Wrote {written} rows to {config.output_file}")),
+    Command("serve", "An OpenAI-compatible HTTP server over a base model and many adapters.",
+            "bactrian.infer.config:ServeConfig", "bactrian.infer.server:serve", _nothing),
+    Command("export", "Merge an adapter and write a Hugging Face folder, a Meta state_dict or GGUF for llama.cpp.",
+            "bactrian.export.config:ExportConfig", "bactrian.export.run:export",
+            lambda _, written: print(f"Wrote {written}")),
+    Command("eval", "Zero-shot evaluation per language, base and adapters side by side: multiple choice (XCOPA, "
+                    "XStoryCloze, XWinograd, SIB-200, Belebele, your own) and generated answers (language "
+                    "confusion, MGSM, translation, QA).",
+            "bactrian.eval.config:EvalConfig", "bactrian.eval.run:evaluate", _eval_report),
+    Command("eval judge", "Two models answer multilingual questions; a judge on any OpenAI-compatible endpoint "
+                          "scores them pairwise, both orders.",
+            "bactrian.eval.config:JudgeConfig", "bactrian.eval.judge:judge", _judge_report),
+    Command("data translate", "Translate instruction data into other languages.",
+            "bactrian.data.config:TranslateConfig", "bactrian.data.translate:translate", _as_json),
+    Command("data generate", "A teacher answers every row in the row's language.",
+            "bactrian.data.config:DataGenerateConfig", "bactrian.data.generate:generate", _as_json),
+    Command("data filter", "Drop or flag wrong-language, empty, truncated, refused, duplicate and out-of-bounds "
+                           "rows; write a report.", "bactrian.data.config:FilterConfig",
+            "bactrian.data.filters:filter", _as_json),
+    Command("data build", "(--config recipe.yaml) Translate, generate and filter, then write the dataset (Parquet "
+                          "per language and a dataset card).", None, "bactrian.data.build:build", _as_json),
+    Command("data prefs", "Preference pairs per language for finetune --method dpo|orpo: the teacher's answer "
+                          "chosen, the model's own rejected when in another language, echoing, cut off, or judged "
+                          "worse.", "bactrian.data.config:PrefsConfig", "bactrian.data.prefs:prefs", _as_json),
+    Command("data stats", "Rows and mean tokens per language, and a chart.", "bactrian.data.config:StatsConfig",
+            "bactrian.data.stats:stats", _as_json),
+    Command("languages", "List the 52 Bactrian-X languages and their codes.", None, "bactrian.cli:print_languages",
+            _nothing),
+)
+
+
+def load(reference: str) -> Any:
+    """The object a "module:name" reference names."""
+    module, _, name = reference.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def print_languages() -> None:
     from .languages import LANGUAGES
 
     print(f"{'code':<5} {'name':<12} {'locale':<7} {'script':<6} flores")
@@ -185,48 +188,21 @@ def _languages(args: argparse.Namespace) -> None:
         print(f"{lang.code:<5} {lang.name:<12} {lang.locale:<7} {lang.script:<6} {lang.flores}")
 
 
-def _verbs() -> list[tuple[str, str, Callable, type | None]]:
-    from .data.filters import FilterConfig
-    from .data.generate import DataGenerateConfig
-    from .data.prefs import PrefsConfig
-    from .data.stats import StatsConfig
-    from .data.translate import TranslateConfig
-    from .demo import DemoConfig
-    from .eval.config import EvalConfig, JudgeConfig
-    from .export.config import ExportConfig
-    from .infer.config import ChatConfig, GenerateConfig, ServeConfig
-    from .train.config import FinetuneConfig
+def run(command: Command, args: argparse.Namespace) -> None:
+    """Build the verb's config from the YAML file and the flags, call its function, show what it returns."""
+    function = load(command.function)
+    if command.config is not None:
+        config = build_config(load(command.config), args)
+        command.show(config, function(config))
+    elif command.name == "data build":
+        command.show(None, function(args.config))
+    else:
+        function()
 
-    return [
-        ("finetune", "Train a LoRA adapter on instruction data (the original finetune.py, fixed and faster).",
-         _finetune, FinetuneConfig),
-        ("demo", "Fine-tune the embedded default model on the bundled multilingual set and compare answers.",
-         _demo, DemoConfig),
-        ("chat", "A Gradio app to talk to a model and its adapters (the original generate.py).", _chat,
-         ChatConfig),
-        ("generate", "Answer every instruction of a file, in batches, resumable.", _generate, GenerateConfig),
-        ("serve", "An OpenAI-compatible HTTP server over a base model and many adapters.", _serve, ServeConfig),
-        ("export", "Merge an adapter and write a Hugging Face folder, a Meta state_dict or GGUF for llama.cpp.",
-         _export, ExportConfig),
-        ("eval", "Zero-shot multiple-choice evaluation per language (XCOPA, XStoryCloze, XWinograd, SIB-200, your "
-                 "own), base and adapters side by side.", _eval, EvalConfig),
-        ("eval-judge", "(bactrian eval judge) Two models answer multilingual questions; a judge on any "
-                       "OpenAI-compatible endpoint scores them pairwise, both orders.", _judge, JudgeConfig),
-        ("data-translate", "(bactrian data translate) Translate instruction data into other languages.",
-         _data("translate"), TranslateConfig),
-        ("data-generate", "(bactrian data generate) A teacher answers every row in the row's language.",
-         _data("generate"), DataGenerateConfig),
-        ("data-filter", "(bactrian data filter) Drop or flag wrong-language, empty, truncated, refused, duplicate "
-                        "and out-of-bounds rows; write a report.", _data("filter"), FilterConfig),
-        ("data-build", "(bactrian data build --config recipe.yaml) Translate, generate and filter, then write the "
-                       "dataset (Parquet per language and a dataset card).", _data("build"), None),
-        ("data-prefs", "(bactrian data prefs) Preference pairs per language for finetune --method dpo|orpo: the "
-                       "teacher's answer chosen, the model's own rejected when in the wrong language, echoing, cut "
-                       "off, or judged worse.", _data("prefs"), PrefsConfig),
-        ("data-stats", "(bactrian data stats) Rows and mean tokens per language, and a chart.", _data("stats"),
-         StatsConfig),
-        ("languages", "List the 52 Bactrian-X languages and their codes.", _languages, None),
-    ]
+
+def _is_main_process() -> bool:
+    """False on the non-zero ranks of a torchrun / accelerate launch, which stay quiet."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,21 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
                                      "the Bactrian-X way: data, LoRA fine-tuning, inference, export, evaluation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    for name, help_text, func, config_cls in _verbs():
-        prog = f"bactrian {name.replace('-', ' ')}"
-        sub = subparsers.add_parser(name, help=help_text, description=help_text, prog=prog)
-        if config_cls is not None:
-            add_config_arguments(sub, config_cls)
-        elif name == "data-build":
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name.replace(" ", "-"), help=command.help, description=command.help,
+                                    prog=f"bactrian {command.name}")
+        if command.config is not None:
+            add_config_arguments(sub, load(command.config))
+        elif command.name == "data build":
             sub.add_argument("--config", required=True, help="The recipe (YAML).")
-        sub.set_defaults(func=func)
+        sub.set_defaults(command=command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) >= 2 and f"{argv[0]}-{argv[1]}" in {name for name, *_ in _verbs()}:
+    if len(argv) >= 2 and f"{argv[0]} {argv[1]}" in {command.name for command in COMMANDS}:
         argv = [f"{argv[0]}-{argv[1]}", *argv[2:]]  # `bactrian eval judge`, `bactrian data build`, ...
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
@@ -257,19 +233,19 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "httpx2"):  # one INFO line per request otherwise (httpx2: the openai client's own)
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        args.func(args)
+        run(args.command, args)
     except BactrianError as exc:
-        print(f"bactrian {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"bactrian {args.command.name}: error: {exc}", file=sys.stderr)
         return 2
     except (OSError, sqlite3.OperationalError) as exc:  # a library's own write on a full disk
         if not out_of_space(exc):
             raise
         where = getattr(exc, "filename", None) or "a file"
-        print(f"bactrian {args.verb}: error: no space left on the device (or quota) while writing {where}. Free "
-              "some space, then rerun the same command: finished work is kept.", file=sys.stderr)
+        print(f"bactrian {args.command.name}: error: no space left on the device (or quota) while writing {where}. "
+              "Free some space, then rerun the same command: finished work is kept.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"bactrian {args.verb}: interrupted; finished work is kept (resume with the same command).",
+        print(f"bactrian {args.command.name}: interrupted; finished work is kept (resume with the same command).",
               file=sys.stderr)
         return 130
     return 0

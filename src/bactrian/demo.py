@@ -5,29 +5,16 @@ from __future__ import annotations
 
 import logging
 import textwrap
-from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from .options import option
+from .config import DemoConfig
 from .records import Record, load_records, write_jsonl
 from .train.config import FinetuneConfig
 
 log = logging.getLogger(__name__)
 
 HELD_OUT_LANGS = ("en", "fr", "es", "de", "zh", "ar")
-
-
-@dataclass
-class DemoConfig:
-    base_model: str = option("default", "Base model to tune (default: the embedded Gemma 3 270M).")
-    output_dir: str = option("./bactrian-demo", "Where the demo adapter goes.")
-    max_steps: int = option(40, "Optimizer steps.")
-    batch_size: int = option(8, "Global batch size.")
-    micro_batch_size: int = option(8, "Examples or packed rows per forward pass.")
-    learning_rate: float = option(1e-3, "Peak learning rate.")
-    lora_r: int = option(16, "LoRA rank.")
-    max_new_tokens: int = option(48, "Tokens generated per answer.")
 
 
 def demo_data_dir() -> Path:
@@ -54,10 +41,10 @@ def demo(config: DemoConfig) -> str:
              ", ".join(langs), len(held_out))
     tune = FinetuneConfig(
         base_model=config.base_model, data_path=[str(train_file)], output_dir=str(output_dir / "adapter"),
-        batch_size=config.batch_size, micro_batch_size=config.micro_batch_size, max_steps=config.max_steps,
-        learning_rate=config.learning_rate, cutoff_len=256, val_set_size=24, lora_r=config.lora_r,
-        lora_alpha=2 * config.lora_r, lora_dropout=0.05, lora_target_modules=["q_proj", "k_proj", "v_proj",
-                                                                              "o_proj"],
+        global_batch_size=config.global_batch_size, micro_batch_size=config.micro_batch_size,
+        max_steps=config.max_steps, learning_rate=config.learning_rate, cutoff_len=256, val_set_size=24,
+        lora_r=config.lora_r, lora_alpha=2 * config.lora_r, lora_dropout=0.05,
+        lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
         train_on_inputs=False, warmup_steps=2, logging_steps=4, eval_steps=0, save_steps=0, packing=True,
     )
     metrics = finetune(tune)
@@ -76,8 +63,8 @@ def demo(config: DemoConfig) -> str:
 
 def compare_answers(config: DemoConfig, adapter_dir: str, held_out: list[Record]) -> str:
     """Each held-out prompt answered greedily by the base model and by the tuned adapter, in one batch."""
-    from ..infer.requests import Request, SamplingParams
     from .infer.engine import Engine
+    from .infer.requests import Request, SamplingParams
     from .infer.routing import BASE
 
     engine = Engine(config.base_model, [f"tuned={adapter_dir}"])

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 def option(default, help: str, **extra):
     """A dataclass field whose help text the CLI shows. `seed_names`: the original Bactrian-X flags for it, which
-    keep working as they are; `old_names`: earlier bactrian names, accepted with a deprecation warning."""
+    keep working as they are; `old_names`: earlier bactrian names, accepted with a deprecation warning (and
+    `old_values`, old name -> value, the same for values of a choice)."""
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
     return field(default=default, metadata={"help": help, **extra})
@@ -79,14 +80,15 @@ def _canonical(config_cls: type, values: dict[str, Any], where: str) -> dict[str
     """`values` under the options' current names (an old name warns; both names at once is an error)."""
     names = other_names(config_cls)
     renamed: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
     for key, value in values.items():
         name, deprecated = names.get(key, (key, False))
         shown = f"{where}: {key}" if where else f"--{key}"
         if name in renamed:
-            raise ConfigError(f"{shown}: the option {name} is given twice (once as {key}); keep one.")
+            raise ConfigError(f"{shown}: the option {name} is given twice (as {given_as[name]} and {key}); keep one.")
         if deprecated:
             log.warning("%s is deprecated: it is now %s.", shown, name if where else f"--{name}")
-        renamed[name] = value
+        renamed[name], given_as[name] = value, key
     return renamed
 
 
@@ -117,6 +119,10 @@ def typed_value(value: Any, hint: Any, spec: dataclasses.Field, where: str) -> A
         converted = _as_kind(value, kind, spec.metadata.get("repeat", False))
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+    old_values = spec.metadata.get("old_values", {})
+    if isinstance(converted, str) and converted in old_values:
+        log.warning("%s %s is deprecated: it is now %s.", where, converted, old_values[converted])
+        converted = old_values[converted]
     choices = spec.metadata.get("choices")
     if choices and converted not in choices:
         raise ConfigError(f"{where}: {converted!r} is not one of {', '.join(choices)}.")

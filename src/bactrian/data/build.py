@@ -12,12 +12,13 @@ from ..fileio import atomic_write_bytes, output_lock
 from ..options import config_of, read_yaml, typed_values
 from ..records import read_rows, write_parquet
 from . import filters
-from .generate import DataGenerateConfig, generate
+from .config import DataGenerateConfig, FilterConfig, TranslateConfig
+from .generate import generate
 from .jobs import refuse_overlap
-from .translate import TranslateConfig, translate
+from .translate import translate
 
 RECIPE_KEYS = ("input", "output_dir", "langs", "translate", "generate", "filter")
-SECTIONS = {"translate": TranslateConfig, "generate": DataGenerateConfig, "filter": filters.FilterConfig}
+SECTIONS = {"translate": TranslateConfig, "generate": DataGenerateConfig, "filter": FilterConfig}
 
 
 def build(recipe_path: str) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from typing import Any
 from ..errors import ConfigError
 from ..fileio import atomic_write_bytes, atomic_write_json, holds_output
 from ..langid import written_in
-from ..options import option
 from ..records import write_by_language
+from .config import FilterConfig
 from .jobs import read_job_input
 
 REFUSALS = re.compile("|".join([
@@ -134,18 +134,6 @@ def report_markdown(summary: dict[str, Any]) -> str:
         cells = [str(entry["dropped"].get(reason, 0)) for reason in reasons]
         lines.append(f"| {lang} | {entry['total']} | {entry['kept']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-@dataclass
-class FilterConfig:
-    input: str = option("", "Rows with outputs: a file or a folder of per-language files.")
-    output_dir: str = option("", "Where the filtered rows and filter_report.{json,md} go.")
-    drop: bool = option(True, "Drop failing rows (False: keep them, with a filter_reasons field).")
-    min_chars: int = option(1, "Shortest acceptable output, in characters.")
-    max_chars: int = option(20000, "Longest acceptable output, in characters.")
-    near_duplicate_threshold: float = option(0.9, "MinHash Jaccard similarity above which rows are near duplicates "
-                                                  "(0 to 0.96).")
-    num_proc: int = option(0, "Processes for the per-row checks (language ID, MinHash); 0: one per core.")
 
 
 def check_settings(config: FilterConfig) -> None:

@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,28 +19,10 @@ from ..endpoints.cache import RequestCache
 from ..endpoints.client import ChatClient, chat_client
 from ..errors import ConfigError
 from ..fileio import atomic_write_bytes
-from ..options import option
 from ..records import read_rows
+from .config import EndpointOptions
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EndpointConfig:
-    model: str = option("", "Model name at the endpoint.")
-    base_url: str = option("", "The endpoint: OpenAI-compatible for llm/openai engines (OpenAI, vLLM, llama.cpp's "
-                               "server, Ollama, bactrian serve); for google / deepl, their API root (defaults).")
-    api_key: str = option("", "API key (default: $OPENAI_API_KEY, $GOOGLE_API_KEY or $DEEPL_AUTH_KEY by engine).")
-    concurrency: int = option(16, "Requests in flight.")
-    requests_per_minute: int = option(0, "Requests per minute (0: no limit).")
-    tokens_per_minute: int = option(0, "Tokens per minute, estimated (0: no limit).")
-    price_per_1m_tokens: float = option(0.0, "Price of 1M tokens (of 1M characters for google / deepl), for "
-                                             "--dry_run and the final report.")
-    dry_run: bool = option(False, "Print what the job would send and cost, send nothing.")
-    batch_file: str = option("", "Instead of sending, write the requests not answered yet in the OpenAI Batch API "
-                                 "format (also read by vLLM's run-batch) to this file.")
-    batch_results: str = option("", "Read a Batch API results file first; its answers are used like cached ones.")
-    output_dir: str = option("", "Where the per-language JSONL files, the request cache and the report go.")
 
 
 REMOTE_ONLY = ("base_url", "api_key", "concurrency", "requests_per_minute", "tokens_per_minute",
@@ -50,8 +31,8 @@ REMOTE_ONLY = ("base_url", "api_key", "concurrency", "requests_per_minute", "tok
 
 def refuse_unused(config: Any, unused: tuple[str, ...]) -> None:
     """Options the chosen engine would ignore are an error, never silently dropped."""
-    given = [spec.name for spec in dataclasses.fields(config) if spec.name in unused
-             and getattr(config, spec.name) != _default(spec)]
+    given = sorted(spec.name for spec in dataclasses.fields(config) if spec.name in unused
+                   and getattr(config, spec.name) != _default(spec))
     if given:
         raise ConfigError(f"--engine {config.engine} does not use {', '.join('--' + name for name in given)}; "
                           "drop them or choose another engine.")
@@ -61,13 +42,13 @@ def _default(spec: dataclasses.Field) -> Any:
     return spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
 
 
-def request_cache(config: EndpointConfig) -> RequestCache:
+def request_cache(config: EndpointOptions) -> RequestCache:
     if not config.output_dir:
         raise ConfigError("--output_dir is required.")
     return RequestCache(Path(config.output_dir) / "requests.sqlite")
 
 
-def make_client(config: EndpointConfig) -> ChatClient:
+def make_client(config: EndpointOptions) -> ChatClient:
     if not config.base_url or not config.model:
         raise ConfigError("--base_url and --model are required.")
     if "api.openai.com" in config.base_url and not (config.api_key or os.environ.get("OPENAI_API_KEY")):
@@ -79,7 +60,7 @@ def chat_params(max_tokens: int) -> dict[str, Any]:
     return {"temperature": 0, "max_tokens": max_tokens}
 
 
-def run_chats(client: ChatClient, config: EndpointConfig, requests: list[list[dict[str, str]]], max_tokens: int,
+def run_chats(client: ChatClient, config: EndpointOptions, requests: list[list[dict[str, str]]], max_tokens: int,
               description: str) -> list[dict[str, Any] | None] | dict[str, Any]:
     """Answers to every request (None where one failed for good); or, for --dry_run / --batch_file, a summary
     of what would be sent."""

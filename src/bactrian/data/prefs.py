@@ -14,7 +14,6 @@ import logging
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,39 +21,20 @@ from .. import languages
 from ..endpoints.cache import RequestCache
 from ..endpoints.client import ChatClient, chat_client
 from ..errors import ConfigError, DataError
-from ..eval.config import JudgeOptions
 from ..eval.metrics import language_confusion
 from ..eval.pairwise import agreed_winner, both_orders
 from ..fileio import atomic_write_bytes, atomic_write_json, holds_output
 from ..infer.answers import Decoding, answer_prompts, read_answers
-from ..infer.config import EngineConfig
 from ..infer.engine import build_engine
 from ..infer.routing import BASE
-from ..options import option
 from ..records import Instruction, load_records, write_parquet
+from .config import PrefsConfig
 
 log = logging.getLogger(__name__)
 
 KINDS = ("language_confusion", "echo", "cut_off", "empty", "judge")
 PAIR_COLUMNS = ("id", "lang", "instruction", "input", "chosen", "rejected", "kind")
 ECHO_CHARS = 40  # an answer that repeats this much of the prompt's start (or is part of the prompt) echoes it
-
-
-@dataclass
-class PrefsConfig(EngineConfig, JudgeOptions):
-    """With --judge_base_url, the answers no rule rejects are judged against the teacher's in both orders; the
-    lower-scored in both becomes the rejected one."""
-
-    data_path: list[str] = option([], "Instruction data with the teacher's answers (any format finetune reads). "
-                                      "Repeatable.", repeat=True)
-    lang: list[str] = option([], "Languages to build pairs for (default: every language in the data).")
-    output_dir: str = option("./prefs", "Where <lang>.parquet and report.md go (a dataset finetune reads as it is); "
-                                        "the answers, judge cache and report.json go to its work/ folder.")
-    adapter: str = option("", "Which model answers: base or an adapter name (default: the one adapter loaded, "
-                              "else base).")
-    rows_per_lang: int = option(0, "Answer only the first N rows of each language (0: all).")
-    batch_size: int = option(16, "Rows decoded together.")
-    max_new_tokens: int = option(256, "The model's token budget; an answer that reaches it is cut off.")
 
 
 @holds_output("output_dir", "data prefs")
@@ -111,7 +91,7 @@ def _model_answers(config: PrefsConfig, rows: list[dict[str, Any]], out: Path) -
     engine.catalog.check_loaded(model, "--adapter")
     prompts = [Instruction(row["key"], row["lang"], row["instruction"], row["input"]) for row in rows]
     answer_prompts(engine, prompts, [model], Decoding(max_new_tokens=config.max_new_tokens), out / "answers.jsonl",
-                   config.batch_size)
+                   config.decode_batch_size)
     return {key: row for (key, name), row in read_answers(out / "answers.jsonl").items() if name == model}
 
 

@@ -3,21 +3,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..charts import figure_and_axes, save_png
 from ..fileio import atomic_write_bytes, atomic_write_json
-from ..options import option
 from ..records import read_rows
-
-
-@dataclass
-class StatsConfig:
-    input: str = option("", "A dataset: a file or a folder of per-language files.")
-    tokenizer: str = option("default", "Whose tokens to count: a model spec as for --base_model.")
-    output_dir: str = option("./data-stats", "Where stats.json, stats.md and stats.png go.")
+from .config import StatsConfig
 
 
 def stats(config: StatsConfig) -> dict[str, Any]:

@@ -9,7 +9,6 @@ import asyncio
 import os
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,10 @@ from ..endpoints.cache import request_key
 from ..endpoints.client import RateLimits, Requester
 from ..errors import ConfigError
 from ..fileio import holds_output
-from ..options import option
 from ..records import write_by_language
+from .config import TranslateConfig
 from .jobs import (
     REMOTE_ONLY,
-    EndpointConfig,
     make_client,
     read_job_input,
     refuse_unused,
@@ -35,20 +33,6 @@ PROTECTED = re.compile(r"```.*?```|`[^`\n]+`|https?://\S+|\{\{[^}]*\}\}", re.DOT
 CODE_KEYWORDS = re.compile(r"\b(code|program|programming|function|python|java|javascript|c\+\+|sql|html|css|"
                            r"regex|algorithm|script|compile|debug|api)\b", re.IGNORECASE)
 MARKER = "⟦{}⟧"
-
-
-@dataclass
-class TranslateConfig(EndpointConfig):
-    input: str = option("", "English rows: a JSON/JSONL/Parquet file or a folder of them.")
-    langs: list[str] = option(["all"], "Target languages, comma separated, or all.")
-    engine: str = option("llm", "llm (any OpenAI-compatible chat model), google (Cloud Translation v2, API key), "
-                                "deepl, or hf (a local NLLB-200 / M2M100 / mBART-50 model named by --model).",
-                         choices=("llm", "google", "deepl", "hf"))
-    batch_size: int = option(16, "Segments translated together by --engine hf.")
-    translate_output: bool = option(False, "Translate the output too (the paper regenerated it instead).")
-    code_instructions: str = option("keep", "Programming instructions: keep them in English, or skip them.",
-                                    choices=("keep", "skip"))
-    max_tokens: int = option(1024, "Most tokens per LLM translation.")
 
 
 GOOGLE_URL, DEEPL_URL = "https://translation.googleapis.com", "https://api.deepl.com"
@@ -90,16 +74,16 @@ def is_code_instruction(row: dict[str, Any]) -> bool:
 
 
 LOCAL_UNUSED = tuple(name for name in REMOTE_ONLY if name != "dry_run")  # hf translation prices a dry run
-UNUSED_BY_ENGINE = {"hf": LOCAL_UNUSED, "llm": ("batch_size",),
-                    "google": ("model", "batch_size", "max_tokens", "batch_file", "batch_results"),
-                    "deepl": ("model", "batch_size", "max_tokens", "batch_file", "batch_results")}
+UNUSED_BY_ENGINE = {"hf": LOCAL_UNUSED, "llm": ("decode_batch_size",),
+                    "google": ("model", "decode_batch_size", "max_new_tokens", "batch_file", "batch_results"),
+                    "deepl": ("model", "decode_batch_size", "max_new_tokens", "batch_file", "batch_results")}
 
 
 @holds_output("output_dir", "data translate")
 def translate(config: TranslateConfig) -> dict[str, Any]:
     refuse_unused(config, UNUSED_BY_ENGINE[config.engine])
     rows = read_job_input(config.input, config.output_dir)
-    targets = [lang for lang in languages.parse_langs(config.langs) if lang != "en"]
+    targets = [lang for lang in languages.parse_langs(config.lang) if lang != "en"]
     if not targets:
         raise ConfigError("--langs: no target language besides English.")
     fields = ("instruction", "input", "output") if config.translate_output else ("instruction", "input")
@@ -131,7 +115,7 @@ def _llm(config: TranslateConfig, texts: dict) -> dict:
     protected = {key: protect(texts[key]) for key in keys}
     client = make_client(config)
     replies = run_chats(client, config, [translation_messages(protected[key][0], key[1]) for key in keys],
-                        config.max_tokens, "translate")
+                        config.max_new_tokens, "translate")
     if isinstance(replies, dict):
         return replies
     result: dict = {key: "" for key, text in texts.items() if not text}
@@ -153,7 +137,8 @@ def _local(config: TranslateConfig, texts: dict) -> dict:
     if config.dry_run:
         return {"requests": sum(map(len, segments.values())), "characters": sum(len(p[0]) for p in protected.values()),
                 "estimated_cost": 0.0}
-    done = translate_locally(config.model, segments, request_cache(config), config.batch_size, config.max_tokens)
+    done = translate_locally(config.model, segments, request_cache(config), config.decode_batch_size,
+                             config.max_new_tokens)
     translated: dict = {key: "" for key, text in texts.items() if not text}
     for key, (text, spans) in protected.items():
         translated[key] = restore(done[(key[1], text)], spans)

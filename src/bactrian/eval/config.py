@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..endpoints.config import RateOptions
 from ..infer.config import EngineConfig
 from ..options import option
 
@@ -19,10 +20,11 @@ class EvalConfig(EngineConfig):
                                "(xcopa/val.LANG.jsonl, sib-200/CODE/dev.tsv, mgsm_LANG.tsv, xquad.LANG.json, "
                                "newstest2019-ref.*.txt, questions_LANGUAGE.jsonl, ...); without it, tasks load "
                                "from the hub.")
-    langs: list[str] = option([], "Languages to evaluate (default: all the task has).")
+    lang: list[str] = option([], "Languages to evaluate (default: all the task has).", old_names=("langs",))
     output_dir: str = option("./eval-report", "Where results.json, report.md and the charts go.")
-    batch_size: int = option(16, "Multiple choice: packed rows (of 128 tokens) scored per forward pass.")
-    gen_batch_size: int = option(16, "Generated answers: prompts decoded together.")
+    score_batch_size: int = option(16, "Multiple choice: packed rows (of 128 tokens) scored per forward pass.",
+                                   old_names=("batch_size",))
+    decode_batch_size: int = option(16, "Generated answers: prompts decoded together.", old_names=("gen_batch_size",))
     max_new_tokens: int = option(0, "Most tokens of a generated answer (0: each task's own: 256 for confusion "
                                     "and MGSM as lm-eval, 192 translation, 32 QA).")
     confusion_prompts: str = option("", "Prompts of the confusion task: a folder of questions_<Language>.jsonl "
@@ -32,23 +34,20 @@ class EvalConfig(EngineConfig):
 
 
 @dataclass
-class JudgeOptions:
+class JudgeOptions(RateOptions):
     """A judge on an OpenAI-compatible endpoint (`eval judge`, `data prefs`)."""
 
     judge_base_url: str = option("", "OpenAI-compatible endpoint of the judge, e.g. https://api.openai.com/v1.")
     judge_model: str = option("gpt-4", "The judge model's name at that endpoint.")
     judge_api_key: str = option("", "API key of the judge (default: $OPENAI_API_KEY).")
     judge_max_tokens: int = option(512, "Most tokens of each verdict.")
-    concurrency: int = option(16, "Judge requests in flight.")
-    requests_per_minute: int = option(0, "Judge requests per minute (0: no limit).")
-    tokens_per_minute: int = option(0, "Judge tokens per minute, estimated (0: no limit).")
 
 
 @dataclass
 class JudgeConfig(EngineConfig, JudgeOptions):
     questions_dir: str = option("", "Folder of questions in the Vicuna-80 format (questions_<Language>.jsonl with "
                                     "question_id, text, category), e.g. ../shared/data/chat-eval/vicuna-80.")
-    langs: list[str] = option([], "Languages to judge (default: every questions file).")
+    lang: list[str] = option([], "Languages to judge (default: every questions file).", old_names=("langs",))
     questions_per_lang: int = option(16, "Questions per language (the paper used 16).")
     model_a: str = option("base", "First model: base or an adapter name.")
     model_b: str = option("", "Second model: base or an adapter name.")

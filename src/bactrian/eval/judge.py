@@ -6,7 +6,6 @@ the share of answers written in the question's language. Requests are cached, so
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -16,58 +15,22 @@ from ..endpoints.cache import RequestCache
 from ..endpoints.client import ChatClient, chat_client
 from ..errors import ConfigError
 from ..fileio import atomic_write_bytes, atomic_write_json, holds_output
-from ..infer import generate as answering
-from ..infer.config import GenerateConfig
+from ..infer.answers import Decoding, answer_prompts, read_answers
 from ..infer.engine import build_engine
 from ..langid import detect_language
-from ..records import read_jsonl, write_jsonl_rows
+from ..records import Instruction
 from .config import JudgeConfig
+from .pairwise import both_orders
 from .tasks.confusion import vicuna_questions
-
-SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
-VERDICT = (
-    "[Question]\n{question}\n\n[The Start of Assistant 1's Answer]\n{first}\n\n[The End of Assistant 1's Answer]\n\n"
-    "[The Start of Assistant 2's Answer]\n{second}\n\n[The End of Assistant 2's Answer]\n\n[System]\n"
-    "We would like to request your feedback on the performance of two AI assistants in response to the user "
-    "question displayed above. The user only speaks {language}: an answer not written in {language} does not "
-    "help them and must be scored low.\nPlease rate the helpfulness, relevance, accuracy and level of detail of "
-    "their responses. Each assistant receives an overall score on a scale of 0 to 10, where a higher score "
-    "indicates better overall performance.\nPlease first output a single line containing only two values "
-    "indicating the scores for Assistant 1 and 2, respectively. The two scores are separated by a space. In the "
-    "subsequent line, please provide a comprehensive explanation of your evaluation, avoiding any potential bias "
-    "and ensuring that the order in which the responses were presented does not affect your judgment."
-)
-def parse_scores(text: str) -> tuple[float, float] | None:
-    """The two scores of a verdict: "9/10 ... 4/10", else a first line of two numbers, else the first two
-    numbers in 0-10 (not counting the "1" and "2" of "Assistant 1", "Assistant 2")."""
-    number = r"\d+(?:\.\d+)?"
-    out_of_ten = re.findall(rf"({number})\s*/\s*10\b", text)
-    lines = text.strip().splitlines()
-    first_line = re.findall(number, lines[0]) if lines else []
-    anywhere = re.findall(number, re.sub(r"Assistant\s*\d", "", text))
-    for candidates in (out_of_ten, first_line if len(first_line) == 2 else [], anywhere):
-        scores = [float(n) for n in candidates if 0 <= float(n) <= 10][:2]
-        if len(scores) == 2:
-            return scores[0], scores[1]
-    return None
 
 
 async def _verdicts(config: JudgeConfig, questions: list[dict], answers: dict, client: ChatClient) -> list[dict]:
-    async def judge(question: dict, swapped: bool) -> dict:
+    async def judge(question: dict) -> list[dict]:
         a, b = answers[(question["id"], config.model_a)], answers[(question["id"], config.model_b)]
-        first, second = (b, a) if swapped else (a, b)
-        prompt = VERDICT.format(question=question["instruction"], first=first, second=second,
-                                language=languages.get(question["lang"]).name)
-        reply = await client.chat(config.judge_model, [{"role": "system", "content": SYSTEM},
-                                                        {"role": "user", "content": prompt}],
-                                  temperature=0, max_tokens=config.judge_max_tokens)
-        scores = parse_scores(reply["content"]) if reply else None
-        if scores and swapped:
-            scores = (scores[1], scores[0])
-        return {"id": question["id"], "swapped": swapped, "scores": scores,
-                "verdict": reply["content"] if reply else None}
+        verdicts = await both_orders(client, config, question["instruction"], a, b, question["lang"])
+        return [{"id": question["id"], "swapped": v.swapped, "scores": v.scores, "verdict": v.text} for v in verdicts]
 
-    return await asyncio.gather(*(judge(q, swapped) for q in questions for swapped in (False, True)))
+    return [verdict for pair in await asyncio.gather(*map(judge, questions)) for verdict in pair]
 
 
 def tally(questions: list[dict], verdicts: list[dict], answers: dict, config: JudgeConfig) -> dict[str, Any]:
@@ -122,7 +85,7 @@ def judge(config: JudgeConfig) -> dict[str, Any]:
     if not config.model_b or not config.judge_base_url:
         raise ConfigError("--model_b and --judge_base_url are required.")
     out = Path(config.output_dir)
-    questions = vicuna_questions(Path(config.questions_dir), languages.parse_langs(config.langs),
+    questions = vicuna_questions(Path(config.questions_dir), languages.parse_langs(config.lang),
                                  config.questions_per_lang)
     cache = RequestCache(out / "judge-cache.sqlite")
     try:
@@ -137,17 +100,15 @@ def judge(config: JudgeConfig) -> dict[str, Any]:
 
 
 def _answers(config: JudgeConfig, questions: list[dict[str, Any]], out: Path) -> dict[tuple[str, str], str]:
-    """Both models' answer to every question (generated once, resumed like `generate`)."""
-    write_jsonl_rows(out / "questions.jsonl", questions)
+    """Both models' answer to every question (generated once, resumed)."""
     engine = build_engine(config)
     for model in (config.model_a, config.model_b):
-        if model not in engine.model_names:
-            raise ConfigError(f"--model {model}: not loaded. Loaded: {', '.join(engine.model_names)}.")
+        engine.catalog.check_loaded(model, "--model")
+    prompts = [Instruction(q["id"], q["lang"], q["instruction"], q.get("input", "")) for q in questions]
     answers_file = out / "answers.jsonl"
-    answering.generate(GenerateConfig(input_file=str(out / "questions.jsonl"), output_file=str(answers_file),
-                                 adapter=[config.model_a, config.model_b], max_new_tokens=config.max_new_tokens),
-                  engine)
-    return {(row["id"], row["model"]): row["output"] for _, row in read_jsonl(answers_file)}
+    answer_prompts(engine, prompts, [config.model_a, config.model_b], Decoding(max_new_tokens=config.max_new_tokens),
+                   answers_file)
+    return {key: row["output"] for key, row in read_answers(answers_file).items()}
 
 
 def _judge_client(config: JudgeConfig, cache: RequestCache) -> ChatClient:

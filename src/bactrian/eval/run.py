@@ -11,12 +11,11 @@ from typing import Any
 from .. import __version__, languages
 from ..errors import ConfigError
 from ..fileio import holds_output
-from ..infer import generate as answering
-from ..infer.config import GenerateConfig
+from ..infer import answers as answering
 from ..infer.engine import Engine, build_engine
 from ..infer.routing import BASE
 from ..manifest import public_config
-from ..records import read_jsonl, write_jsonl_rows
+from ..records import Instruction
 from .config import EvalConfig
 from .report import write_reports
 from .scoring import loglikelihoods
@@ -54,7 +53,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     if not generative and config.prompt_template_name != EvalConfig.prompt_template_name:
         raise ConfigError("--prompt_template_name: multiple-choice tasks score each task's own prompts (as "
                           "lm-evaluation-harness does), so no template is used; drop the option.")
-    langs = languages.parse_langs(config.langs)
+    langs = languages.parse_langs(config.lang)
     root = Path(config.data_dir) if config.data_dir else None
     multiple_choice = {task: get_task(task).load(root, langs) for task in config.tasks if task not in generative}
     if config.limit:
@@ -63,7 +62,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     prompts = {task: _first(get_task(task).read(root, langs, config.confusion_prompts), config.limit)
                for task in generative}
     engine = build_engine(config)
-    models = [BASE, *engine.adapters]
+    models = [BASE, *engine.catalog.adapters]
     results: dict[str, Any] = {"bactrian_version": __version__, "config": public_config(config), "models": models,
                                "tasks": {}, "examples": {}, "metrics": {}, "notes": {}}
     for task, per_lang in multiple_choice.items():
@@ -83,7 +82,7 @@ def _multiple_choice(engine: Engine, config: EvalConfig, models: list[str],
     all_items = [item for items in per_lang.values() for item in items]
     for name in models:
         with engine.using(name) as model:
-            scores = loglikelihoods(model, engine.tokenizer, all_items, config.batch_size)
+            scores = loglikelihoods(model, engine.tokenizer, all_items, config.score_batch_size)
         rows = predictions(all_items, scores)
         examples[name] = rows
         summaries[name] = {lang: summarise([r for r in rows if r["lang"] == lang]) for lang in per_lang}
@@ -112,26 +111,14 @@ def _generated(engine: Engine, config: EvalConfig, models: list[str], task: Gene
 
 def answer_prompts(engine: Engine, config: EvalConfig, task: GenerativeTask, prompts: list[Prompt],
                    models: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
-    """Answers by (prompt id, model), generated like `bactrian generate` (greedy; resumed from the task's answers
-    file): one pass per set of stop strings (MGSM's are per language; other tasks have one set)."""
-    out = Path(config.output_dir)
-    answers_file = out / "answers" / f"{task.name}.jsonl"
+    """Answers by (prompt id, model), greedy, resumed from the task's answers file: one pass per set of stop
+    strings (MGSM's are per language; other tasks have one set)."""
+    answers_file = Path(config.output_dir) / "answers" / f"{task.name}.jsonl"
     by_stops: dict[tuple[str, ...], list[Prompt]] = {}
     for prompt in prompts:
         by_stops.setdefault(tuple(task.stop(prompt.lang)), []).append(prompt)
-    for number, (stops, group) in enumerate(by_stops.items()):
-        prompts_file = out / "prompts" / f"{task.name}.{number}.jsonl"
-        write_jsonl_rows(prompts_file, ({"id": p.id, "lang": p.lang, "instruction": p.instruction, "input": p.input}
-                                        for p in group))
-        settings = GenerateConfig(input_file=str(prompts_file), output_file=str(answers_file), adapter=models,
-                                  batch_size=config.gen_batch_size, stop=list(stops),
-                                  max_new_tokens=config.max_new_tokens or task.max_new_tokens)
-        answering.generate(settings, engine)
-    answers = {(row["id"], row["model"]): row for _, row in read_jsonl(answers_file)}
-    expected = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": settings.max_new_tokens}
-    for prompt in prompts:
-        made = answers[(prompt.id, models[0])]["generation"]
-        if any(made.get(key) != value for key, value in expected.items()):
-            raise ConfigError(f"{answers_file}: answers were generated with other settings ({made}); use another "
-                              "--output_dir or delete that file to answer again.")
-    return answers
+    for stops, group in by_stops.items():
+        decoding = answering.Decoding(max_new_tokens=config.max_new_tokens or task.max_new_tokens, stop=stops)
+        instructions = [Instruction(p.id, p.lang, p.instruction, p.input) for p in group]
+        answering.answer_prompts(engine, instructions, models, decoding, answers_file, config.decode_batch_size)
+    return answering.read_answers(answers_file)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..adapters import ADAPTER_WEIGHTS
+from ..adapters import ADAPTER_WEIGHTS, split_spec
 from ..errors import ConfigError
 from ..fileio import disk_full_named, file_sha256, holds_output, remove_leftovers, replace_folder, staging_folder
 from ..manifest import read_manifest, write_manifest
@@ -19,7 +19,7 @@ from .weights import BaseWeights, LoraWeights
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @holds_output("output_dir", "export")
@@ -29,7 +29,8 @@ def export(config: ExportConfig) -> Path:
         raise ConfigError(f"--format {config.format} needs --lora_weights.")
     source = resolve(config.base_model)
     base = BaseWeights(_local_folder(source.path))
-    adapter = _load_adapter(config, base) if config.lora_weights else None
+    folder = adapter_folder(config)
+    adapter = _load_adapter(folder, base) if folder else None
     _refuse_overlap(out, config, source.path)
     remove_leftovers(out)
     staging = staging_folder(out)
@@ -60,7 +61,8 @@ def _check_output(config: ExportConfig) -> Path:
 
 def _refuse_overlap(out: Path, config: ExportConfig, base_path: str) -> None:
     """An output folder that is, holds or sits inside an input would destroy that input when replaced."""
-    inputs = [Path(path).resolve() for path in (config.lora_weights, config.base_model, base_path)
+    adapters = [str(split_spec(spec)[1]) for spec in config.lora_weights]
+    inputs = [Path(path).resolve() for path in (*adapters, config.base_model, base_path)
               if path and Path(path).exists()]
     for path in inputs:
         if out.is_relative_to(path) or path.is_relative_to(out):
@@ -76,8 +78,16 @@ def _local_folder(path: str) -> Path:
     return Path(snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.jinja"]))
 
 
-def _load_adapter(config: ExportConfig, base: BaseWeights) -> LoraWeights:
-    adapter = LoraWeights(Path(config.lora_weights))
+def adapter_folder(config: ExportConfig) -> Path | None:
+    """The one adapter --lora_weights names (a merge takes one), or None."""
+    if len(config.lora_weights) > 1:
+        raise ConfigError(f"--lora_weights: an export merges one adapter; {len(config.lora_weights)} were given "
+                          f"({', '.join(config.lora_weights)}). Export each into a folder of its own.")
+    return split_spec(config.lora_weights[0])[1] if config.lora_weights else None
+
+
+def _load_adapter(folder: Path, base: BaseWeights) -> LoraWeights:
+    adapter = LoraWeights(folder)
     adapter.check_fits(base)
     adapter.check_finite()
     adapter.check_changes_something()

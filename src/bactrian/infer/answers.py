@@ -94,13 +94,13 @@ def _rows(path: Path) -> Iterator[tuple[Key, dict[str, Any]]]:
 
 
 def _answered(path: Path, wanted: set[Key], decoding: Decoding) -> set[Key]:
-    """The wanted pairs `path` already answers (a torn last line is cut off first); a ConfigError if any was
-    decoded with other settings than `decoding` (the seed aside: it follows the prompt's number)."""
+    """The wanted pairs `path` already answers (a torn last line is cut off first); a ConfigError if any says it
+    was decoded with other settings than `decoding` (the seed aside: it follows the prompt's number)."""
     expected, done = decoding.recorded(), set()
     for key, row in _rows(path):
         if key not in wanted:
             continue
-        made = {name: value for name, value in row.get("generation", {}).items() if name != "seed"}
+        made = {name: value for name, value in row.get("generation", expected).items() if name != "seed"}
         if made != expected:
             raise ConfigError(f"{path}: answers were generated with other settings ({made}, now {expected}); use "
                               "another output file (or --output_dir), or delete that file to answer again.")

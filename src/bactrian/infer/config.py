@@ -31,7 +31,8 @@ class GenerateConfig(EngineConfig):
     output_file: str = option("", "JSONL to write (appended to and resumed if it exists).")
     adapter: list[str] = option([], "Which model answers: base, an adapter name, auto, or a comma list "
                                     "(each row is answered by each). Default: auto when adapters are loaded.")
-    batch_size: int = option(8, "Rows decoded at once; a finished row's place goes to the next at once.")
+    decode_batch_size: int = option(8, "Rows decoded at once; a finished row's place goes to the next at once.",
+                                    old_names=("batch_size",))
     temperature: float = option(0.0, "Sampling temperature (0: greedy).")
     top_p: float = option(1.0, "Nucleus sampling probability.")
     top_k: int = option(0, "Top-k sampling (0: off).")

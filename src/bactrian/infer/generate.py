@@ -42,4 +42,4 @@ def generate(config: GenerateConfig, engine: Engine | None = None) -> int:
     bar = tqdm(desc="generate", unit="row", disable=not sys.stderr.isatty())
     with bar:
         return answer_prompts(engine, rows, models, decoding_of(config), Path(config.output_file),
-                              config.batch_size, on_answer=lambda: bar.update(1))
+                              config.decode_batch_size, on_answer=lambda: bar.update(1))

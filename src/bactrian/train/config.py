@@ -15,7 +15,8 @@ class FinetuneConfig(ModelOptions):
     lang: list[str] = option([], "Languages to train on, comma separated ISO codes or 'all' "
                                  "(default: every language in the data).")
     output_dir: str = option("./lora-bactrian", "Where the adapter, checkpoints and manifest go.")
-    batch_size: int = option(128, "Global batch size in examples (per optimizer step).")
+    global_batch_size: int = option(128, "Examples per optimizer step (all processes together).",
+                                    seed_names=("batch_size",))
     micro_batch_size: int = option(4, "Examples (or packed rows) per forward pass; gradient accumulation = "
                                       "batch_size / micro_batch_size / world size.")
     num_epochs: float = option(3.0, "Epochs to train (ignored when --max_steps is set).")

@@ -68,12 +68,13 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
 def validate(config: FinetuneConfig, world_size: int) -> None:
     """Errors that need no data or model, raised before anything is loaded."""
     per_step = config.micro_batch_size * world_size
-    if config.batch_size <= 0 or config.micro_batch_size <= 0:
-        raise ConfigError("--batch_size and --micro_batch_size must be positive.")
-    if config.batch_size % per_step:
+    if config.global_batch_size <= 0 or config.micro_batch_size <= 0:
+        raise ConfigError("--global_batch_size (--batch_size) and --micro_batch_size must be positive.")
+    if config.global_batch_size % per_step:
         raise ConfigError(
-            f"--batch_size {config.batch_size} is not divisible by --micro_batch_size {config.micro_batch_size}"
-            f" x {world_size} process(es); gradient accumulation needs a whole number of micro-batches."
+            f"--global_batch_size {config.global_batch_size} is not divisible by --micro_batch_size "
+            f"{config.micro_batch_size} x {world_size} process(es); gradient accumulation needs a whole number of "
+            "micro-batches."
         )
     if not config.data_path:
         raise ConfigError("--data_path is required (a file, a folder or a hub dataset id).")

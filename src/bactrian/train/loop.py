@@ -41,7 +41,7 @@ class TrainState:
 def total_steps(config: FinetuneConfig, num_examples: int) -> int:
     if config.max_steps > 0:
         return config.max_steps
-    return max(1, math.ceil(config.num_epochs * math.ceil(num_examples / config.batch_size)))
+    return max(1, math.ceil(config.num_epochs * math.ceil(num_examples / config.global_batch_size)))
 
 
 class Trainer:
@@ -66,7 +66,7 @@ class Trainer:
         config = self.config
         self.reporter.open()
         # the schedule is a function of (seed, epoch): from a resumed step it yields what the whole run would have
-        schedule = ds.global_batches(self.train.lang_codes, config.batch_size, config.lang_temperature,
+        schedule = ds.global_batches(self.train.lang_codes, config.global_batch_size, config.lang_temperature,
                                      config.seed, self.state.step, self.steps)
         bar = tqdm(total=self.steps, initial=self.state.step, desc="finetune", unit="step",
                    disable=not (self.context.is_main and sys.stderr.isatty()), dynamic_ncols=True)

@@ -37,9 +37,10 @@ prompt template `{config.prompt_template_name}`.
 
 ## Settings
 LoRA r {config.lora_r}, alpha {config.lora_alpha}, dropout {config.lora_dropout}, targets
-{", ".join(config.lora_target_modules)}; batch {config.batch_size} (micro {config.micro_batch_size}), learning rate
-{config.learning_rate}, cutoff {config.cutoff_len}, {metrics.get("steps")} steps, packing {config.packing},
-train on inputs {config.train_on_inputs}, seed {config.seed}. The full configuration is in `bactrian.json`.
+{", ".join(config.lora_target_modules)}; batch {config.global_batch_size} (micro {config.micro_batch_size}),
+learning rate {config.learning_rate}, cutoff {config.cutoff_len}, {metrics.get("steps")} steps, packing
+{config.packing}, train on inputs {config.train_on_inputs}, seed {config.seed}. The full configuration is in
+`bactrian.json`.
 
 ## Metrics
 Eval loss {metrics.get("eval_loss", "-")} (at the start: {metrics.get("eval_loss_at_start", "-")}); final train loss

@@ -14,7 +14,7 @@ from ..manifest import fingerprint_inputs
 from .checkpoints import list_checkpoints, read_trainer_state
 from .config import FinetuneConfig
 
-RUN_KEYS = ("base_model", "lang", "batch_size", "learning_rate", "cutoff_len", "val_set_size", "lora_r",
+RUN_KEYS = ("base_model", "lang", "global_batch_size", "learning_rate", "cutoff_len", "val_set_size", "lora_r",
             "lora_alpha", "lora_target_modules", "train_on_inputs", "seed", "packing", "lang_temperature",
             "warmup_steps", "prompt_template_name", "max_steps", "num_epochs", "method", "beta", "init_adapter")
 
