@@ -81,3 +81,19 @@ def test_every_test_the_docs_name_exists():
                if not (REPO / "tests" / file).is_file()
                or not re.search(rf"^def {test}\(", (REPO / "tests" / file).read_text(), flags=re.M)]
     assert not missing, f"named in the docs but not found: {missing}"
+
+
+def test_the_options_page_is_what_the_configs_say():
+    from bactrian.cli import options_page
+
+    page = (REPO / "docs" / "options.md").read_text(encoding="utf-8")
+    assert page == options_page(), ("docs/options.md is out of date: regenerate it (CONTRIBUTING.md says how).")
+
+
+def test_the_architecture_page_names_every_module_and_only_real_ones():
+    package = REPO / "src" / "bactrian"
+    page = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    named = {name for name in re.findall(r"`((?:[a-z_0-9]+/)*[a-z_0-9]+\.py)`", page) if not name.startswith("tests/")}
+    modules = {path.relative_to(package).as_posix() for path in package.rglob("*.py")}
+    assert modules - named - {module for module in modules if module.endswith("/__init__.py")} == set()
+    assert named - modules == set()

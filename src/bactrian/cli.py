@@ -188,6 +188,29 @@ def print_languages() -> None:
         print(f"{lang.code:<5} {lang.name:<12} {lang.locale:<7} {lang.script:<6} {lang.flores}")
 
 
+def options_page() -> str:
+    """docs/options.md: every verb's options with their help text and default, from the configs themselves (a test
+    keeps the page in sync: regenerate it with `python -c "from bactrian.cli import options_page;
+    print(options_page(), end='')" > docs/options.md`)."""
+    lines = ["# Options", "", "Generated from the configs' help text (`bactrian VERB --help` says the same). Every "
+             "option is also a key of a `--config` YAML file. Seed names are the original Bactrian-X flags; old "
+             "names still work, with a warning.", ""]
+    for command in (command for command in COMMANDS if command.config):
+        config_cls = load(command.config)
+        lines += [f"## bactrian {command.name}", "", command.help, "", "| option | default | what it does |",
+                  "| --- | --- | --- |"]
+        for spec in dataclasses.fields(config_cls):
+            default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+            names = ", ".join(f"`--{name}`" for name in (spec.name, *spec.metadata.get("seed_names", ())))
+            old = spec.metadata.get("old_names", ())
+            help_text = spec.metadata.get("help", "").replace("|", "\\|")
+            if old:
+                help_text += f" (formerly {', '.join(f'`--{name}`' for name in old)})"
+            lines.append(f"| {names} | `{_show(default)}` | {help_text} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def run(command: Command, args: argparse.Namespace) -> None:
     """Build the verb's config from the YAML file and the flags, call its function, show what it returns."""
     function = load(command.function)

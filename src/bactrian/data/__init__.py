@@ -1,1 +1,2 @@
-"""Machinery for jobs of many requests to LLM endpoints: a request cache and a rate-limited, retrying client."""
+"""Making instruction data: the `bactrian data` verbs (translate, generate, filter, build, stats, prefs), their
+options (`config`), what translate and generate share (`jobs`) and the local engines they can use (`local`)."""

@@ -91,6 +91,8 @@ class SFT(Objective):
         for micro in self.micro_batches(share, self.config.group_by_length):
             with self.forward_precision():
                 losses, _ = token_losses(self.model, micro)
+            # divided by the whole global batch's targets (every rank's share): summed over micro-batches and
+            # ranks, the gradient is the mean over the global batch, whatever the micro-batching or world size
             (losses.float().sum() / global_targets).backward()
             loss_sum += losses.detach().double().sum().cpu() / global_targets
             tokens += micro.num_tokens
