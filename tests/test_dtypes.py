@@ -12,7 +12,7 @@ from bactrian.infer.engine import Engine
 from bactrian.train.finetune import finetune
 from bactrian.train.objectives import uses_bf16_autocast
 
-from test_finetune import adapter_weights, make_config, max_difference
+from support import adapter_weights, make_config, max_difference
 
 pytestmark = pytest.mark.dtype_sensitive  # runs under both choices of `auto` in .ci/run
 
@@ -67,7 +67,7 @@ def test_the_engine_logs_what_auto_chose_and_why(tiny_llama, caplog):
 
 def test_bf16_rows_batched_stay_within_the_stated_tolerance_of_rows_alone(tiny_llama):
     """In bf16 a row's logits depend on its batch (the kernels' blocking changes with the rows): within 2% of the
-    logits' range, so greedy answers may differ where two tokens are closer than that. fp32 is exact (test_engine)."""
+    logits' range, so greedy answers may differ where two tokens are closer than that. fp32 is exact (test_decoding)."""
     engine = Engine(str(tiny_llama), [], dtype="bfloat16")
     texts = ("Name a primary colour.", "Add", "Nenne das Gegenteil.")
     prompts = [engine.catalog.render("base", text) for text in texts]

@@ -68,7 +68,7 @@ def test_a_second_job_on_an_output_is_refused_naming_the_first_and_a_dead_ones_l
     from bactrian.errors import ConfigError
     from bactrian.fileio import output_lock
 
-    from conftest import write_jsonl
+    from support import write_jsonl
 
     out = tmp_path / "generated"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)

@@ -9,7 +9,7 @@ from bactrian import languages
 from bactrian.eval.tasks.sib200 import sib200_rows
 from bactrian.langid import detect_language, markers, rank, written_in
 
-from conftest import needs_shared_data
+from support import needs_shared_data
 
 CLOSE = {
     # (language, sentence, its close neighbours that must not claim it)

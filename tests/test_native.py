@@ -1,7 +1,8 @@
 """A native consumer that dies with a signal is one failing test that names the signal; the suite goes on."""
 
 import pytest
-from native import in_child
+
+from support import in_child
 
 
 @pytest.mark.parametrize("name", ["SIGILL", "SIGSEGV"])

@@ -4,7 +4,7 @@ import pytest
 
 from bactrian.errors import ConfigError
 
-from conftest import write_jsonl
+from support import write_jsonl
 
 
 @pytest.mark.parametrize("engine, extra, named", [

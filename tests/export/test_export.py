@@ -1,11 +1,11 @@
-"""`bactrian export`: each format proven with the program that reads it (transformers, torch, llama.cpp)."""
+"""`bactrian export`: each format proven with the program that reads it (transformers, torch, llama.cpp); an
+output never over its inputs, and an existing one replaced only once the new one is complete."""
 
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from native import in_child
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -14,7 +14,7 @@ from bactrian.export.config import ExportConfig
 from bactrian.export.run import export
 from bactrian.export.state_dict import meta_name, permute
 
-from conftest import _build_model, make_adapter
+from support import build_model, in_child, make_adapter
 
 PROMPTS = [[2, 45, 120, 33, 78], [2, 300, 12], [2, 7, 7, 7, 250, 19, 88, 140], [2, 99]]
 
@@ -23,7 +23,7 @@ PROMPTS = [[2, 45, 120, 33, 78], [2, 300, 12], [2, 7, 7, 7, 250, 19, 88, 140], [
 def peaked(tmp_path_factory):
     """Tiny llama and gemma3 with larger random weights, so greedy choices are not near-ties."""
     root = tmp_path_factory.mktemp("peaked")
-    models = {arch: _build_model(root / arch, arch, hidden=64, initializer_range=0.2, tie=False)
+    models = {arch: build_model(root / arch, arch, hidden=64, initializer_range=0.2, tie=False)
               for arch in ("llama", "gemma3")}
     adapters = {arch: make_adapter(models[arch], root / f"{arch}-lora", ["en"], seed=3, r=8,
                                    targets=("q_proj", "k_proj", "v_proj", "o_proj", "up_proj"))
@@ -200,3 +200,50 @@ def test_one_adapter_per_export_and_the_old_dtype_names_still_work(tiny_llama, t
         export(ExportConfig(base_model=str(tiny_llama), lora_weights=[str(tiny_adapters["fr"]),
                             str(tiny_adapters["de"])], output_dir=str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_outputs_that_would_destroy_inputs(tiny_llama, tiny_adapters, tmp_path, monkeypatch):
+    from bactrian.export.config import ExportConfig
+    from bactrian.export.run import export
+
+    adapter = tiny_adapters["fr"]
+    before = sorted(p.name for p in adapter.iterdir())
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    for output, message in ((".", "working directory"), (str(tmp_path), "working directory"),
+                            (str(adapter), "overlaps the input"), (str(adapter.parent), "overlaps the input"),
+                            (str(adapter / "merged"), "overlaps the input"), (str(tiny_llama), "overlaps the input")):
+        with pytest.raises(BactrianError, match=message):
+            export(ExportConfig(base_model=str(tiny_llama), lora_weights=[str(adapter)], output_dir=output,
+                                overwrite=True))
+    assert (work / "notes.txt").read_text() == "mine" and sorted(p.name for p in adapter.iterdir()) == before
+
+
+def test_export_replaces_an_existing_output_only_once_the_new_one_is_complete(tiny_llama, tiny_adapters, tmp_path,
+                                                                             monkeypatch):
+    from bactrian.export import run
+    from bactrian.export.config import ExportConfig
+
+    out = tmp_path / "merged"
+    config = ExportConfig(base_model=str(tiny_llama), lora_weights=[str(tiny_adapters["fr"])], output_dir=str(out),
+                          overwrite=True)
+    run.export(config)
+    first = (out / "bactrian.json").read_text()
+    (tmp_path / ".merged.partial-killed").mkdir()  # what a killed run leaves behind
+    real_write = run._write
+
+    def dies_half_way(config, base, adapter, staging, gguf):
+        real_write(config, base, adapter, staging, gguf)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "_write", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        run.export(config)
+    assert (out / "bactrian.json").read_text() == first and (out / "model.safetensors").is_file()
+    monkeypatch.setattr(run, "_write", real_write)
+    (out / "from-the-old-export.txt").write_text("old")
+    run.export(config)
+    assert not (out / "from-the-old-export.txt").exists() and (out / "model.safetensors").is_file()  # replaced
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -16,8 +16,7 @@ from bactrian.records import jsonl_segments, load_records, sources
 from bactrian.train import token_cache, tokenize
 from bactrian.train.distributed import DistributedContext
 
-from conftest import sample_rows, write_jsonl
-from test_finetune import _flags, adapter_weights, make_config, max_difference
+from support import adapter_weights, flags, make_config, max_difference, sample_rows, write_jsonl
 
 
 @pytest.fixture()
@@ -164,7 +163,7 @@ def test_two_nodes_share_one_cache_and_train_like_one_process(tiny_llama, lang_f
     launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
               "--master_addr", "127.0.0.1", "--master_port", "29541"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    nodes = [subprocess.Popen([*launch, "--node_rank", str(rank), "-m", "bactrian", "finetune", *_flags(double)],
+    nodes = [subprocess.Popen([*launch, "--node_rank", str(rank), "-m", "bactrian", "finetune", *flags(double)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
              for rank in (0, 1)]
     outputs = [node.communicate(timeout=300)[0] for node in nodes]

@@ -19,8 +19,7 @@ from bactrian.infer.server import engine_app
 from bactrian.models import load_model
 from bactrian.train.finetune import finetune
 
-from test_finetune import adapter_weights, make_config
-from test_server import LiveServer
+from support import LiveServer, adapter_weights, make_config
 
 bitsandbytes = pytest.importorskip("bitsandbytes", reason="the quantization extra (bitsandbytes) is not installed")
 
@@ -28,14 +27,14 @@ bitsandbytes = pytest.importorskip("bitsandbytes", reason="the quantization extr
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
     """Hidden size 64: bitsandbytes' CPU kernels quantize in blocks of 64 along a layer's input."""
-    from conftest import _build_model
+    from support import build_model
 
-    return _build_model(tmp_path_factory.mktemp("tiny-llama-64"), "llama", hidden=64)
+    return build_model(tmp_path_factory.mktemp("tiny-llama-64"), "llama", hidden=64)
 
 
 @pytest.fixture(scope="module")
 def qlora_adapter(tiny_llama, tmp_path_factory):
-    from conftest import SAMPLE, sample_rows, write_jsonl
+    from support import SAMPLE, sample_rows, write_jsonl
 
     data = tmp_path_factory.mktemp("qlora-data")
     for lang in SAMPLE:

@@ -1,45 +1,18 @@
 """Fine-tuning: the loss, packing, the saved adapter with its real consumer (peft), errors, resume, DDP."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from bactrian.errors import BactrianError, ConfigError, DataError, ModelError
 from bactrian.models import load_model
 from bactrian.prompts import load_template
 from bactrian.train import dataset as ds
-from bactrian.train.config import FinetuneConfig
 from bactrian.train.finetune import attach_lora, finetune, prepare_examples
 from bactrian.train.loss import token_losses
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def make_config(model, data, out, **overrides) -> FinetuneConfig:
-    """A small run in fp32 (bf16="false"): the parities these tests assert to 1e-5 are fp32's; `--bf16 auto` would
-    pick bf16 autocast on a CPU with AMX or AVX512-BF16 (test_dtype_rule.py covers those paths)."""
-    settings = dict(bf16="false", base_model=str(model), data_path=[str(data)], output_dir=str(out),
-                    global_batch_size=8, micro_batch_size=2, max_steps=4, val_set_size=6, warmup_steps=1, eval_steps=0,
-                    save_steps=0, logging_steps=1, learning_rate=1e-2, lora_dropout=0.0, train_on_inputs=False)
-    settings.update(overrides)
-    return FinetuneConfig(**settings)
-
-
-def adapter_weights(folder) -> dict[str, torch.Tensor]:
-    return load_file(str(Path(folder) / "adapter_model.safetensors"))
-
-
-def max_difference(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[key] - b[key]).abs().max()) for key in a)
+from support import adapter_weights, kill_then_resume, make_config, max_difference, run_ddp
 
 
 def gradients(model, micro_batches, total_targets) -> dict[str, torch.Tensor]:
@@ -150,48 +123,6 @@ def test_tensorboard_reporting(tiny_llama, lang_folder, tmp_path):
     assert [event.step for event in events.Scalars("eval_loss")] == [0, 4]  # before training and at the end
     assert {tag.split("/")[1] for tag in events.Tags()["scalars"] if tag.startswith("eval_loss/")} == {"de", "en",
                                                                                                         "fr"}
-
-
-def _cli(*args, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "bactrian", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kwargs)
-
-
-def _flags(config: FinetuneConfig) -> list[str]:
-    flags = []
-    for key, value in vars(config).items():
-        if value is None or value == [] or key == "data_path":
-            continue
-        flags += [f"--{key}", ",".join(value) if isinstance(value, list) else str(value)]
-    return flags + [arg for path in config.data_path for arg in ("--data_path", path)]
-
-
-def kill_then_resume(config: FinetuneConfig) -> None:
-    """Run `config` in a process killed (SIGKILL) once its first checkpoint exists, then resume it to the end."""
-    output_dir = Path(config.output_dir)
-    process = _cli("finetune", *_flags(config))
-    deadline = time.time() + 120
-    while not list(output_dir.glob("checkpoint-*")) and time.time() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL
-    assert not (output_dir / "adapter_model.safetensors").exists()
-    resumed = _cli("finetune", *_flags(config), "--resume_from_checkpoint", "auto")
-    output, _ = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, output
-    assert "Resumed from" in output
-
-
-def run_ddp(config: FinetuneConfig, port: int) -> subprocess.CompletedProcess:
-    """`config` trained by two processes (torchrun, gloo)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-               "-m", "bactrian", "finetune", *_flags(config)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def test_sigkill_and_resume_matches_an_uninterrupted_run(tiny_llama, lang_folder, tmp_path):

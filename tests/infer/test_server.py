@@ -2,67 +2,19 @@
 
 import concurrent.futures
 import json
-import socket
-import subprocess
-import threading
-import time
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
-from bactrian.infer.engine import Engine
 from bactrian.infer.requests import Request, SamplingParams
 from bactrian.infer.server import engine_app
+
+from support import LiveServer, free_port, wait_until_ready
 
 pytestmark = pytest.mark.dtype_sensitive  # runs under both choices of `auto` in .ci/run
 
 KEY = "sk-test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_ready(url: str, timeout: float = 120, process: subprocess.Popen | None = None) -> None:
-    """Poll `url` until it answers 200 (a server started in another process, which must not exit first)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited with code {process.returncode} before it was ready")
-        try:
-            if httpx.get(url).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not come up in {timeout} s")
-
-
-class LiveServer:
-    def __init__(self, app):
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_llama, tiny_adapters):
-    return Engine(str(tiny_llama), [f"fr={tiny_adapters['fr']}", f"de={tiny_adapters['de']}"], dtype="float32")
 
 
 @pytest.fixture(scope="module")

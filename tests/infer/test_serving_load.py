@@ -13,19 +13,13 @@ import psutil
 import pytest
 
 from bactrian.infer import decoding
-from bactrian.infer.engine import Engine
 from bactrian.infer.requests import Request, SamplingParams
 from bactrian.infer.server import RequestLimits, engine_app
 
-from test_server import LiveServer
+from support import LiveServer
 
 HEADERS = {"Authorization": "Bearer k"}
 QUESTION = [{"role": "user", "content": "Name a primary colour."}]
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_llama, tiny_adapters):
-    return Engine(str(tiny_llama), [f"fr={tiny_adapters['fr']}", f"de={tiny_adapters['de']}"], dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +280,7 @@ def test_connections_that_send_headers_a_byte_at_a_time_are_closed_at_the_deadli
 
     from bactrian.infer.server import uvicorn_config
 
-    from test_server import free_port
+    from support import free_port
 
     port = free_port()
     server = uvicorn.Server(uvicorn_config(engine_app(engine), "127.0.0.1", port, header_seconds=1.0))

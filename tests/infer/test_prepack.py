@@ -12,7 +12,7 @@ from bactrian.infer.prepack import ROW_BUCKETS, PrepackedLinear, prepack_linear_
 from bactrian.infer.requests import Request, SamplingParams
 from bactrian.infer.routing import BASE
 
-from conftest import make_adapter
+from support import make_adapter
 
 pytestmark = pytest.mark.skipif(not prepack.x86_with_onednn(), reason="needs an x86 CPU with oneDNN")
 

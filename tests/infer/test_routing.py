@@ -9,7 +9,7 @@ from bactrian.infer.engine import Engine
 from bactrian.infer.routing import choose, tell_language
 from bactrian.manifest import write_manifest
 
-from conftest import make_adapter
+from support import make_adapter
 
 pytestmark = pytest.mark.dtype_sensitive  # runs under both choices of `auto` in .ci/run
 
@@ -115,7 +115,7 @@ def test_generate_rows_say_why(tiny_llama, tiny_adapters, tmp_path):
     from bactrian.infer.config import GenerateConfig
     from bactrian.infer.generate import generate
 
-    from conftest import write_jsonl
+    from support import write_jsonl
 
     questions = write_jsonl(tmp_path / "q.jsonl", [{"id": "q0", "instruction": GERMAN},
                                                    {"id": "q1", "instruction": SWAHILI}])

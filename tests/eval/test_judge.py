@@ -18,8 +18,7 @@ from bactrian.eval.tasks.confusion import vicuna_questions
 from bactrian.infer.engine import Engine
 from bactrian.infer.server import engine_app
 
-from conftest import needs_shared_data
-from test_server import LiveServer
+from support import LiveServer, needs_shared_data
 
 
 @pytest.mark.parametrize("text, scores", [

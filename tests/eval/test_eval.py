@@ -17,7 +17,7 @@ from bactrian.eval.statistics import wilson_interval
 from bactrian.eval.tasks.base import Item
 from bactrian.eval.tasks.registry import get_task
 
-from conftest import needs_shared_data, write_jsonl
+from support import needs_shared_data, write_jsonl
 
 
 def test_loglikelihood_matches_a_direct_computation(tiny_llama):

@@ -7,17 +7,11 @@ import pytest
 
 from bactrian.infer.batcher import Batcher
 from bactrian.infer.chat import build_app
-from bactrian.infer.engine import Engine
 from bactrian.infer.requests import Request, SamplingParams
 
-from test_server import free_port
+from support import free_port
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_llama, tiny_adapters):
-    return Engine(str(tiny_llama), [f"fr={tiny_adapters['fr']}", f"de={tiny_adapters['de']}"], dtype="float32")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 @pytest.fixture(scope="module")

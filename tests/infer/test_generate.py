@@ -10,7 +10,7 @@ from bactrian.errors import ConfigError, DataError
 from bactrian.infer.config import GenerateConfig
 from bactrian.infer.generate import generate
 
-from conftest import write_jsonl
+from support import write_jsonl
 
 pytestmark = pytest.mark.dtype_sensitive  # runs under both choices of `auto` in .ci/run
 

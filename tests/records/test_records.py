@@ -5,7 +5,7 @@ import pytest
 from bactrian.errors import DataError
 from bactrian.records import load_records
 
-from conftest import needs_shared_data, sample_rows, write_jsonl
+from support import needs_shared_data, sample_rows, write_jsonl
 
 
 def test_jsonl_with_null_missing_and_empty_input(tmp_path):

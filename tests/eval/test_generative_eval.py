@@ -18,7 +18,7 @@ from bactrian.eval.tasks.mgsm import MGSM
 from bactrian.eval.tasks.registry import get_task
 from bactrian.eval.tasks.translation import ntrex_files
 
-from conftest import needs_shared_data, write_jsonl
+from support import needs_shared_data, write_jsonl
 
 MGSM_ANSWERS = ["18", " 18 ", "18 Dollar.", "Sie verdient $18.", "1,000 Eier", "Es sind -5 und dann 7.", "keine Zahl",
                 "Die Antwort lautet 42.", "Die Antwort lautet 3,5 und nicht 4", "$1,234.50", "12.", ""]
