@@ -41,6 +41,7 @@ def run_bactrian(langs: list[str]) -> dict:
 
 def run_lm_eval(langs: list[str]) -> dict:
     import lm_eval
+    import torch
     from lm_eval.tasks import TaskManager
 
     from bactrian.eval.lm_eval_tasks import write_local_xcopa_tasks
@@ -50,8 +51,9 @@ def run_lm_eval(langs: list[str]) -> dict:
     names = write_local_xcopa_tasks(folder, XCOPA, langs)
     path = resolve("default").path
     started = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the reference runs where ours does
     results = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={path},dtype=float32",
-                                      tasks=names, device="cpu", batch_size=8,
+                                      tasks=names, device=device, batch_size=8,
                                       task_manager=TaskManager(include_path=str(folder)))["results"]
     elapsed = time.perf_counter() - started
     accuracy = {lang: results[f"local_xcopa_{lang}"]["acc,none"] for lang in langs}

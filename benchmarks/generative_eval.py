@@ -90,6 +90,7 @@ def run_bactrian(langs: list[str], batch: int, max_tokens: int, packed: bool = T
 
 def run_lm_eval(langs: list[str], batch: int, max_tokens: int) -> dict:
     import lm_eval
+    import torch
     from lm_eval.tasks import TaskManager
 
     from bactrian.eval.lm_eval_tasks import write_local_mgsm_tasks
@@ -97,8 +98,9 @@ def run_lm_eval(langs: list[str], batch: int, max_tokens: int) -> dict:
 
     folder = Path(tempfile.mkdtemp())
     names = write_local_mgsm_tasks(folder, DATA / "eval" / "mgsm", langs)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the reference runs where ours does
     out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={resolve('default').path},dtype=float32,"
-                                  "add_bos_token=True", tasks=names, device="cpu", batch_size=batch,
+                                  "add_bos_token=True", tasks=names, device=device, batch_size=batch,
                                   gen_kwargs=f"max_gen_toks={max_tokens}", log_samples=True,
                                   task_manager=TaskManager(include_path=str(folder)))
     results = {lang: out["results"][f"local_mgsm_direct_{lang}"] for lang in langs}

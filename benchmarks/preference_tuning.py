@@ -75,7 +75,7 @@ def train_trl(sft: str, pairs: str, steps: int, output: str, learning_rate: floa
                      per_device_train_batch_size=SETTINGS["micro_batch_size"],
                      gradient_accumulation_steps=SETTINGS["global_batch_size"] // SETTINGS["micro_batch_size"],
                      max_length=SETTINGS["cutoff_len"], warmup_steps=0, logging_steps=1, save_strategy="no",
-                     report_to="none", use_cpu=True, bf16=False)
+                     report_to="none", use_cpu=not torch.cuda.is_available(), bf16=False)
     trainer = DPOTrainer(model=model, args=args, train_dataset=rows, processing_class=load_tokenizer(path))
     result = trainer.train()
     tokens = next(entry["num_tokens"] for entry in reversed(trainer.state.log_history) if "num_tokens" in entry)

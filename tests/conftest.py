@@ -5,9 +5,14 @@ instruction files."""
 import os
 from pathlib import Path
 
-import pytest
+# The suite runs on the CPU on any machine (its exact properties are fp32's on a CPU): the GPUs are hidden before
+# torch is imported, here and in every process a test starts. BACTRIAN_TEST_GPU=1 shows them to `pytest -m gpu`.
+if os.environ.get("BACTRIAN_TEST_GPU") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
-from support import SAMPLE, build_model, make_adapter, sample_rows, write_jsonl
+import pytest  # noqa: E402
+
+from support import SAMPLE, build_model, make_adapter, sample_rows, write_jsonl  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,8 @@ def test_auto_follows_the_cpus_instructions(monkeypatch, no_override, instructio
     monkeypatch.setattr(models, "cpu_bf16_instructions", lambda: instructions)
     choices = {models.auto_dtype(CPU) for _ in range(3)}
     assert choices == {models.DtypeChoice(dtype, reason)}  # the same machine always gets the same choice
-    assert uses_bf16_autocast("auto", "cpu") == (dtype == torch.bfloat16)
+    assert uses_bf16_autocast("auto", CPU) == (dtype == torch.bfloat16)
+    assert models.training_dtype("auto", CPU) == models.training_dtype("true", CPU) == torch.float32
     assert models.pick_dtype(CPU) == torch.float32  # on a CPU bf16 comes through --dtype or autocast, not the load
 
 
@@ -44,8 +45,24 @@ def test_auto_on_a_gpu_follows_its_compute_capability(monkeypatch, no_override, 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     choice = models.auto_dtype(torch.device("cuda"))
     assert choice.dtype == dtype and f"compute capability {capability[0]}.{capability[1]}" in choice.reason
-    assert models.pick_dtype(torch.device("cuda")) == dtype
-    assert not uses_bf16_autocast("auto", "cuda")  # the weights are in the rule's dtype already
+    gpu = torch.device("cuda")
+    assert models.pick_dtype(gpu) == dtype
+    # training: bf16 weights and autocast where bf16 is native (LoRA and a quantized base's upcast parts compute
+    # in bf16 too); --bf16 false keeps fp32 weights, as its help says
+    assert uses_bf16_autocast("auto", gpu) == (dtype == torch.bfloat16)
+    assert models.training_dtype("auto", gpu) == dtype and models.training_dtype("false", gpu) == torch.float32
+    assert models.training_dtype("true", gpu) == torch.bfloat16
+
+
+def test_tf32_is_allowed_for_training_on_gpus_that_have_it(monkeypatch):
+    for capability, expected in (((7, 5), []), ((8, 0), ["high"])):
+        asked = []
+        monkeypatch.setattr(torch, "set_float32_matmul_precision", asked.append)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        models.allow_tf32(torch.device("cuda"))
+        assert asked == expected
+    models.allow_tf32(CPU)  # a CPU has no TF32: nothing to do
+    assert asked == ["high"]
 
 
 def test_the_variable_overrides_the_rule_and_is_checked(monkeypatch):

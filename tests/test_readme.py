@@ -75,7 +75,7 @@ def test_every_relative_link_points_to_an_existing_file(page):
 
 
 def test_every_test_the_docs_name_exists():
-    named = {match for page in PAGES for match in re.findall(r"tests/(\w+\.py)::(\w+)", page.read_text())}
+    named = {match for page in PAGES for match in re.findall(r"tests/((?:\w+/)*\w+\.py)::(\w+)", page.read_text())}
     assert named
     missing = [f"tests/{file}::{test}" for file, test in sorted(named)
                if not (REPO / "tests" / file).is_file()

@@ -4,6 +4,7 @@ $BACTRIAN_HOME (default ~/.cache/bactrian), so later loads take seconds."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -160,6 +161,29 @@ def pick_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def training_dtype(bf16: str, device: torch.device) -> torch.dtype:
+    """The base weights' dtype for training under --bf16: fp32 on a CPU (bf16 comes through autocast) and with
+    `false`; on a GPU bf16 with `true`, and with `auto` where the rule picks it (compute capability 8.0 on).
+    A quantized base computes in this dtype too."""
+    if device.type != "cuda" or bf16 == "false":
+        return torch.float32
+    return torch.bfloat16 if bf16 == "true" else auto_dtype(device).dtype
+
+
+def allow_tf32(device: torch.device) -> None:
+    """On a GPU of compute capability 8.0 on, the matmuls left in fp32 (under autocast: few) use TF32, as
+    transformers' Trainer does with --tf32."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
+        torch.set_float32_matmul_precision("high")
+
+
+def free_memory() -> None:
+    """Give back what the last run's model held: its tensors once unreferenced, and the GPU's cached blocks."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def inference_dtype(requested: str, device: torch.device) -> torch.dtype:
     """--dtype for inference: `auto` follows `auto_dtype` (logged with its reason), or the dtype named."""
     if requested == "auto":
@@ -248,7 +272,7 @@ def load_model(base_model: str, load_8bit: bool = False, load_4bit: bool = False
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source.path, dtype=dtype, quantization_config=quant,
-            device_map={"": str(device)} if quant else None,
+            device_map={"": str(device)} if quant or device.type == "cuda" else None,  # no full host copy first
         )
     except OSError as exc:
         raise ModelError(f"{base_model}: could not load the model ({exc}).") from exc

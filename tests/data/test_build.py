@@ -84,7 +84,7 @@ def test_a_dataset_holds_exactly_what_the_current_recipe_produced(tmp_path):
     with LiveServer(flaky_google([])) as google, LiveServer(teacher_app()) as teacher:
         def run(langs, min_chars=1):
             recipe = tmp_path / "recipe.yaml"
-            recipe.write_text(f"input: {tmp_path / 'en.jsonl'}\noutput_dir: {out}\nlangs: [{', '.join(langs)}]\n"
+            recipe.write_text(f"input: {tmp_path / 'en.jsonl'}\noutput_dir: {out}\nlang: [{', '.join(langs)}]\n"
                               f"translate:\n  engine: google\n  base_url: {google}\n  api_key: {SECRET}\n"
                               f"generate:\n  model: teacher\n  base_url: {teacher}/v1\n"
                               f"filter:\n  min_chars: {min_chars}\n")
@@ -121,17 +121,17 @@ def test_build_refuses_an_output_folder_that_overlaps_its_input_before_any_reque
 
 
 @pytest.mark.parametrize("extra, message", [
-    ("lang: [de]\n", "unknown recipe key\\(s\\) lang; a recipe has input, output_dir, langs"),
+    ("language: [de]\n", "unknown recipe key\\(s\\) language; a recipe has input, output_dir, lang"),
     ("filter: {near_duplicate_threshold: 0.99}\n", "near_duplicate_threshold 0.99: MinHash with 64 permutations"),
     ("filter: {min_chars: 10, max_chars: 5}\n", "min_chars 10 is above max_chars 5"),
     ("translate:\n", "translate: the section is empty"),
-    ("translate: {model: m, max_tokens: many}\n", "recipe.yaml: translate: max_tokens: invalid literal"),
+    ("translate: {model: m, max_new_tokens: many}\n", "recipe.yaml: translate: max_new_tokens: invalid literal"),
     ("translate: [model]\n", "recipe.yaml: translate: expected a mapping"),
-    ("langs: {de: 1}\n", "recipe.yaml: langs: expected a list of values"),
+    ("lang: {de: 1}\n", "recipe.yaml: lang: expected a list of values"),
     ("extra: !!python/object/apply:os.system [ls]\n", "not valid YAML"),
 ])
 def test_a_recipe_is_checked_whole_before_its_first_request(tmp_path, extra, message):
-    """A typo (`lang:` for `langs:`) became a 51-language job, and a near-duplicate threshold MinHash cannot use
+    """A typo (`language:` for `lang:`) became a 51-language job, and a near-duplicate threshold MinHash cannot use
     crashed only after every translate and generate request was paid. Nothing listens at the endpoints here: a
     request would be an endpoint error, not this message."""
     source = write_jsonl(tmp_path / "en.jsonl", [{"instruction": "Name a colour.", "input": ""}])

@@ -161,14 +161,14 @@ def test_a_non_streaming_client_that_hangs_up_stops_its_decoding(engine):
 
 def test_engine_failures_fail_only_their_requests_in_openai_format(engine, monkeypatch):
     app = engine_app(engine)
-    real = decoding.choose_token
+    real = decoding.Row.draw
 
-    def flaky(row, logits):
+    def flaky(row):
         if row.request.params.seed == 666:
             raise RuntimeError("boom")
-        return real(row, logits)
+        return real(row)
 
-    monkeypatch.setattr(decoding, "choose_token", flaky)
+    monkeypatch.setattr(decoding.Row, "draw", flaky)
     with LiveServer(app) as url:
         def ask(seed):
             return post(url, {"model": "base", "messages": QUESTION, "max_tokens": 6, "temperature": 0.5,
@@ -205,7 +205,7 @@ def test_a_chat_template_that_refuses_the_roles_is_a_400(engine, url, monkeypatc
     def refuse(*args, **kwargs):
         raise ValueError("Conversation roles must alternate user/assistant/user/assistant/...")
 
-    monkeypatch.setattr(engine, "chat_text", refuse)  # where the tokenizer's chat template runs
+    monkeypatch.setattr(engine.catalog, "chat_text", refuse)  # where the tokenizer's chat template runs
     response = post(url, {"model": "base", "messages": QUESTION})
     assert response.status_code == 400 and "roles must alternate" in response.json()["error"]["message"]
 
@@ -264,7 +264,7 @@ def test_an_unforeseen_failure_is_a_500_in_openai_format_without_a_traceback(eng
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(engine, "resolve_adapter", broken)
+    monkeypatch.setattr(engine.catalog, "resolve_adapter", broken)
     response = post(url, {"model": "base", "messages": QUESTION})
     assert response.status_code == 500
     assert response.json()["error"] == {"message": "The server failed on this request (RuntimeError).",

@@ -4,6 +4,7 @@ they are."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ from .generate import generate
 from .jobs import refuse_overlap
 from .translate import translate
 
-RECIPE_KEYS = ("input", "output_dir", "langs", "translate", "generate", "filter")
+log = logging.getLogger(__name__)
+
+RECIPE_KEYS = ("input", "output_dir", "lang", "translate", "generate", "filter")
 SECTIONS = {"translate": TranslateConfig, "generate": DataGenerateConfig, "filter": FilterConfig}
 
 
@@ -49,6 +52,11 @@ def _read_recipe(path: Path) -> dict[str, Any]:
     recipe = read_yaml(path) or {}
     if not isinstance(recipe, dict):
         raise ConfigError(f"{path}: a recipe is a mapping with keys {', '.join(RECIPE_KEYS)}.")
+    if "langs" in recipe:  # the recipe key's name before options had one word for languages
+        if "lang" in recipe:
+            raise ConfigError(f"{path}: lang and langs name the same key; keep lang.")
+        log.warning("%s: langs is deprecated: it is now lang.", path)
+        recipe["lang"] = recipe.pop("langs")
     unknown = sorted(map(str, set(recipe) - set(RECIPE_KEYS)))
     if unknown:
         raise ConfigError(f"{path}: unknown recipe key(s) {', '.join(unknown)}; a recipe has {', '.join(RECIPE_KEYS)}.")
@@ -70,8 +78,8 @@ def _stage_configs(recipe: dict[str, Any], where: str, stages: Path) -> dict[str
     source = str(stages / "translated") if "translate" in recipe else recipe["input"]
     fixed["generate"] = {"input": source, "output_dir": str(stages / "generated")}
     fixed["filter"] = {"input": str(stages / "generated"), "output_dir": str(stages / "filtered"), "drop": True}
-    if "langs" in recipe:
-        fixed["translate"]["langs"] = typed_values(TranslateConfig, {"langs": recipe["langs"]}, where)["langs"]
+    if "lang" in recipe:
+        fixed["translate"]["lang"] = typed_values(TranslateConfig, {"lang": recipe["lang"]}, where)["lang"]
     configs = {}
     for name, config_cls in SECTIONS.items():
         if name not in recipe and name != "filter":

@@ -20,6 +20,9 @@ class EngineConfig(ModelOptions):
                                            "(weight prepacking; same products; a decode step of Gemma 3 270M at 16 "
                                            "rows 1.85x faster on 2 cores; a second copy of the linear weights in "
                                            "memory).", old_names=("packed_weights",))
+    kv_cache_gb: float = option(0.0, "Most memory the KV cache of decoding may take, in GB; a request joins the batch "
+                                     "when its worst case (prompt + max tokens) still fits, else waits. 0: half of "
+                                     "what is free once the model is loaded (GPU memory, or the host's).")
     auto_fallback: str = option("multilingual", "Who answers `auto` requests in a language no adapter covers: "
                                                 "multilingual (the broadest multilingual adapter) or base.")
 

@@ -19,9 +19,11 @@ import torch
 
 from ..errors import ModelError
 from .protocols import DecodingModel
-from .requests import Delta, Request, cut_at_stop, safe_prefix
+from .requests import Delta, Request, SamplingParams, cut_at_stop, safe_prefix
 
 log = logging.getLogger(__name__)
+
+DETOKENIZE_CONTEXT = 5  # tokens decoded again before the new ones (TGI's and vLLM's incremental detokenizers do)
 
 
 class Row:
@@ -32,15 +34,40 @@ class Row:
         self.tokens: list[int] = []
         self.emitted = ""
         self.finished: str | None = None
+        self.settled, self.prefix, self.read = "", 0, 0  # incremental detokenization (see `text`)
         self.generator = None
         if not request.params.greedy:
             self.generator = torch.Generator(device=device)
             seed = request.params.seed
             self.generator.manual_seed(seed % 2**64 if seed is not None else int(torch.randint(0, 2**62, (1,))))
 
-    def fail(self, message: str) -> Delta:
+    def text(self, tokenizer: Any) -> str:
+        """The decoded answer so far, as decoding every token at once gives it, in time linear in the answer:
+        the text up to token `read` is settled; only the tokens from `prefix` (a few before `read`, for the
+        context a tokenizer needs to decode spaces right) are decoded again, and the new text is what they add.
+        A last character still incomplete (U+FFFD) stays unsettled until the tokens that complete it arrive."""
+        before = tokenizer.decode(self.tokens[self.prefix:self.read], skip_special_tokens=True)
+        window = tokenizer.decode(self.tokens[self.prefix:], skip_special_tokens=True)
+        if not window.startswith(before):  # the context's text changed with what followed: decode it all
+            return tokenizer.decode(self.tokens, skip_special_tokens=True)
+        new = window[len(before):]
+        if new.endswith("\ufffd"):
+            return self.settled + new
+        self.settled += new
+        self.prefix, self.read = max(0, len(self.tokens) - DETOKENIZE_CONTEXT), len(self.tokens)
+        return self.settled
+
+    def draw(self) -> torch.Tensor:
+        """A uniform number from the row's own generator: what its sampled token is chosen by (`sample`)."""
+        return torch.rand((), generator=self.generator, device=self.generator.device)
+
+    def context(self) -> list[int]:
+        """The tokens a prefill reads: the prompt, and what the row generated before it was preempted."""
+        return self.request.prompt_ids + self.tokens
+
+    def fail(self, message: str, status: int = 500) -> Delta:
         self.finished = "error"
-        return Delta(self.index, "", "error", len(self.tokens), error=message)
+        return Delta(self.index, "", "error", len(self.tokens), error=message, status=status)
 
 
 class _Prefill:
@@ -49,12 +76,12 @@ class _Prefill:
     def __init__(self, model: DecodingModel, rows: list[Row]):
         from transformers import DynamicCache
 
-        width = max(len(row.request.prompt_ids) for row in rows)
+        contexts = [row.context() for row in rows]
+        width = max(map(len, contexts))
         pad = model.tokenizer.pad_token_id
         self.rows = rows
-        self.ids = torch.tensor([[pad] * (width - len(r.request.prompt_ids)) + r.request.prompt_ids for r in rows])
-        self.mask = torch.tensor([[0] * (width - len(r.request.prompt_ids)) + [1] * len(r.request.prompt_ids)
-                                  for r in rows])
+        self.ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in contexts])
+        self.mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in contexts])
         self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
         self.cache = DynamicCache()  # full-length layers: caches of different rows can then be merged
         self.done = 0
@@ -94,6 +121,8 @@ class DecodeBatch:
         self.cache: Any = None
         self.mask = self.positions = self.next_ids = None
         self.eos = model.eos_token_ids
+        self.row_cap = 0  # after an out-of-memory: at most this many rows until the batch empties (0: no cap)
+        self.prefill_rows = 0  # after an out-of-memory in a prefill: at most this many rows per prefill (0: all)
 
     def __len__(self) -> int:
         return len(self.rows) + len(self.waiting) + (len(self.prefill.rows) if self.prefill else 0)
@@ -101,29 +130,75 @@ class DecodeBatch:
     def admit(self, rows: list[Row]) -> None:
         self.waiting.extend(rows)
 
+    def all_rows(self) -> list[Row]:
+        """Every row the batch holds: decoding, being prefilled, waiting for a prefill."""
+        return [*self.rows, *(self.prefill.rows if self.prefill else []), *self.waiting]
+
     def step(self) -> Iterator[Delta]:
         yield from self._cancel_gone()
         if self.rows:
             yield from self._guarded(self.rows, self._decode)
-        if self.prefill is None and self.waiting:
-            self.prefill, self.waiting = _Prefill(self.model, self.waiting), []
+        if self.prefill is None and self.waiting and (taken := self._prefill_room()):
+            self.prefill, self.waiting = _Prefill(self.model, self.waiting[:taken]), self.waiting[taken:]
         if self.prefill is not None:
             yield from self._guarded(self.prefill.rows, self._prefill_chunk)
         self._drop_finished()
+
+    def _prefill_room(self) -> int:
+        """How many waiting rows the next prefill takes."""
+        if not self.rows:
+            self.row_cap = 0
+        room = len(self.waiting) if not self.row_cap else self.row_cap - len(self.rows)
+        return max(0, min(room, self.prefill_rows or room))
 
     def _guarded(self, rows: list[Row], work) -> Iterator[Delta]:
         try:
             yield from work()
         except Exception as exc:  # a failing forward pass fails the rows in it, not the server
+            prefilling = self.prefill is not None and rows is self.prefill.rows
+            if isinstance(exc, _StepOutOfMemory) or (prefilling and out_of_memory(exc)):
+                yield from self._out_of_memory(rows, exc, prefilling)
+                return
             log.warning("decoding failed for %d row(s): %s", len(rows), exc)
             yield from (row.fail(f"generation failed: {exc}") for row in rows if not row.finished)
             if self.prefill is not None and rows is self.prefill.rows:
                 self.prefill = None
 
+    def _out_of_memory(self, rows: list[Row], exc: BaseException, prefilling: bool) -> Iterator[Delta]:
+        """An out-of-memory fails no row that can fit: a prefill of several rows goes back to wait, taking half
+        as many at a time; a decode step gives its newest row back to be prefilled again later (with what it has
+        generated: it goes on where it was) and the batch holds one row fewer until it empties. Only a row alone
+        that does not fit fails."""
+        if prefilling:
+            self.prefill = None
+            if len(rows) > 1:
+                self.prefill_rows = max(1, len(rows) // 2)
+                self.waiting[:0] = rows
+                return
+        elif len(rows) > 1:
+            self.row_cap = len(rows) - 1
+            self.waiting.insert(0, rows[-1])
+            self._keep([i for i in range(len(rows) - 1)])
+            log.warning("out of memory at %d rows: one goes back to wait (%s)", len(rows), exc)
+            return
+        log.warning("out of memory with one row: %s", exc)
+        yield rows[0].fail("the request does not fit in the memory left for decoding; send a shorter prompt or "
+                           "a lower max_tokens", status=507)
+        if rows is self.rows:
+            self.rows, self.cache, self.mask, self.positions, self.next_ids = [], None, None, None, None
+
     def _decode(self) -> Iterator[Delta]:
-        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
-        logits = self.model.forward(self.next_ids, self.mask, self.positions, self.cache, adapters_of(self.rows))
-        self.positions = self.positions + 1
+        mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
+        try:
+            logits = self.model.forward(self.next_ids, mask, self.positions, self.cache, adapters_of(self.rows))
+        except Exception as exc:
+            if not out_of_memory(exc):
+                raise
+            width = self.mask.shape[1]  # the layers before the failure have the step's new column: take it back
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, :width], layer.values[:, :, :width]
+            raise _StepOutOfMemory(exc) from exc
+        self.mask, self.positions = mask, self.positions + 1
         chosen = yield from self._advance(self.rows, logits)
         self.next_ids = self._as_column(chosen)
 
@@ -141,15 +216,20 @@ class DecodeBatch:
     def _advance(self, rows: list[Row], logits: torch.Tensor):
         """Choose each row's next token from its logits and emit what can be shown; returns the tokens."""
         last = logits[:, -1].float()
-        chosen = last.argmax(-1).tolist()  # greedy rows' tokens, for all rows at once
+        chosen = last.argmax(-1)  # greedy rows' tokens, for all rows at once
+        draws: dict[int, torch.Tensor] = {}
         for i, row in enumerate(rows):
             if row.finished or row.request.params.greedy:
                 continue
             try:
-                chosen[i] = choose_token(row, last[i])
+                draws[i] = row.draw()
             except Exception as exc:  # this row's sampling only
-                chosen[i] = 0
                 yield row.fail(f"sampling failed: {exc}")
+        if draws:  # every sampled row at once, on the device: no per-row sync
+            index = torch.tensor(list(draws), device=last.device)
+            params = [rows[i].request.params for i in draws]
+            chosen[index] = sample(last[index], params, torch.stack(list(draws.values())))
+        chosen = chosen.tolist()  # the step's one wait for the device
         for row, token in zip(rows, chosen):
             if not row.finished:
                 yield from self._emit(row, token)
@@ -164,8 +244,7 @@ class DecodeBatch:
             row.finished = "stop"
         else:
             row.tokens.append(token)
-        text = self.model.tokenizer.decode(row.tokens, skip_special_tokens=True)
-        text, stopped = cut_at_stop(text, params.stop)
+        text, stopped = cut_at_stop(row.text(self.model.tokenizer), params.stop)
         if stopped:
             row.finished = "stop"
         elif not row.finished and len(row.tokens) >= params.max_new_tokens:
@@ -205,8 +284,11 @@ class DecodeBatch:
 
     def _drop_finished(self) -> None:
         keep = [i for i, row in enumerate(self.rows) if not row.finished]
-        if len(keep) == len(self.rows):
-            return
+        if len(keep) < len(self.rows):
+            self._keep(keep)
+
+    def _keep(self, keep: list[int]) -> None:
+        """Only rows `keep` stay, in the cache too."""
         if not keep:
             self.rows, self.cache, self.mask, self.positions, self.next_ids = [], None, None, None, None
             return
@@ -219,6 +301,15 @@ class DecodeBatch:
             layer.values = layer.values[index, :, first:]
         self.mask, self.positions, self.next_ids = self.mask[index, first:], self.positions[index], self.next_ids[index]
         self.rows = [self.rows[i] for i in keep]
+
+
+class _StepOutOfMemory(Exception):
+    """A decode step's forward ran out of memory; the batch is as it was before the step."""
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: CUDA's out-of-memory, or the CPU allocator's."""
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "can't allocate memory" in str(exc)
 
 
 def adapters_of(rows: list[Row]) -> list[str]:
@@ -235,26 +326,27 @@ def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
 
 
 # -- sampling -------------------------------------------------------------------------------------------------
-def choose_token(row: Row, logits: torch.Tensor) -> int:
-    """A token sampled with the row's generator from the filtered distribution (rows at temperatures of at least
-    GREEDY_BELOW). Safe for any temperature, top_k and top_p the API accepts: non-finite probabilities fall back
-    to the greedy token."""
-    params = row.request.params
-    scaled = (logits - logits.max()) / params.temperature
-    probs = _filtered_probs(scaled, params.top_k, params.top_p)
-    if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
-        return int(logits.argmax())
-    return int(torch.multinomial(probs, 1, generator=row.generator))
-
-
-def _filtered_probs(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    if top_k and top_k < logits.shape[-1]:
-        threshold = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < threshold, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        drop = sorted_probs.cumsum(-1) - sorted_probs > top_p
-        sorted_probs[drop] = 0
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return probs / probs.sum()
+def sample(logits: torch.Tensor, params: list[SamplingParams], draws: torch.Tensor) -> torch.Tensor:
+    """The token each row samples from its filtered distribution (temperature, then top-k, then top-p, as vLLM),
+    chosen by the row's uniform draw through the inverse of its cumulative distribution; rows of any batch, in a
+    few kernels and no wait for the device. A row whose distribution is not finite gets its greedy token."""
+    vocab = logits.shape[-1]
+    device = logits.device
+    temperatures = torch.tensor([p.temperature for p in params], device=device)
+    scaled = (logits - logits.max(-1, keepdim=True).values) / temperatures[:, None]
+    top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=device)
+    if bool((top_k < vocab).any()):
+        largest = torch.topk(scaled, int(top_k.max()), dim=-1).values
+        threshold = largest.gather(1, (top_k - 1).clamp(max=largest.shape[-1] - 1)[:, None])
+        scaled = scaled.masked_fill((scaled < threshold) & (top_k < vocab)[:, None], float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
+    top_p = torch.tensor([p.top_p for p in params], device=device)
+    if bool((top_p < 1.0).any()):
+        ordered, order = torch.sort(probs, dim=-1, descending=True)
+        ordered[ordered.cumsum(-1) - ordered > top_p[:, None]] = 0  # keep the smallest head reaching top_p
+        probs = torch.zeros_like(probs).scatter_(1, order, ordered)
+    cdf = probs.cumsum(-1)
+    total = cdf[:, -1]
+    usable = torch.isfinite(probs).all(-1) & (total > 0)
+    picked = torch.searchsorted(cdf, (draws * total)[:, None], right=True).squeeze(1).clamp(max=vocab - 1)
+    return torch.where(usable, picked, logits.argmax(-1))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -40,7 +41,8 @@ class Engine:
 
     def __init__(self, base_model: str = "default", lora_weights: list[str] | None = None,
                  prompt_template_name: str = "bactrian", load_8bit: bool = False, load_4bit: bool = False,
-                 auto_fallback: str = "multilingual", dtype: str = "auto", prepacked_weights: bool = True):
+                 auto_fallback: str = "multilingual", dtype: str = "auto", prepacked_weights: bool = True,
+                 kv_cache_gb: float = 0.0):
         device = pick_device()
         self.loaded: LoadedModel = load_model(base_model, load_8bit, load_4bit, device, inference_dtype(dtype, device))
         self.model, self.tokenizer, self.device = self.loaded.model, self.loaded.tokenizer, self.loaded.device
@@ -54,6 +56,10 @@ class Engine:
         if prepacked_weights and prepacking_applies(self.model):
             prepack_linear_layers(self.model)
         self.model.eval()
+        self.kv_bytes_per_token = kv_bytes_per_token(self.model.config, next(self.model.parameters()).dtype)
+        self.kv_budget_bytes = int(kv_cache_gb * (1 << 30)) or memory_left(self.device) // 2
+        log.info("KV cache budget %.1f GB (%d tokens of one row)", self.kv_budget_bytes / (1 << 30),
+                 self.kv_budget_bytes // self.kv_bytes_per_token)
         self.lock = threading.Lock()  # one batch step (or eval's scoring) on the model at a time
 
     def _attach(self, name: str, path: Path) -> None:
@@ -135,6 +141,21 @@ def cache_keyword(model: Any) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
+    """What one token of one row holds in the KV cache: keys and values of every layer."""
+    config = getattr(config, "text_config", None) or config
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+def memory_left(device: torch.device) -> int:
+    """Bytes free for decoding once the model is loaded: the GPU's free memory, or the host's available memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def _generation_eos(model: Any) -> list[int]:
     """The end tokens the model's generation config names besides the tokenizer's (Gemma's <end_of_turn>)."""
     config_eos = getattr(model.generation_config, "eos_token_id", None)
@@ -149,4 +170,4 @@ def _peft_name(adapter: str) -> str:
 
 def build_engine(config: EngineConfig) -> Engine:
     return Engine(config.base_model, adapter_specs(config), config.prompt_template_name, config.load_8bit,
-                  config.load_4bit, config.auto_fallback, config.dtype, config.prepacked_weights)
+                  config.load_4bit, config.auto_fallback, config.dtype, config.prepacked_weights, config.kv_cache_gb)

@@ -19,6 +19,8 @@ class DecodingModel(Protocol):
     device: Any
     eos_token_ids: set[int]
     lock: Any  # a threading.Lock: one batch step (or other work) on the model at a time
+    kv_bytes_per_token: int  # one token of one row in the KV cache, all layers
+    kv_budget_bytes: int  # the most the KV cache may take (0: no bound)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
                 adapters: Sequence[str]) -> torch.Tensor:

@@ -51,9 +51,10 @@ class FinetuneConfig(ModelOptions):
                             choices=("none", "tensorboard", "wandb"))
     wandb_project: str = option("", "Weights & Biases project (with --report_to wandb).")
     wandb_run_name: str = option("", "Weights & Biases run name (with --report_to wandb).")
-    bf16: str = option("auto", "Train under bf16 autocast (weights, LoRA and optimizer stay fp32): auto (on a CPU "
-                               "with AMX or AVX512-BF16, where bf16 matmuls are fast; a GPU already trains in bf16), "
-                               "true or false.", choices=("auto", "true", "false"))
+    bf16: str = option("auto", "Train under bf16 autocast (LoRA and the optimizer stay fp32): auto (where the "
+                               "dtype rule picks bf16: a CPU with AMX or AVX512-BF16, a GPU of compute capability "
+                               "8.0 on, whose base weights are then bf16 too and fp32 matmuls TF32), true, or false "
+                               "(fp32 weights and matmuls everywhere).", choices=("auto", "true", "false"))
     num_proc: int = option(0, "Processes that tokenize the data when it is not cached yet (0: one per core).")
     cache_dir: str = option("", "Where tokenized data is cached (default: $BACTRIAN_HOME/tokenized, i.e. "
                                 "~/.cache/bactrian/tokenized); put it on shared storage for multi-node runs.")

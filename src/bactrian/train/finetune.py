@@ -20,7 +20,7 @@ from ..adapters import ADAPTER_WEIGHTS
 from ..errors import ConfigError, DataError, ModelError
 from ..fileio import atomic_write_json, disk_full_named, fsync_tree, holds_output
 from ..manifest import write_manifest
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel, allow_tf32, load_model, training_dtype
 from ..prompts import PromptTemplate, load_template
 from . import dataset as ds
 from . import preference, token_cache
@@ -37,13 +37,25 @@ log = logging.getLogger(__name__)
 
 @holds_output("output_dir", "finetune")
 def finetune(config: FinetuneConfig) -> dict[str, Any]:
-    """Train a LoRA adapter into config.output_dir (one per language with --per_language); returns metrics."""
-    if config.per_language:
-        return finetune_per_language(config, finetune)
+    """Train a LoRA adapter into config.output_dir (one per language with --per_language); returns metrics. Under
+    torchrun the process group lives as long as the command: one for every language of --per_language."""
+    context = DistributedContext.from_env()
+    try:
+        return finetune_per_language(config, train_adapter) if config.per_language else train_adapter(config)
+    finally:
+        context.close()
+
+
+def train_adapter(config: FinetuneConfig) -> dict[str, Any]:
+    """One run: load, tokenize, attach LoRA, train, save the adapter into config.output_dir."""
     context = DistributedContext.from_env()
     validate(config, context.world_size)
     template = load_template(config.prompt_template_name)  # an unknown template fails before the model loads
-    loaded = load_model(config.base_model, config.load_8bit, config.load_4bit, device=context.device())
+    device = context.device()
+    if config.bf16 != "false":
+        allow_tf32(device)
+    loaded = load_model(config.base_model, config.load_8bit, config.load_4bit, device=device,
+                        dtype=training_dtype(config.bf16, device))
     check_target_modules(loaded.model, config.lora_target_modules)
     train, val = prepare_examples(config, loaded.tokenizer, template, context)
     model = attach_lora(loaded, config)
@@ -61,7 +73,6 @@ def finetune(config: FinetuneConfig) -> dict[str, Any]:
     if context.is_main:
         save_adapter(trainer, loaded, template, train, val, metrics)
     context.barrier()
-    context.close()
     return metrics
 
 
@@ -110,6 +121,17 @@ def prepare_examples(config: FinetuneConfig, tokenizer: Any, template: PromptTem
     return token_cache.ExampleSet(rows, wanted[train]), rows.take(wanted[val])
 
 
+def keep_in_dtype(model: Any, dtype: torch.dtype) -> None:
+    """PEFT's k-bit preparation upcasts the base's norms, embeddings and head to fp32; with bf16 compute that
+    makes the whole residual stream fp32 (twice the activations of a bf16 run): they go back to `dtype`. The
+    quantized weights and the LoRA matrices (made after this, in fp32 under autocast) are left alone."""
+    if dtype == torch.float32:
+        return
+    for parameter in model.parameters():
+        if parameter.dtype == torch.float32:
+            parameter.data = parameter.data.to(dtype)
+
+
 def attach_lora(loaded: LoadedModel, config: FinetuneConfig) -> Any:
     """A new LoRA adapter on the base, or --init_adapter's weights to go on training (with dpo, also loaded a
     second time, frozen, as the reference)."""
@@ -118,6 +140,7 @@ def attach_lora(loaded: LoadedModel, config: FinetuneConfig) -> Any:
     model = loaded.model
     if config.load_8bit or config.load_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+        keep_in_dtype(model, training_dtype(config.bf16, loaded.device))
     elif config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(config.seed)

@@ -25,14 +25,13 @@ from .loss import token_losses
 log = logging.getLogger(__name__)
 
 
-def uses_bf16_autocast(setting: str, device_type: str) -> bool:
-    """--bf16: `auto` autocasts on a CPU where the dtype rule picks bf16 (logged with its reason); on a GPU the
-    weights are already in the rule's dtype."""
+def uses_bf16_autocast(setting: str, device: torch.device) -> bool:
+    """--bf16: `auto` autocasts where the dtype rule picks bf16 (logged with its reason): on such a GPU too, so the
+    parts kept in fp32 (LoRA's matrices; a quantized base's norms, embeddings and head, which PEFT upcasts) compute
+    in bf16 as in any bf16 QLoRA run, not in fp32 at twice the activation memory."""
     if setting != "auto":
         return setting == "true"
-    if device_type != "cpu":
-        return False
-    choice = auto_dtype(torch.device("cpu"))
+    choice = auto_dtype(device)
     log.info("bf16 auto: autocast %s, %s", "on" if choice.dtype == torch.bfloat16 else "off", choice.reason)
     return choice.dtype == torch.bfloat16
 
@@ -42,8 +41,9 @@ class Objective:
 
     def __init__(self, config: FinetuneConfig, context: DistributedContext, model: Any, pad_id: int):
         self.config, self.context, self.model, self.pad_id = config, context, model, pad_id
-        self.device_type = next(model.parameters()).device.type
-        self.autocast = uses_bf16_autocast(config.bf16, self.device_type)
+        device = next(model.parameters()).device
+        self.device_type = device.type
+        self.autocast = uses_bf16_autocast(config.bf16, device)
         self.step_log: dict[str, Any] = {}  # what the last step adds to its log entry (DPO / ORPO: its rewards)
 
     def gradients(self, share: list[Any], batch: list[Any]) -> tuple[torch.Tensor, int]:

@@ -7,14 +7,15 @@ import dataclasses
 import logging
 import shutil
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from .. import languages
 from ..errors import ConfigError
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, output_lock
 from ..manifest import read_manifest
-from ..models import load_tokenizer, resolve
+from ..models import free_memory, load_tokenizer, resolve
 from ..prompts import load_template
 from .checkpoints import list_checkpoints
 from .config import FinetuneConfig
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def finetune_per_language(config: FinetuneConfig,
                           finetune_one: Callable[[FinetuneConfig], dict[str, Any]]) -> dict[str, Any]:
-    """One adapter per language, each trained by `finetune_one` (the finetune command). Finished languages (with
+    """One adapter per language, each trained by `finetune_one` (one run of finetune). Finished languages (with
     a manifest) are skipped and an interrupted one resumes from its last checkpoint, so rerunning the same
     command continues the set."""
     if config.resume_from_checkpoint not in (None, "auto"):
@@ -45,7 +46,9 @@ def finetune_per_language(config: FinetuneConfig,
             log.info("%s: already trained, skipped (same settings and data).", folder)
             results[lang] = finished
             continue
-        results[lang] = finetune_one(one)
+        with output_lock(folder, "finetune --per_language") if DistributedContext.from_env().is_main else nullcontext():
+            results[lang] = finetune_one(one)
+        free_memory()  # this language's model and optimizer, before the next one loads
     if DistributedContext.from_env().is_main:
         atomic_write_json(root / "summary.json", {"languages": results})
     return {"languages": results}
