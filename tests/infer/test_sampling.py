@@ -81,3 +81,16 @@ def test_incremental_text_with_the_real_gemma_tokenizer():
         assert_incremental_equals_whole(tokenizer, tokenizer(text, add_special_tokens=False)["input_ids"])
     random_ids = torch.randint(0, len(tokenizer), (300,), generator=torch.Generator().manual_seed(3)).tolist()
     assert_incremental_equals_whole(tokenizer, random_ids)
+
+
+def test_top_k_among_candidates_picks_what_the_whole_vocabulary_would():
+    """Top-k samples among the k largest only (no full sort), in vocabulary order: the same draw picks the same token
+    as over the whole vocabulary with the others masked out."""
+    logits = torch.randn(64, 1000, generator=torch.Generator().manual_seed(2))
+    draws = torch.rand(64, generator=torch.Generator().manual_seed(3))
+    threshold = torch.topk(logits, 40).values[:, -1:]
+    masked = logits.masked_fill(logits < threshold, float("-inf"))
+    for extra in ({}, {"top_p": 0.8}):
+        fast = sample(logits, [params(top_k=40, **extra)] * 64, draws)
+        whole = sample(masked, [params(**extra)] * 64, draws)
+        assert torch.equal(fast, whole)

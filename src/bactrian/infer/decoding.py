@@ -328,25 +328,40 @@ def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
 # -- sampling -------------------------------------------------------------------------------------------------
 def sample(logits: torch.Tensor, params: list[SamplingParams], draws: torch.Tensor) -> torch.Tensor:
     """The token each row samples from its filtered distribution (temperature, then top-k, then top-p, as vLLM),
-    chosen by the row's uniform draw through the inverse of its cumulative distribution; rows of any batch, in a
-    few kernels and no wait for the device. A row whose distribution is not finite gets its greedy token."""
+    chosen by the row's uniform draw through the inverse of its cumulative distribution in vocabulary order; all
+    rows of a top-k together, with no wait for the device. A row's token depends on its logits, settings and draw
+    alone (never on the rest of its batch); one whose distribution is not finite gets its greedy token."""
     vocab = logits.shape[-1]
-    device = logits.device
+    chosen = logits.argmax(-1)
+    groups: dict[int, list[int]] = {}
+    for i, settings in enumerate(params):
+        groups.setdefault(settings.top_k if 0 < settings.top_k < vocab else vocab, []).append(i)
+    for top_k, rows in groups.items():
+        index = torch.tensor(rows, device=logits.device)
+        chosen[index] = _sample_group(logits[index], [params[i] for i in rows], draws[index], top_k)
+    return chosen
+
+
+def _sample_group(logits: torch.Tensor, params: list[SamplingParams], draws: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Rows of one top-k: among the top_k largest only (sorted once, not the whole vocabulary), or all."""
+    device, vocab = logits.device, logits.shape[-1]
     temperatures = torch.tensor([p.temperature for p in params], device=device)
     scaled = (logits - logits.max(-1, keepdim=True).values) / temperatures[:, None]
-    top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=device)
-    if bool((top_k < vocab).any()):
-        largest = torch.topk(scaled, int(top_k.max()), dim=-1).values
-        threshold = largest.gather(1, (top_k - 1).clamp(max=largest.shape[-1] - 1)[:, None])
-        scaled = scaled.masked_fill((scaled < threshold) & (top_k < vocab)[:, None], float("-inf"))
+    if top_k < vocab:
+        scaled, candidates = torch.topk(scaled, top_k, dim=-1)  # largest first
     probs = torch.softmax(scaled, dim=-1)
     top_p = torch.tensor([p.top_p for p in params], device=device)
     if bool((top_p < 1.0).any()):
-        ordered, order = torch.sort(probs, dim=-1, descending=True)
-        ordered[ordered.cumsum(-1) - ordered > top_p[:, None]] = 0  # keep the smallest head reaching top_p
-        probs = torch.zeros_like(probs).scatter_(1, order, ordered)
+        ordered, order = (probs, None) if top_k < vocab else torch.sort(probs, dim=-1, descending=True)
+        ordered = ordered.masked_fill(ordered.cumsum(-1) - ordered > top_p[:, None], 0)  # the head reaching top_p
+        probs = ordered if order is None else torch.zeros_like(probs).scatter_(1, order, ordered)
+    if top_k < vocab:  # back to vocabulary order, so that a draw picks what it would over the whole vocabulary
+        candidates, order = candidates.sort(-1)
+        probs = probs.gather(1, order)
     cdf = probs.cumsum(-1)
     total = cdf[:, -1]
+    picked = torch.searchsorted(cdf, (draws * total)[:, None], right=True).squeeze(1).clamp(max=cdf.shape[-1] - 1)
+    if top_k < vocab:
+        picked = candidates.gather(1, picked[:, None]).squeeze(1)
     usable = torch.isfinite(probs).all(-1) & (total > 0)
-    picked = torch.searchsorted(cdf, (draws * total)[:, None], right=True).squeeze(1).clamp(max=vocab - 1)
     return torch.where(usable, picked, logits.argmax(-1))
