@@ -92,3 +92,12 @@ def test_resume_after_a_crash_that_tore_a_line(tiny_llama, tiny_adapters, tmp_pa
 
 def outputs_by_key(rows):
     return {(r["id"], r["model"]): r["output"] for r in rows}
+
+
+def test_a_rerun_with_other_settings_is_refused_not_mixed(tiny_llama, tiny_adapters, questions, tmp_path):
+    output = tmp_path / "out.jsonl"
+    generate(config(tiny_llama, tiny_adapters, questions, output))
+    written = output.read_bytes()
+    with pytest.raises(ConfigError, match="answers were generated with other settings"):
+        generate(config(tiny_llama, tiny_adapters, questions, output, temperature=0.7))
+    assert output.read_bytes() == written

@@ -24,8 +24,9 @@ from ..errors import ConfigError, DataError
 from ..eval.metrics import language_confusion
 from ..eval.pairwise import agreed_winner, both_orders
 from ..fileio import atomic_write_bytes, atomic_write_json, holds_output
-from ..infer.answers import Decoding, answer_prompts, read_answers
+from ..infer.answers import answer_prompts, read_answers
 from ..infer.engine import build_engine
+from ..infer.requests import SamplingParams
 from ..infer.routing import BASE
 from ..records import Instruction, load_records, write_parquet
 from .config import PrefsConfig
@@ -90,8 +91,8 @@ def _model_answers(config: PrefsConfig, rows: list[dict[str, Any]], out: Path) -
     model = config.adapter or (next(iter(engine.catalog.adapters)) if len(engine.catalog.adapters) == 1 else BASE)
     engine.catalog.check_loaded(model, "--adapter")
     prompts = [Instruction(row["key"], row["lang"], row["instruction"], row["input"]) for row in rows]
-    answer_prompts(engine, prompts, [model], Decoding(max_new_tokens=config.max_new_tokens), out / "answers.jsonl",
-                   config.decode_batch_size)
+    greedy = SamplingParams(max_new_tokens=config.max_new_tokens)
+    answer_prompts(engine, prompts, [model], greedy, out / "answers.jsonl", config.decode_batch_size)
     return {key: row for (key, name), row in read_answers(out / "answers.jsonl").items() if name == model}
 
 

@@ -15,8 +15,9 @@ from ..endpoints.cache import RequestCache
 from ..endpoints.client import ChatClient, chat_client
 from ..errors import ConfigError
 from ..fileio import atomic_write_bytes, atomic_write_json, holds_output
-from ..infer.answers import Decoding, answer_prompts, read_answers
+from ..infer.answers import answer_prompts, read_answers
 from ..infer.engine import build_engine
+from ..infer.requests import SamplingParams
 from ..langid import detect_language
 from ..records import Instruction
 from .config import JudgeConfig
@@ -106,8 +107,8 @@ def _answers(config: JudgeConfig, questions: list[dict[str, Any]], out: Path) ->
         engine.catalog.check_loaded(model, "--model")
     prompts = [Instruction(q["id"], q["lang"], q["instruction"], q.get("input", "")) for q in questions]
     answers_file = out / "answers.jsonl"
-    answer_prompts(engine, prompts, [config.model_a, config.model_b], Decoding(max_new_tokens=config.max_new_tokens),
-                   answers_file)
+    greedy = SamplingParams(max_new_tokens=config.max_new_tokens)
+    answer_prompts(engine, prompts, [config.model_a, config.model_b], greedy, answers_file)
     return {key: row["output"] for key, row in read_answers(answers_file).items()}
 
 

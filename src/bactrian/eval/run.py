@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..fileio import holds_output
 from ..infer import answers as answering
 from ..infer.engine import Engine, build_engine
+from ..infer.requests import SamplingParams
 from ..infer.routing import BASE
 from ..manifest import public_config
 from ..records import Instruction
@@ -118,7 +119,7 @@ def answer_prompts(engine: Engine, config: EvalConfig, task: GenerativeTask, pro
     for prompt in prompts:
         by_stops.setdefault(tuple(task.stop(prompt.lang)), []).append(prompt)
     for stops, group in by_stops.items():
-        decoding = answering.Decoding(max_new_tokens=config.max_new_tokens or task.max_new_tokens, stop=stops)
+        params = SamplingParams(max_new_tokens=config.max_new_tokens or task.max_new_tokens, stop=list(stops))
         instructions = [Instruction(p.id, p.lang, p.instruction, p.input) for p in group]
-        answering.answer_prompts(engine, instructions, models, decoding, answers_file, config.decode_batch_size)
+        answering.answer_prompts(engine, instructions, models, params, answers_file, config.decode_batch_size)
     return answering.read_answers(answers_file)

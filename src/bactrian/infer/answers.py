@@ -11,13 +11,13 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
 from ..records import Instruction, parsing, read_jsonl
-from .requests import GREEDY_BELOW, Request, SamplingParams
+from .requests import Request, SamplingParams
 from .routing import AUTO
 
 log = logging.getLogger(__name__)
@@ -25,33 +25,23 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (prompt id, model)
 
 
-@dataclass(frozen=True)
-class Decoding:
-    """How answers are decoded; what decides an answer is recorded with it (`recorded`)."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    num_beams: int = 1
-    max_new_tokens: int = 128
-    stop: tuple[str, ...] = field(default_factory=tuple)
-    seed: int = 42  # prompt number n samples with seed + n, so an answer does not depend on its batch
-
-    def recorded(self) -> dict[str, Any]:
-        used = ("num_beams", "max_new_tokens", "stop") if self.num_beams > 1 else (
-            "temperature", "top_p", "top_k", "max_new_tokens", "stop")
-        return {key: list(value) if key == "stop" else value for key, value in asdict(self).items() if key in used}
-
-    def params(self, number: int) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                              max_new_tokens=self.max_new_tokens, stop=list(self.stop), seed=self.seed + number,
-                              num_beams=self.num_beams)
-
-    def sampled(self) -> bool:
-        return self.num_beams == 1 and self.temperature >= GREEDY_BELOW
+def recorded(params: SamplingParams) -> dict[str, Any]:
+    """The settings that decide an answer, as its row records them (`generation`; the seed apart)."""
+    used = ("num_beams", "max_new_tokens", "stop") if params.num_beams > 1 else (
+        "temperature", "top_p", "top_k", "max_new_tokens", "stop")
+    return {key: list(value) if key == "stop" else value for key, value in asdict(params).items() if key in used}
 
 
-def answer_prompts(engine: Any, prompts: Sequence[Instruction], models: Sequence[str], decoding: Decoding,
+def for_prompt(params: SamplingParams, number: int) -> SamplingParams:
+    """Prompt number n samples with seed + n, so that its answer does not depend on its batch."""
+    return replace(params, seed=(params.seed or 0) + number, stop=list(params.stop))
+
+
+def sampled(params: SamplingParams) -> bool:
+    return params.num_beams == 1 and not params.greedy
+
+
+def answer_prompts(engine: Any, prompts: Sequence[Instruction], models: Sequence[str], params: SamplingParams,
                    answers_file: Path, decode_batch_size: int = 8,
                    on_answer: Callable[[], None] | None = None) -> int:
     """Answer each prompt with each model (an adapter, `base` or `auto`) of `engine` (an `engine.Engine`) into
@@ -62,14 +52,14 @@ def answer_prompts(engine: Any, prompts: Sequence[Instruction], models: Sequence
         engine.catalog.check_loaded(name, "model")
     answers_file = Path(answers_file)
     wanted = [(number, prompt, model) for number, prompt in enumerate(prompts) for model in models]
-    done = _answered(answers_file, {(prompt.id, model) for _, prompt, model in wanted}, decoding)
+    done = _answered(answers_file, {(prompt.id, model) for _, prompt, model in wanted}, params)
     todo = [item for item in wanted if (item[1].id, item[2]) not in done]
     if done and todo:
         log.info("%s: %d answers already written; %d to go.", answers_file, len(done), len(todo))
     answers_file.parent.mkdir(parents=True, exist_ok=True)
     with open(answers_file, "a", encoding="utf-8") as handle:
         finished: list[dict[str, Any]] = []
-        for row in _decoded(engine, decoding, todo, decode_batch_size):
+        for row in _decoded(engine, params, todo, decode_batch_size):
             finished.append(row)
             if on_answer:
                 on_answer()
@@ -93,10 +83,10 @@ def _rows(path: Path) -> Iterator[tuple[Key, dict[str, Any]]]:
             yield (str(row["id"]), str(row["model"])), row
 
 
-def _answered(path: Path, wanted: set[Key], decoding: Decoding) -> set[Key]:
+def _answered(path: Path, wanted: set[Key], params: SamplingParams) -> set[Key]:
     """The wanted pairs `path` already answers (a torn last line is cut off first); a ConfigError if any says it
-    was decoded with other settings than `decoding` (the seed aside: it follows the prompt's number)."""
-    expected, done = decoding.recorded(), set()
+    was decoded with other settings than `params` (the seed aside: it follows the prompt's number)."""
+    expected, done = recorded(params), set()
     for key, row in _rows(path):
         if key not in wanted:
             continue
@@ -136,7 +126,7 @@ def _append(handle: Any, rows: list[dict[str, Any]]) -> None:
     rows.clear()
 
 
-def _decoded(engine: Any, decoding: Decoding, todo: list[tuple[int, Instruction, str]],
+def _decoded(engine: Any, params: SamplingParams, todo: list[tuple[int, Instruction, str]],
              decode_batch_size: int) -> Iterator[dict[str, Any]]:
     """The answer row of each (prompt number, prompt, model) as it finishes."""
     catalog, routes = engine.catalog, {}
@@ -145,7 +135,7 @@ def _decoded(engine: Any, decoding: Decoding, todo: list[tuple[int, Instruction,
         for index, (number, prompt, model) in enumerate(todo):
             routes[index] = catalog.resolve_adapter(model, f"{prompt.instruction}\n{prompt.input}")
             yield Request(catalog.render(routes[index].adapter, prompt.instruction, prompt.input),
-                          decoding.params(number), routes[index].adapter)
+                          for_prompt(params, number), routes[index].adapter)
 
     texts: dict[int, str] = {}
     for delta in engine.stream(requests(), max_rows=decode_batch_size):
@@ -154,8 +144,8 @@ def _decoded(engine: Any, decoding: Decoding, todo: list[tuple[int, Instruction,
             continue
         number, prompt, model = todo[delta.index]
         route = routes.pop(delta.index)
-        seed = {"seed": decoding.seed + number} if decoding.sampled() else {}
+        seed = {"seed": (params.seed or 0) + number} if sampled(params) else {}
         yield {**asdict(prompt), "model": model, "adapter": route.adapter, "detected_lang": route.lang,
                "output": texts.pop(delta.index), "finish_reason": delta.finish_reason,
-               "completion_tokens": delta.completion_tokens, "generation": {**decoding.recorded(), **seed},
+               "completion_tokens": delta.completion_tokens, "generation": {**recorded(params), **seed},
                **({"route": route.to_dict()} if model == AUTO else {})}

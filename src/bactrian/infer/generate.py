@@ -13,16 +13,17 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from ..fileio import holds_output
 from ..records import read_instructions
-from .answers import Decoding, answer_prompts
+from .answers import answer_prompts
 from .config import GenerateConfig
 from .engine import Engine, build_engine
+from .requests import SamplingParams
 from .routing import AUTO, BASE
 
 
-def decoding_of(config: GenerateConfig) -> Decoding:
-    return Decoding(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
-                    num_beams=config.num_beams, max_new_tokens=config.max_new_tokens, stop=tuple(config.stop),
-                    seed=config.seed)
+def sampling_of(config: GenerateConfig) -> SamplingParams:
+    return SamplingParams(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+                          num_beams=config.num_beams, max_new_tokens=config.max_new_tokens, stop=list(config.stop),
+                          seed=config.seed)
 
 
 @holds_output("output_file", "generate")
@@ -41,5 +42,5 @@ def generate(config: GenerateConfig, engine: Engine | None = None) -> int:
         engine.catalog.check_loaded(name, "--adapter")
     bar = tqdm(desc="generate", unit="row", disable=not sys.stderr.isatty())
     with bar:
-        return answer_prompts(engine, rows, models, decoding_of(config), Path(config.output_file),
+        return answer_prompts(engine, rows, models, sampling_of(config), Path(config.output_file),
                               config.decode_batch_size, on_answer=lambda: bar.update(1))
