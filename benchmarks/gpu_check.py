@@ -245,6 +245,7 @@ class RandomModel:
         self.tokenizer = type("Ids", (), {"pad_token_id": 0, "decode": lambda _, ids, **__: " ".join(map(str, ids))})()
         self.kv_bytes_per_token = kv_bytes_per_token(config, dtype)
         self.kv_budget_bytes = 0
+        self.mode = {"dtype": str(dtype).removeprefix("torch."), "quantization": "none"}
         self.cache_keyword = cache_keyword(self.model)
 
     @torch.no_grad()

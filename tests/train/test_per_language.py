@@ -13,7 +13,7 @@ from bactrian.adapters import adapters_in
 from bactrian.infer.engine import Engine
 from bactrian.infer.server import engine_app
 
-from support import LiveServer, needs_shared_data
+from support import LiveServer, make_config, needs_shared_data
 
 QUESTIONS = {
     "es": "¿Puedes explicarme cómo funciona la fotosíntesis en las plantas verdes?",
@@ -68,3 +68,17 @@ def test_per_language_run_interrupted_resumed_and_served(tiny_llama, three_langu
             reply = client.chat.completions.create(model="auto", max_tokens=4, temperature=0,
                                                    messages=[{"role": "user", "content": question}])
             assert reply.model == lang
+
+
+def test_one_process_group_serves_every_language(tiny_llama, lang_folder, tmp_path, monkeypatch):
+    """Under torchrun the group is made once and closed once, at the end of the command (it used to be destroyed
+    after each language and made again); the memory of each language's run is given back before the next loads."""
+    from bactrian.train import distributed, per_language
+    from bactrian.train.finetune import finetune
+
+    closed, freed = [], []
+    monkeypatch.setattr(distributed.DistributedContext, "close", lambda self: closed.append(1))
+    monkeypatch.setattr(per_language, "free_memory", lambda: freed.append(1))
+    results = finetune(make_config(tiny_llama, lang_folder, tmp_path / "adapters", lang=["fr", "de"],
+                                   per_language=True, max_steps=1, val_set_size=0))
+    assert set(results["languages"]) == {"fr", "de"} and closed == [1] and freed == [1, 1]

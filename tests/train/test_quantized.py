@@ -109,3 +109,18 @@ def test_a_bitsandbytes_without_a_cpu_backend_gets_a_clear_error(tiny_llama, mon
     monkeypatch.setattr(bitsandbytes.functional, "quantize_4bit", broken)
     with pytest.raises(ModelError, match=r"--load_4bit: bitsandbytes .* cannot run its quantized layers on this CPU"):
         load_model(str(tiny_llama), load_4bit=True, device=torch.device("cpu"))
+
+
+def test_a_kbit_base_computes_in_bf16_where_it_trains_in_bf16():
+    """PEFT's k-bit preparation upcasts norms, embeddings and head to fp32, making the residual stream fp32; with
+    bf16 compute they go back to bf16, and the int8 weights stay as they are."""
+    from bactrian.train.finetune import keep_in_dtype
+
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.LayerNorm(4))
+    model.register_buffer("codes", torch.zeros(3, dtype=torch.int8))
+    frozen = torch.nn.Parameter(torch.zeros(2, dtype=torch.int8), requires_grad=False)
+    model.register_parameter("int8_weight", frozen)
+    keep_in_dtype(model, torch.float32)
+    assert {p.dtype for p in model.parameters()} == {torch.float32, torch.int8}
+    keep_in_dtype(model, torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16, torch.int8}

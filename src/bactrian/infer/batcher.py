@@ -80,7 +80,8 @@ class Batcher:
 
     def health(self) -> dict[str, object]:
         return {"status": "ok" if self.worker.is_alive() else "error", "worker_alive": self.worker.is_alive(),
-                "worker_restarts": self.restarts, "last_error": self.last_error, "queued": self.pending.qsize()}
+                "worker_restarts": self.restarts, "last_error": self.last_error, "queued": self.pending.qsize(),
+                "decoding": self.model.mode}
 
     # -- the worker ---------------------------------------------------------------------------------------
     def _start_worker(self) -> None:

@@ -75,8 +75,9 @@ def build_app(engine: Engine, batcher: Batcher | None = None) -> Any:
             yield messages + [{"role": "assistant", "content": reply}], "", route.note()
 
     with gr.Blocks(title="bactrian") as app:
+        mode = ", ".join(f"{key} {value}" for key, value in engine.mode.items())
         gr.Markdown(f"# bactrian\nBase model: `{engine.loaded.source.spec}`; adapters: "
-                    f"{', '.join(engine.catalog.adapters) or 'none'}.")
+                    f"{', '.join(engine.catalog.adapters) or 'none'}; decoding: {mode}.")
         adapter = gr.Dropdown(choices, value=choices[0], label="Adapter (auto picks by the input's language)")
         with gr.Tab("Instruction"):
             instruction = gr.Textbox(lines=2, label="Instruction", placeholder="Tell me about alpacas.",

@@ -20,6 +20,11 @@ class EngineConfig(ModelOptions):
                                            "(weight prepacking; same products; a decode step of Gemma 3 270M at 16 "
                                            "rows 1.85x faster on 2 cores; a second copy of the linear weights in "
                                            "memory).", old_names=("packed_weights",))
+    quantization: str = option("auto", "Weights for decoding: auto (the model's dtypes, exact; a quantized model is "
+                                       "never chosen for you) or int8 (every linear layer and the head in int8 per "
+                                       "output channel, LoRA on top in full precision: on an x86 CPU, ~4x fewer "
+                                       "bytes per token; see docs/inference.md for speed and quality).",
+                                choices=("auto", "int8"))
     kv_cache_gb: float = option(0.0, "Most memory the KV cache of decoding may take, in GB; a request joins the batch "
                                      "when its worst case (prompt + max tokens) still fits, else waits. 0: half of "
                                      "what is free once the model is loaded (GPU memory, or the host's).")

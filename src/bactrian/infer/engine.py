@@ -21,10 +21,12 @@ from typing import Any
 import torch
 
 from ..adapters import attach, parse_adapter_specs, read_card, selected
+from ..errors import ModelError
 from ..models import LoadedModel, inference_dtype, load_model, pick_device
 from ..prompts import load_template
 from .catalog import Catalog, adapter_specs, context_length
 from .config import EngineConfig
+from .lowbit import int8_applies, quantize_linear_layers
 from .prepack import prepack_linear_layers, prepacking_applies
 from .requests import Delta, Request, cut_at_stop
 from .routing import BASE
@@ -42,7 +44,7 @@ class Engine:
     def __init__(self, base_model: str = "default", lora_weights: list[str] | None = None,
                  prompt_template_name: str = "bactrian", load_8bit: bool = False, load_4bit: bool = False,
                  auto_fallback: str = "multilingual", dtype: str = "auto", prepacked_weights: bool = True,
-                 kv_cache_gb: float = 0.0):
+                 kv_cache_gb: float = 0.0, quantization: str = "auto"):
         device = pick_device()
         self.loaded: LoadedModel = load_model(base_model, load_8bit, load_4bit, device, inference_dtype(dtype, device))
         self.model, self.tokenizer, self.device = self.loaded.model, self.loaded.tokenizer, self.loaded.device
@@ -53,8 +55,14 @@ class Engine:
                                context_length(self.model.config))
         for name, path in specs.items():
             self._attach(name, path)
-        if prepacked_weights and prepacking_applies(self.model):
+        self.mode = {"dtype": str(self.model.dtype).removeprefix("torch."), "quantization": "none",
+                     "prepacked_weights": False}
+        if quantization == "int8":
+            self._quantize()
+        elif prepacked_weights and prepacking_applies(self.model):
             prepack_linear_layers(self.model)
+            self.mode["prepacked_weights"] = True
+        log.info("Decoding mode: %s", ", ".join(f"{key} {value}" for key, value in self.mode.items()))
         self.model.eval()
         self.kv_bytes_per_token = kv_bytes_per_token(self.model.config, next(self.model.parameters()).dtype)
         self.kv_budget_bytes = int(kv_cache_gb * (1 << 30)) or memory_left(self.device) // 2
@@ -66,6 +74,13 @@ class Engine:
         self.model = attach(self.model, name, path)
         log.info("Loaded adapter %s from %s (template %s, languages %s)", name, path,
                  self.catalog.template_for(name).name, ",".join(self.catalog.adapters[name].languages) or "unknown")
+
+    def _quantize(self) -> None:
+        if not int8_applies(self.model):
+            raise ModelError("--quantization int8 runs on an x86 CPU (fbgemm's int8 kernel); on a GPU load the base "
+                             "in 8 bits with --load_8bit (bitsandbytes) instead.")
+        quantize_linear_layers(self.model)
+        self.mode["quantization"] = "int8"
 
     @property
     def eos_token_ids(self) -> set[int]:
@@ -170,4 +185,5 @@ def _peft_name(adapter: str) -> str:
 
 def build_engine(config: EngineConfig) -> Engine:
     return Engine(config.base_model, adapter_specs(config), config.prompt_template_name, config.load_8bit,
-                  config.load_4bit, config.auto_fallback, config.dtype, config.prepacked_weights, config.kv_cache_gb)
+                  config.load_4bit, config.auto_fallback, config.dtype, config.prepacked_weights, config.kv_cache_gb,
+                  config.quantization)

@@ -21,6 +21,7 @@ class DecodingModel(Protocol):
     lock: Any  # a threading.Lock: one batch step (or other work) on the model at a time
     kv_bytes_per_token: int  # one token of one row in the KV cache, all layers
     kv_budget_bytes: int  # the most the KV cache may take (0: no bound)
+    mode: dict[str, Any]  # how it decodes (dtype, quantization, ...): for /health and the log
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
                 adapters: Sequence[str]) -> torch.Tensor:

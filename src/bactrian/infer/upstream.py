@@ -32,7 +32,7 @@ class Upstream:
         return self._stream(request)
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "upstream": self.url}
+        return {"status": "ok", "upstream": self.url, "decoding": {"upstream": self.url}}
 
     def body(self, request: Request) -> dict[str, Any]:
         params = request.params
