@@ -21,9 +21,9 @@ class EngineConfig(ModelOptions):
                                            "rows 1.85x faster on 2 cores; a second copy of the linear weights in "
                                            "memory).", old_names=("packed_weights",))
     quantization: str = option("auto", "Weights for decoding: auto (the model's dtypes, exact; a quantized model is "
-                                       "never chosen for you) or int8 (every linear layer and the head in int8 per "
-                                       "output channel, LoRA on top in full precision: on an x86 CPU, ~4x fewer "
-                                       "bytes per token; see docs/inference.md for speed and quality).",
+                                       "never chosen for you) or int8 (on a CPU: the linear layers and the head in "
+                                       "int8 per output channel and per token, the down projection and LoRA in full "
+                                       "precision; docs/inference.md says what it gains and costs).",
                                 choices=("auto", "int8"))
     kv_cache_gb: float = option(0.0, "Most memory the KV cache of decoding may take, in GB; a request joins the batch "
                                      "when its worst case (prompt + max tokens) still fits, else waits. 0: half of "

@@ -59,7 +59,7 @@ class Engine:
                      "prepacked_weights": False}
         if quantization == "int8":
             self._quantize()
-        elif prepacked_weights and prepacking_applies(self.model):
+        if prepacked_weights and prepacking_applies(self.model):  # the layers left in fp32
             prepack_linear_layers(self.model)
             self.mode["prepacked_weights"] = True
         log.info("Decoding mode: %s", ", ".join(f"{key} {value}" for key, value in self.mode.items()))
@@ -77,8 +77,8 @@ class Engine:
 
     def _quantize(self) -> None:
         if not int8_applies(self.model):
-            raise ModelError("--quantization int8 runs on an x86 CPU (fbgemm's int8 kernel); on a GPU load the base "
-                             "in 8 bits with --load_8bit (bitsandbytes) instead.")
+            raise ModelError("--quantization int8 runs on a CPU; on a GPU load the base in 8 bits with --load_8bit "
+                             "(bitsandbytes) instead.")
         quantize_linear_layers(self.model)
         self.mode["quantization"] = "int8"
 
