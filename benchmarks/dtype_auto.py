@@ -13,7 +13,6 @@ Prints a table and writes bench-out/dtype_auto.json. Run it with nothing else on
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import torch
 from bench_out import OUT, save
-from serve_throughput import QUESTIONS, drive, free_port, prompts, start, stop
+from serve_throughput import QUESTIONS, free_port, one_and_sixteen_clients, start, stop
 
 from bactrian.models import AUTO_DTYPE_VARIABLE, auto_dtype, cpu_bf16_instructions
 
@@ -46,9 +45,7 @@ def serve(mode: str) -> dict[str, float]:
     command = [sys.executable, "-m", "bactrian", "serve", "--port", str(port)]
     server = start(command, f"http://127.0.0.1:{port}/health", env=environment(mode))
     try:
-        url = f"http://127.0.0.1:{port}"
-        one = asyncio.run(drive(url, 1, [("base", question) for question in prompts(6)]))
-        many = asyncio.run(drive(url, 16, [("base", question) for question in prompts(32)]))
+        one, many = one_and_sixteen_clients(f"http://127.0.0.1:{port}")
     finally:
         stop(server)
     return {"serve_1_tokens_per_second": one["tokens_per_second"],

@@ -12,7 +12,6 @@ Prints the tables and writes bench-out/lowbit.json. Run it with nothing else on 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_out import save
-from serve_throughput import drive, free_port, prompts, start, stop
+from serve_throughput import free_port, one_and_sixteen_clients, start, stop
 
 REPO = Path(__file__).resolve().parents[1]
 SECOND_SET = REPO.parent / "shared" / "data" / "instructions" / "multialpaca"
@@ -32,9 +31,7 @@ def serve(args: list[str]) -> dict[str, float]:
     port = free_port()
     server = start([sys.executable, "-m", *args, "--port", str(port)], f"http://127.0.0.1:{port}/v1/models")
     try:
-        url = f"http://127.0.0.1:{port}"
-        one = asyncio.run(drive(url, 1, [("base", question) for question in prompts(6)]))
-        many = asyncio.run(drive(url, 16, [("base", question) for question in prompts(32)]))
+        one, many = one_and_sixteen_clients(f"http://127.0.0.1:{port}")
     finally:
         stop(server)
     return {"1 client tok/s": one["tokens_per_second"], "1 client TTFT s": one["ttft_p50"],

@@ -109,6 +109,13 @@ async def drive(url: str, clients: int, requests: list[tuple[str, str]]) -> dict
             "latency_p95": _p95([r["latency"] for r in results])}
 
 
+def one_and_sixteen_clients(url: str) -> tuple[dict, dict]:
+    """A single user (6 requests) and 16 clients (32 requests), as dtype_auto.py and lowbit.py report them."""
+    one = asyncio.run(drive(url, 1, [("base", question) for question in prompts(6)]))
+    many = asyncio.run(drive(url, 16, [("base", question) for question in prompts(32)]))
+    return one, many
+
+
 def _p95(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
