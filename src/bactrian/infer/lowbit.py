@@ -12,6 +12,8 @@ import logging
 
 import torch
 
+from .base_layers import replace_linear_layers
+
 log = logging.getLogger(__name__)
 
 SCALE_FLOOR = 1e-8  # a row of zeros still gets a usable scale
@@ -34,7 +36,7 @@ class Int8Linear(torch.nn.Module):
         weight, scales = int8_rows(linear.weight.detach().float(), dim=1)
         self.register_buffer("weight_t", weight.t().contiguous())  # [in, out]: what _int_mm multiplies by
         self.register_buffer("weight_scales", scales.view(1, -1))
-        self.bias = None if linear.bias is None else linear.bias.detach().float()
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows, scales = int8_rows(x.reshape(-1, self.in_features).float(), dim=1)
@@ -53,11 +55,6 @@ def quantize_linear_layers(model: torch.nn.Module) -> int:
     """Replace every plain `nn.Linear` of `model` (PEFT's base layers and the LM head included; LoRA's own matrices
     and the FULL_PRECISION layers not) with an `Int8Linear`; returns how many. Call it after the adapters are
     attached."""
-    targets = [(name, module) for name, module in model.named_modules()
-               if type(module) is torch.nn.Linear and ".lora_" not in f".{name}"
-               and not any(part in name for part in FULL_PRECISION)]
-    for name, linear in targets:
-        parent_name, _, attribute = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attribute, Int8Linear(linear))
-    log.info("Quantized %d linear layers to int8 (per output channel and per token)", len(targets))
-    return len(targets)
+    count = replace_linear_layers(model, Int8Linear, keep=FULL_PRECISION)
+    log.info("Quantized %d linear layers to int8 (per output channel and per token)", count)
+    return count

@@ -16,6 +16,8 @@ import platform
 
 import torch
 
+from .base_layers import replace_linear_layers
+
 log = logging.getLogger(__name__)
 
 PREPACK_ROWS = 128  # oneDNN's layout hint; measured best from 1 to 512 rows
@@ -64,10 +66,6 @@ def x86_with_onednn() -> bool:
 def prepack_linear_layers(model: torch.nn.Module) -> int:
     """Replace every plain `nn.Linear` of `model` (PEFT's base layers and the LM head included, LoRA's own small
     matrices not) with a `PrepackedLinear`; returns how many. Call it after the adapters are attached."""
-    targets = [(name, module) for name, module in model.named_modules()
-               if type(module) is torch.nn.Linear and ".lora_" not in f".{name}"]
-    for name, linear in targets:
-        parent_name, _, attribute = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attribute, PrepackedLinear(linear))
-    log.info("Prepacked %d linear layers for oneDNN", len(targets))
-    return len(targets)
+    count = replace_linear_layers(model, PrepackedLinear)
+    log.info("Prepacked %d linear layers for oneDNN", count)
+    return count
