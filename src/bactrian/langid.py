@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import re
+import string
 import unicodedata
 from collections import Counter
 
@@ -72,17 +73,26 @@ MISTAKEN_FOR = {"gl": ("pt", "es"), "pt": ("gl", "es"), "es": ("gl", "pt"), "ne"
 CODES_LATIN = tuple(lang.code for lang in languages.LANGUAGES if lang.script == "Latn" and lang.code != "en")
 _WORD_SETS = {lang: frozenset(words.split()) for lang, words in WORDS.items()}
 _GROUP_OF = {lang: group for group in CLOSE_GROUPS for lang in group}
+UNSPACED_LETTER = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0e7f\u1780-\u17ff"
+                             "\u1000-\u109f]")
+MIN_LINE_WORDS = 5  # language confusion's rule (Marchisio et al.): shorter lines (a title, a number, a name) pass
+_ASCII_PUNCTUATION = str.maketrans("", "", string.punctuation)
 _PUNCTUATION = re.compile(r"[\s.,;:!?¿¡\"'()\[\]{}“”‘’«»„—–…।॥/]+")
 
 
+def script_of_language(code: str) -> str:
+    """The script langid reads a language in (Japanese's is Han, told from Chinese by its kana)."""
+    return _SCRIPT_OF_LANGUAGE[languages.get(code).code]
+
+
 @functools.lru_cache(maxsize=65536)
-def _script_of(char: str) -> str | None:
+def script_of(char: str) -> str | None:
     name = unicodedata.name(char, "")
     return next((script for script, prefixes in SCRIPT_NAMES.items() if name.startswith(prefixes)), None)
 
 
 def _letters_by_script(text: str) -> Counter:
-    return Counter(_script_of(char) for char in text if char.isalpha())
+    return Counter(script_of(char) for char in text if char.isalpha())
 
 
 @functools.lru_cache(maxsize=None)
@@ -119,7 +129,7 @@ def rank(text: str) -> list[tuple[str, float]]:
         return [("ja", 1.0)] if kana else [("zh", 1.0)]
     if len(candidates) == 1:
         return [(candidates[0], 1.0)]
-    own = text if script == "Latn" else "".join(c if _script_of(c) == script or not c.isalpha() else " "
+    own = text if script == "Latn" else "".join(c if script_of(c) == script or not c.isalpha() else " "
                                                 for c in text)
     return [(lang, float(probability)) for lang, probability in _model(script).rank(own)]
 
@@ -185,3 +195,28 @@ def written_in(text: str, code: str) -> bool:
     neighbours = MISTAKEN_FOR.get(code, ()) + (("en",) if latin else ()) + (CODES_LATIN if code == "en" else ())
     others = found.intersection(_GROUP_OF.get(code, ())) - {code}
     return top in neighbours and not others and dict(ranked).get(code, 0.0) >= CLOSE_RATIO * top_probability
+
+
+# -- lines, as language confusion judges them -------------------------------------------------------------------
+def normalised_line(line: str) -> str:
+    """A line as the language-confusion metric reads it: no ASCII punctuation, dashes as spaces."""
+    return line.translate(_ASCII_PUNCTUATION).replace("—", " ").replace("،", "")
+
+
+def word_count(line: str) -> int:
+    """Words with letters (numbers and list markers are none); in a script written without spaces (Han, kana,
+    Thai, Khmer, Burmese), every 2 letters count as a word (what a segmenter such as the paper's jieba finds,
+    roughly)."""
+    count = 0
+    for token in line.split():
+        unspaced = len(UNSPACED_LETTER.findall(token))
+        spaced = sum(char.isalpha() for char in token) - unspaced
+        count += (1 if spaced > 0 else 0) + unspaced // 2
+    return count
+
+
+def line_verdict(line: str, code: str) -> bool | None:
+    """Whether a line (or sentence) of an answer is written in `code`, by language confusion's line-level rule;
+    None when it cannot be judged (fewer than MIN_LINE_WORDS words: code, numbers, names, a title)."""
+    text = normalised_line(line)
+    return written_in(text, code) if word_count(text) >= MIN_LINE_WORDS else None

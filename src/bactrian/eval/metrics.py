@@ -12,36 +12,19 @@ from collections import Counter
 from typing import Any
 
 from .. import languages
-from ..langid import rank, written_in
+from ..langid import MIN_LINE_WORDS, normalised_line, rank, word_count, written_in
 from .statistics import sacrebleu_interval
 
 # -- language confusion -------------------------------------------------------------------------------------
-MIN_LINE_WORDS = 5  # the paper skips shorter lines (a title, a number, a name)
 RUN_WORDS = 5  # a run of this many words in English inside a Latin-script answer is word-level confusion
 RUN_CONFIDENCE = 0.9  # ... when the model is at least this sure it is English
-UNSPACED_LETTER = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0e7f\u1780-\u17ff"
-                             "\u1000-\u109f]")
 _LATIN_WORD = re.compile(r"\b[a-z]{4,}\b")  # lower case: names and brands are capitalised
 
 
 def _lines(answer: str) -> list[tuple[str, str]]:
     """(line, normalised line) pairs, as the paper's script normalises: stop at a follow-up question the model
     wrote itself, drop ASCII punctuation."""
-    table = str.maketrans("", "", string.punctuation)
-    return [(line, line.translate(table).replace("—", " ").replace("،", ""))
-            for line in answer.split("\nQ:")[0].strip().split("\n")]
-
-
-def _word_count(line: str) -> int:
-    """Words with letters (numbers and list markers are none); in a script written without spaces (Han, kana,
-    Thai, Khmer, Burmese), every 2 letters count as a word (what a segmenter such as the paper's jieba finds,
-    roughly)."""
-    count = 0
-    for token in line.split():
-        unspaced = len(UNSPACED_LETTER.findall(token))
-        spaced = sum(char.isalpha() for char in token) - unspaced
-        count += (1 if spaced > 0 else 0) + unspaced // 2
-    return count
+    return [(line, normalised_line(line)) for line in answer.split("\nQ:")[0].strip().split("\n")]
 
 
 def foreign_run(line: str, lang: str) -> str | None:
@@ -67,7 +50,7 @@ def language_confusion(answer: str, lang: str) -> dict[str, Any]:
     """One answer's verdict: `line_pass` (every line of 5+ words is in `lang`), `word_pass` (no foreign word run
     in those lines; only judged when the lines pass), and what failed. An answer without such lines is skipped
     (`judged` False), as in the paper."""
-    lines = [(line, text) for line, text in _lines(answer) if _word_count(text) >= MIN_LINE_WORDS]
+    lines = [(line, text) for line, text in _lines(answer) if word_count(text) >= MIN_LINE_WORDS]
     if not lines:
         return {"judged": False, "line_pass": None, "word_pass": None}
     wrong = next((line for line, text in lines if not written_in(text, lang)), None)

@@ -28,6 +28,11 @@ class EngineConfig(ModelOptions):
     kv_cache_gb: float = option(0.0, "Most memory the KV cache of decoding may take, in GB; a request joins the batch "
                                      "when its worst case (prompt + max tokens) still fits, else waits. 0: half of "
                                      "what is free once the model is loaded (GPU memory, or the host's).")
+    language_guard: bool = option(False, "Keep answers in the prompt's language while they are decoded: a line or "
+                                         "sentence that drifts into another language is taken back and decoded again "
+                                         "with the drift discouraged (docs/language-guard.md). Off by default.")
+    guard_retries: int = option(2, "Language guard: re-decodes of one drifting line or sentence before it is kept "
+                                   "and marked.")
     auto_fallback: str = option("multilingual", "Who answers `auto` requests in a language no adapter covers: "
                                                 "multilingual (the broadest multilingual adapter) or base.")
 

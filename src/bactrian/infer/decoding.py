@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelError
+from .guard import GuardedAnswer, ban
 from .protocols import DecodingModel
 from .requests import Delta, Request, SamplingParams, cut_at_stop, safe_prefix
 
@@ -35,6 +36,8 @@ class Row:
         self.emitted = ""
         self.finished: str | None = None
         self.settled, self.prefix, self.read = "", 0, 0  # incremental detokenization (see `text`)
+        self.guard = GuardedAnswer(request.guard) if request.guard else None
+        self.rewound = False  # the guard took back a piece: the row is prefilled again from what it kept
         self.generator = None
         if not request.params.greedy:
             self.generator = torch.Generator(device=device)
@@ -60,6 +63,12 @@ class Row:
     def draw(self) -> torch.Tensor:
         """A uniform number from the row's own generator: what its sampled token is chosen by (`sample`)."""
         return torch.rand((), generator=self.generator, device=self.generator.device)
+
+    def rewind(self, kept: int, kept_text: str) -> None:
+        """Take back every token after the first `kept` (whose text is `kept_text`), to decode them again."""
+        del self.tokens[kept:]
+        self.settled, self.prefix, self.read = kept_text, max(0, kept - DETOKENIZE_CONTEXT), kept
+        self.finished, self.rewound = None, True
 
     def context(self) -> list[int]:
         """The tokens a prefill reads: the prompt, and what the row generated before it was preempted."""
@@ -201,6 +210,7 @@ class DecodeBatch:
         self.mask, self.positions = mask, self.positions + 1
         chosen = yield from self._advance(self.rows, logits)
         self.next_ids = self._as_column(chosen)
+        self._requeue_rewound()
 
     def _prefill_chunk(self) -> Iterator[Delta]:
         prefill = self.prefill
@@ -212,10 +222,25 @@ class DecodeBatch:
         device = self.model.device
         self._merge(prefill.rows, prefill.cache, prefill.mask.to(device), prefill.positions[:, -1:].to(device) + 1,
                     self._as_column(chosen))
+        self._requeue_rewound()
+
+    def _requeue_rewound(self) -> None:
+        """Rows the guard rewound leave the batch and wait first in line to be prefilled again from what they kept
+        (the others' cache is only trimmed)."""
+        rewound = [row for row in self.rows if row.rewound]
+        if not rewound:
+            return
+        self._keep([i for i, row in enumerate(self.rows) if not row.rewound])
+        for row in rewound:
+            row.rewound = False
+        self.waiting[:0] = rewound
 
     def _advance(self, rows: list[Row], logits: torch.Tensor):
         """Choose each row's next token from its logits and emit what can be shown; returns the tokens."""
         last = logits[:, -1].float()
+        for i, row in enumerate(rows):
+            if row.guard is not None and not row.finished:
+                ban(last[i], self.model.tokenizer, *row.guard.bans(len(row.tokens)))
         chosen = last.argmax(-1)  # greedy rows' tokens, for all rows at once
         draws: dict[int, torch.Tensor] = {}
         for i, row in enumerate(rows):
@@ -244,15 +269,24 @@ class DecodeBatch:
             row.finished = "stop"
         else:
             row.tokens.append(token)
-        text, stopped = cut_at_stop(row.text(self.model.tokenizer), params.stop)
+        full = row.text(self.model.tokenizer)
+        text, stopped = cut_at_stop(full, params.stop)
         if stopped:
             row.finished = "stop"
         elif not row.finished and len(row.tokens) >= params.max_new_tokens:
             row.finished = "length"
+        if row.guard is not None:
+            if token not in self.eos:
+                row.guard.record(full)
+            if row.guard.review(text, row.tokens, finished=bool(row.finished)):
+                row.rewind(row.guard.kept, text[:row.guard.kept_chars])
+                return
+            text = text if row.finished else text[:row.guard.kept_chars]  # the piece being checked waits
         ready = text if row.finished else safe_prefix(text, params.stop)
         delta, row.emitted = ready[len(row.emitted):], ready
         if delta or row.finished:
-            yield Delta(row.index, delta, row.finished, len(row.tokens) + (1 if token in self.eos else 0))
+            yield Delta(row.index, delta, row.finished, len(row.tokens) + (1 if token in self.eos else 0),
+                        guard=row.guard.report() if row.guard is not None and row.finished else None)
 
     def _cancel_gone(self) -> Iterator[Delta]:
         groups = [self.rows, self.waiting] + ([self.prefill.rows] if self.prefill else [])

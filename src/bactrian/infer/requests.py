@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 GREEDY_BELOW = 1e-5  # temperatures below this decode greedily (vLLM's rule): dividing by them overflows
 
@@ -25,6 +26,19 @@ class SamplingParams:
         return self.temperature < GREEDY_BELOW
 
 
+GUARD_RETRIES = 2  # re-decodes of one drifting line or sentence before it is kept and marked
+
+
+@dataclass
+class LanguageGuard:
+    """Keep an answer in `lang` while it is decoded (`guard.py`): each line or sentence is checked as it
+    completes, and one that reads as another language is taken back and decoded again with the drift
+    discouraged, at most `max_retries` times, then kept and marked."""
+
+    lang: str
+    max_retries: int = GUARD_RETRIES
+
+
 @dataclass
 class Request:
     prompt_ids: list[int]
@@ -32,6 +46,7 @@ class Request:
     adapter: str = "base"
     cancelled: threading.Event = field(default_factory=threading.Event)
     prompt_text: str = ""  # the rendered prompt, for backends that take text (serve --upstream)
+    guard: LanguageGuard | None = None  # None: the answer is not checked
 
 
 @dataclass
@@ -44,6 +59,7 @@ class Delta:
     completion_tokens: int = 0
     error: str | None = None
     status: int = 500  # the HTTP status an error maps to
+    guard: dict[str, Any] | None = None  # on the last delta of a guarded request: what the guard did (`guard.py`)
 
 
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
