@@ -12,7 +12,7 @@ if os.environ.get("BACTRIAN_TEST_GPU") != "1":
 
 import pytest  # noqa: E402
 
-from support import SAMPLE, build_model, make_adapter, sample_rows, write_jsonl  # noqa: E402
+from support import SAMPLE, build_model, make_adapter, make_drifting_adapter, sample_rows, write_jsonl  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +53,13 @@ def engine(tiny_llama, tiny_adapters):
     from bactrian.infer.engine import Engine
 
     return Engine(str(tiny_llama), [f"fr={tiny_adapters['fr']}", str(tiny_adapters["de"])], dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def drifting_engine(tiny_llama, tmp_path_factory):
+    """The tiny llama with adapter `drift`, which answers support.DRIFT_PROMPT (French) in English unless the
+    language guard keeps it in French (fp32)."""
+    from bactrian.infer.engine import Engine
+
+    adapter = make_drifting_adapter(tiny_llama, tmp_path_factory.mktemp("drift") / "drift")
+    return Engine(str(tiny_llama), [f"drift={adapter}"], dtype="float32")

@@ -130,6 +130,44 @@ def make_adapter(base: Path, folder: Path, languages: list[str], seed: int, r: i
     return folder
 
 
+DRIFT_PROMPT = "Décris le temps qu'il fait aujourd'hui."
+DRIFT_ENGLISH = "The weather is warm and the sky is very blue today.\nIt is a good day for a walk."
+DRIFT_FRENCH = "Le temps est chaud et le ciel est très bleu aujourd'hui.\nC'est une bonne journée pour marcher."
+
+
+def make_drifting_adapter(base: Path, folder: Path) -> Path:
+    """An adapter (for French, by its card) that answers DRIFT_PROMPT in English, its French answer a close second:
+    trained on the prompt with DRIFT_ENGLISH three times and DRIFT_FRENCH twice, so that greedy decoding drifts into
+    English and banning the first English token ("T") turns the answer into French. Memorised in ~120 steps."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bactrian.manifest import write_manifest
+    from bactrian.prompts import load_template
+
+    tokenizer, template = AutoTokenizer.from_pretrained(base), load_template("bactrian")
+    prompt = tokenizer(template.render(DRIFT_PROMPT, "", tokenizer))["input_ids"]
+    answers = [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+               for text in [DRIFT_ENGLISH] * 3 + [DRIFT_FRENCH] * 2]
+    width = len(prompt) + max(map(len, answers))
+    ids = torch.tensor([prompt + answer + [0] * (width - len(prompt) - len(answer)) for answer in answers])
+    labels = torch.tensor([[-100] * len(prompt) + answer + [-100] * (width - len(prompt) - len(answer))
+                           for answer in answers])
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(120):
+        model(input_ids=ids, attention_mask=((labels != -100) | (torch.arange(width) < len(prompt))).long(),
+              labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(folder)
+    write_manifest(folder, "adapter", {"base_model": str(base)}, template=template.to_dict(), languages=["fr"])
+    return folder
+
+
 def parameter_bytes(model) -> int:
     """What a model's tensors hold, each counted once (tied and shared ones too)."""
     tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}

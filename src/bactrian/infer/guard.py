@@ -153,8 +153,8 @@ def ban(logits: torch.Tensor, tokenizer: Any, tokens: set[int], script: str | No
 @functools.lru_cache(maxsize=4)
 def token_scripts(tokenizer: Any) -> tuple[torch.Tensor, list[str]]:
     """The script most letters of each token are in, as an index into the list of scripts (-1: no letters), once
-    per tokenizer. Kana counts as Han, as in `langid`."""
-    texts = tokenizer.batch_decode([[index] for index in range(len(tokenizer))])
+    per tokenizer. Kana counts as Han, as in `langid`; special tokens (EOS) have none."""
+    texts = tokenizer.batch_decode([[index] for index in range(len(tokenizer))], skip_special_tokens=True)
     names: list[str] = []
     scripts = torch.full((len(texts),), -1, dtype=torch.int16)
     for index, text in enumerate(texts):
