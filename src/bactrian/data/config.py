@@ -75,7 +75,11 @@ class PrefsConfig(EngineConfig, JudgeOptions):
     lower-scored in both becomes the rejected one."""
 
     data_path: list[str] = option([], "Instruction data with the teacher's answers (any format finetune reads). "
-                                      "Repeatable.", repeat=True)
+                                      "Repeatable; optional with --guard_pairs.", repeat=True)
+    guard_pairs: list[str] = option([], "A pairs file of `serve --guard_pairs_file` (the language guard's corrected "
+                                        "answer chosen, its drifting attempt rejected): its pairs in --lang join the "
+                                        "output as kind language_guard, each once. Without --data_path no model is "
+                                        "loaded. Repeatable.", repeat=True)
     lang: list[str] = option([], "Languages to build pairs for (default: every language in the data).")
     output_dir: str = option("./prefs", "Where <lang>.parquet and report.md go (a dataset finetune reads as it is); "
                                         "the answers, judge cache and report.json go to its work/ folder.")

@@ -3,7 +3,9 @@
 when it shows what preference tuning should train away: an answer in another language, one that echoes the
 prompt, or one cut off at its token budget; or, with a judge endpoint, when the judge scores it below the
 teacher's in both orders. The model answers through the engine in batches and its answers are kept, so a rerun
-resumes. The output folder is a dataset `finetune --data_path` and `datasets.load_dataset` read as it is:
+resumes. The pairs the language guard made while serving (`serve --guard_pairs_file`: the corrected answer
+chosen, its drifting first attempt rejected) join them with `--guard_pairs`, with or without data. The output
+folder is a dataset `finetune --data_path` and `datasets.load_dataset` read as it is:
 `<lang>.parquet` (id, lang, instruction, input, chosen, rejected, kind) and `report.md`; the answers, the judge's
 request cache and `report.json` are under `work/`."""
 
@@ -28,22 +30,45 @@ from ..infer.answers import answer_prompts, read_answers
 from ..infer.engine import build_engine
 from ..infer.requests import SamplingParams
 from ..infer.routing import BASE
-from ..records import Instruction, load_records, write_parquet
+from ..records import Instruction, Record, load_records, read_preferences, write_parquet
 from .config import PrefsConfig
 
 log = logging.getLogger(__name__)
 
-KINDS = ("language_confusion", "echo", "cut_off", "empty", "judge")
+KINDS = ("language_confusion", "echo", "cut_off", "empty", "judge", "language_guard")
 PAIR_COLUMNS = ("id", "lang", "instruction", "input", "chosen", "rejected", "kind")
 ECHO_CHARS = 40  # an answer that repeats this much of the prompt's start (or is part of the prompt) echoes it
 
 
 @holds_output("output_dir", "data prefs")
 def prefs(config: PrefsConfig) -> dict[str, Any]:
-    if not config.data_path:
-        raise ConfigError("--data_path is required (the instruction data with the teacher's answers).")
+    if not config.data_path and not config.guard_pairs:
+        raise ConfigError("--data_path is required (the instruction data with the teacher's answers), unless "
+                          "--guard_pairs gives the pairs.")
     out = Path(config.output_dir)
     work = out / "work"
+    rows, pairs, verdicts = _model_pairs(config, work) if config.data_path else ([], [], {})
+    guarded = guard_pairs(config.guard_pairs, languages.parse_langs(config.lang), pairs)
+    pairs += guarded["pairs"]
+    counts = write_parquet(pairs, out, PAIR_COLUMNS) if pairs else {}
+    report = _report(rows, pairs, verdicts, guarded if config.guard_pairs else None)
+    atomic_write_json(work / "report.json", report)
+    atomic_write_bytes(out / "report.md", markdown(report).encode("utf-8"))
+    if not counts:
+        log.warning("No pairs: %s.", _why_no_pairs(config))
+    return report
+
+
+def _why_no_pairs(config: PrefsConfig) -> str:
+    if not config.data_path:
+        return "the guard pair files hold none in these languages"
+    return "every answer of the model passed the rules" + (
+        "" if config.judge_base_url else " (a judge, --judge_base_url, compares the rest)")
+
+
+def _model_pairs(config: PrefsConfig, work: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                                           dict[str, str]]:
+    """The rows of the data, the pairs the model's answers to them make, and the judge's verdicts (if any)."""
     rows = _rows(config)
     answers = _model_answers(config, rows, work)
     kinds = {row["key"]: rejection(row, answers[row["key"]]) for row in rows}
@@ -58,14 +83,7 @@ def prefs(config: PrefsConfig) -> dict[str, Any]:
             if verdicts[row["key"]] != "tie":
                 pairs.append(_pair(row, *((teacher, model) if verdicts[row["key"]] == "teacher" else (model, teacher)),
                                    "judge"))
-    counts = write_parquet(pairs, out, PAIR_COLUMNS) if pairs else {}
-    report = _report(rows, pairs, verdicts)
-    atomic_write_json(work / "report.json", report)
-    atomic_write_bytes(out / "report.md", markdown(report).encode("utf-8"))
-    if not counts:
-        log.warning("No pairs: every answer of the model passed the rules%s.",
-                    "" if config.judge_base_url else " (a judge, --judge_base_url, compares the rest)")
-    return report
+    return rows, pairs, verdicts
 
 
 def _rows(config: PrefsConfig) -> list[dict[str, Any]]:
@@ -126,6 +144,36 @@ def rejection(row: dict[str, Any], answer: dict[str, Any]) -> str | None:
     return None
 
 
+def guard_pairs(paths: list[str], langs: list[str], taken: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pairs of the guard's pair files (checked rows of `read_preferences`) in `langs` (all when empty), each
+    (lang, instruction, input, chosen, rejected) once, as `language_guard` pairs. Their ids stay unique within a
+    language, beside the pairs already `taken`: an id met again becomes `<id>-2` (`-3`, ... if that is taken too).
+    Also how many rows were read, left out as duplicates, and renamed."""
+    records = [record for path in paths for record in read_preferences(path)]
+    wanted = [record for record in records if not langs or record.lang in langs]
+    first: dict[tuple[str, ...], Record] = {}
+    for record in wanted:
+        first.setdefault((record.lang, record.instruction, record.input, record.output, record.rejected), record)
+    pairs = [_pair(record.to_dict(), record.output, record.rejected, "language_guard") for record in first.values()]
+    return {"pairs": pairs, "read": len(records), "other_languages": len(records) - len(wanted),
+            "duplicates": len(wanted) - len(pairs), "renamed_ids": _make_ids_unique(pairs, taken)}
+
+
+def _make_ids_unique(pairs: list[dict[str, Any]], taken: list[dict[str, Any]]) -> int:
+    """Give each of `pairs` an id no pair of its language has (among `taken` and the pairs before it), by a
+    suffix -2, -3, ...; how many were renamed."""
+    used = {(pair["lang"], pair["id"]) for pair in taken}
+    renamed = 0
+    for pair in pairs:
+        base, number = pair["id"], 1
+        while (pair["lang"], pair["id"]) in used:
+            number += 1
+            pair["id"] = f"{base}-{number}"
+        renamed += number > 1
+        used.add((pair["lang"], pair["id"]))
+    return renamed
+
+
 def _pair(row: dict[str, Any], chosen: str, rejected: str, kind: str) -> dict[str, Any]:
     return {"id": row["id"], "lang": row["lang"], "instruction": row["instruction"], "input": row["input"],
             "chosen": chosen, "rejected": rejected, "kind": kind}
@@ -158,24 +206,33 @@ async def _verdicts(config: PrefsConfig, rows: list[dict[str, Any]], answers: di
     return {row["key"]: result for row, result in zip(rows, results)}
 
 
-def _report(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], verdicts: dict[str, str]) -> dict[str, Any]:
+def _report(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], verdicts: dict[str, str],
+            guarded: dict[str, Any] | None) -> dict[str, Any]:
+    """Pairs of each kind per language; `guard_pairs` (None without --guard_pairs): what the guard's files held."""
     answered = Counter(row["lang"] for row in rows)
-    kinds = {lang: Counter() for lang in sorted(answered)}
+    kinds = {lang: Counter() for lang in sorted(set(answered) | {pair["lang"] for pair in pairs})}
     for pair in pairs:
         kinds[pair["lang"]][pair["kind"]] += 1
     per_lang = {lang: {"answered": answered[lang], "pairs": sum(counts.values()),
                        **{kind: counts[kind] for kind in KINDS}} for lang, counts in kinds.items()}
     return {"languages": per_lang, "pairs": len(pairs), "answered": len(rows),
-            "judge": dict(Counter(verdicts.values())) if verdicts else None}
+            "judge": dict(Counter(verdicts.values())) if verdicts else None,
+            "guard_pairs": {key: value for key, value in guarded.items() if key != "pairs"} if guarded else None}
 
 
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# Preference pairs", "", "Rejected answers are the model's own: in another language, echoing the "
-             "prompt, cut off, empty, or scored below the teacher's by the judge (both orders).", "",
+             "prompt, cut off, empty, or scored below the teacher's by the judge (both orders); language_guard: "
+             "an answer as it drifted while served, the language guard's correction chosen.", "",
              "| language | answered | pairs | " + " | ".join(KINDS) + " |", "| --- |" + " ---: |" * (2 + len(KINDS))]
     for lang, counts in report["languages"].items():
         lines.append(f"| {lang} | {counts['answered']} | {counts['pairs']} | "
                      + " | ".join(str(counts[kind]) for kind in KINDS) + " |")
     lines.append(f"| **all** | {report['answered']} | {report['pairs']} | "
                  + " | ".join(str(sum(c[kind] for c in report["languages"].values())) for kind in KINDS) + " |")
+    if report["guard_pairs"]:
+        guarded = report["guard_pairs"]
+        lines += ["", f"Guard pairs: {guarded['read']} read, {guarded['other_languages']} in other languages, "
+                      f"{guarded['duplicates']} duplicates left out, {guarded['renamed_ids']} given a new id "
+                      "(`<id>-2`, ...) because another pair of their language had theirs."]
     return "\n".join(lines) + "\n"

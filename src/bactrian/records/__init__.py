@@ -3,7 +3,15 @@ folders, hub dataset ids and the self-instruct seed format. Every record carries
 is an error naming the file, the line (or row) and the field. The names below are the package's API; each file
 holds one concern (types, sources, segments, formats, preferences, fields, validate, datasets)."""
 
-from .datasets import read_instructions, read_rows, write_by_language, write_jsonl, write_jsonl_rows, write_parquet
+from .datasets import (
+    read_instructions,
+    read_preferences,
+    read_rows,
+    write_by_language,
+    write_jsonl,
+    write_jsonl_rows,
+    write_parquet,
+)
 from .formats import hub_split, parsing, read_jsonl
 from .segments import Segment, jsonl_segments
 from .sources import Source, load_records, sources
@@ -12,6 +20,6 @@ from .validate import check_unique_ids
 
 __all__ = [
     "Instruction", "Record", "Segment", "Source", "check_unique_ids", "hub_split", "jsonl_segments", "load_records",
-    "parsing", "read_instructions", "read_jsonl", "read_rows", "sources", "write_by_language", "write_jsonl",
-    "write_jsonl_rows", "write_parquet",
+    "parsing", "read_instructions", "read_jsonl", "read_preferences", "read_rows", "sources", "write_by_language",
+    "write_jsonl", "write_jsonl_rows", "write_parquet",
 ]

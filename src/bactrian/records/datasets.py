@@ -15,6 +15,7 @@ from .. import languages
 from ..errors import DataError
 from ..fileio import atomic_write_bytes, atomic_write_with
 from .formats import DATA_SUFFIXES, language_of_file, raw_rows
+from .preferences import is_preference
 from .types import Instruction, Record
 from .validate import check_row, check_unique_ids, to_record
 
@@ -67,6 +68,22 @@ def read_instructions(path: Path) -> list[Instruction]:
         raise DataError(f"{path}: no such file.")
     return [Instruction(row["id"], row["lang"], row["instruction"], row["input"])
             for row in read_rows(str(path), lang_required=False)]
+
+
+def read_preferences(path: str) -> list[Record]:
+    """The preference rows of one JSON/JSONL/Parquet file (e.g. the pairs `serve --guard_pairs_file` appends),
+    each checked by `check_row`; a row without `chosen` and `rejected` is an error naming the file, the line and
+    the field, where a plain instruction reader would take it for an SFT row."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{path}: no such file.")
+    records = []
+    for index, where, row in raw_rows(file):
+        if isinstance(row, dict) and not is_preference(row):
+            raise DataError(f"{file}: {where}: field 'chosen' is missing (a preference pair has chosen and "
+                            "rejected).")
+        records.append(to_record(row, file, where, language_of_file(file), f"{file.stem}-{index}"))
+    return records
 
 
 def write_jsonl(path: Path, records: Iterable[Record]) -> None:
