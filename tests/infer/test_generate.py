@@ -101,3 +101,20 @@ def test_a_rerun_with_other_settings_is_refused_not_mixed(tiny_llama, tiny_adapt
     with pytest.raises(ConfigError, match="answers were generated with other settings"):
         generate(config(tiny_llama, tiny_adapters, questions, output, temperature=0.7))
     assert output.read_bytes() == written
+
+
+def test_the_language_guard_keeps_rows_in_their_language_and_reports(drifting_engine, tmp_path):
+    from support import DRIFT_FRENCH, DRIFT_PROMPT
+
+    rows = write_jsonl(tmp_path / "in.jsonl", [{"id": "q", "lang": "fr", "instruction": DRIFT_PROMPT},
+                                               {"id": "told", "instruction": DRIFT_PROMPT}])
+    output = tmp_path / "out.jsonl"
+    settings = dict(base_model="unused", input_file=str(rows), output_file=str(output), adapter=["drift"],
+                    max_new_tokens=80)
+    assert generate(GenerateConfig(**settings, language_guard=True), drifting_engine) == 2
+    answers = {row["id"]: row for row in map(json.loads, output.read_text().splitlines())}
+    for row in answers.values():  # with a lang, and told from the prompt (French) as `auto` tells it
+        assert row["output"] == DRIFT_FRENCH and row["guard"]["lang"] == "fr" and row["guard"]["retries"] == 1
+        assert row["generation"]["language_guard_retries"] == 2
+    with pytest.raises(ConfigError, match="other settings"):  # guarded answers are not mixed with unguarded ones
+        generate(GenerateConfig(**settings), drifting_engine)

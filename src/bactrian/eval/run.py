@@ -101,13 +101,26 @@ def _generated(engine: Engine, config: EvalConfig, models: list[str], task: Gene
         for prompt in prompts:
             answer = answers[(prompt.id, name)]
             rows.append({"id": prompt.id, "lang": prompt.lang, "group": prompt.group, "answer": answer["output"],
-                         "finish_reason": answer["finish_reason"], **task.score(prompt, answer["output"])})
+                         "finish_reason": answer["finish_reason"], **task.score(prompt, answer["output"]),
+                         **({"guard": answer["guard"]} if "guard" in answer else {})})
         examples[name] = rows
         groups = dict.fromkeys(prompt.group for prompt in prompts)
-        summaries[name] = {group: task.summarise([row for row in rows if row["group"] == group]) for group in groups}
+        summaries[name] = {group: _summary(task, [row for row in rows if row["group"] == group]) for group in groups}
         main = task.metrics[0].key
         log.info("%s / %s %s: %s", task.name, name, main, {group: s[main] for group, s in summaries[name].items()})
     return summaries, examples
+
+
+def _summary(task: GenerativeTask, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The task's summary of a group's rows, and what the language guard did there when it was on."""
+    summary = task.summarise(rows)
+    guarded = [row["guard"] for row in rows if "guard" in row]
+    if guarded:
+        summary["guard"] = {"answers": len(guarded),
+                            "answers_retried": sum(bool(report.get("retries")) for report in guarded),
+                            "retries_per_answer": sum(report.get("retries", 0) for report in guarded) / len(guarded),
+                            "pieces_unfixed": sum(report.get("unfixed", 0) for report in guarded)}
+    return summary
 
 
 def answer_prompts(engine: Engine, config: EvalConfig, task: GenerativeTask, prompts: list[Prompt],
@@ -121,5 +134,6 @@ def answer_prompts(engine: Engine, config: EvalConfig, task: GenerativeTask, pro
     for stops, group in by_stops.items():
         params = SamplingParams(max_new_tokens=config.max_new_tokens or task.max_new_tokens, stop=list(stops))
         instructions = [Instruction(p.id, p.lang, p.instruction, p.input) for p in group]
-        answering.answer_prompts(engine, instructions, models, params, answers_file, config.decode_batch_size)
+        answering.answer_prompts(engine, instructions, models, params, answers_file, config.decode_batch_size,
+                                 language_guard=config.language_guard, guard_retries=config.guard_retries)
     return answering.read_answers(answers_file)

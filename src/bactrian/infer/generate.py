@@ -43,4 +43,5 @@ def generate(config: GenerateConfig, engine: Engine | None = None) -> int:
     bar = tqdm(desc="generate", unit="row", disable=not sys.stderr.isatty())
     with bar:
         return answer_prompts(engine, rows, models, sampling_of(config), Path(config.output_file),
-                              config.decode_batch_size, on_answer=lambda: bar.update(1))
+                              config.decode_batch_size, on_answer=lambda: bar.update(1),
+                              language_guard=config.language_guard, guard_retries=config.guard_retries)
