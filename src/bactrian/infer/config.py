@@ -76,6 +76,9 @@ class ServeConfig(EngineConfig):
                                "this server keeps auto routing, templates, the API key and the bounds.")
     upstream_api_key: str = option("", "API key of the upstream server (also $BACTRIAN_UPSTREAM_API_KEY).")
     upstream_base_name: str = option("base", "The upstream's name for the base model (requests for `base`).")
+    guard_pairs_file: str = option("", "Append every answer the language guard corrected to this JSONL file as a "
+                                       "preference pair (the corrected answer chosen, its drift rejected), ready for "
+                                       "`finetune --method dpo|orpo`. Safe to share between servers.")
 
 
 @dataclass
