@@ -38,11 +38,11 @@ def test_answer_through_gradio_client(url, engine):
     from gradio_client import Client
 
     client = Client(url, verbose=False)
-    text, note = client.predict("Nenne eine Farbe.", "", 0, 0.75, 40, 1, 12, False, "de", api_name="/answer")
+    text, note = client.predict("Nenne eine Farbe.", "", 0, 0.75, 40, 1, 12, False, "de", False, api_name="/answer")
     assert text == expected(engine, "de", "Nenne eine Farbe.")
     assert note == "Answered by: de"
     text, note = client.predict("Bonjour, pouvez-vous me dire quelle heure il est maintenant ?", "", 0, 0.75, 40,
-                                2, 8, True, "auto", api_name="/answer")
+                                2, 8, True, "auto", False, api_name="/answer")
     assert note.startswith("Answered by: fr (detected language: fr (")
     assert note.endswith(", detected); the only adapter covering fr)")
     assert text == expected(engine, "fr", "Bonjour, pouvez-vous me dire quelle heure il est maintenant ?", 2, 8)
@@ -52,10 +52,10 @@ def test_multi_turn_chat_through_gradio_client(url):
     from gradio_client import Client
 
     client = Client(url, verbose=False)
-    history, cleared, note = client.predict("Hello", [], "base", 0, 6, api_name="/chat")
+    history, cleared, note = client.predict("Hello", [], "base", 0, 6, False, api_name="/chat")
     assert cleared == "" and note == "Answered by: base"
     assert [m["role"] for m in history] == ["user", "assistant"]
-    history, _, _ = client.predict("And then?", history, "base", 0, 6, api_name="/chat")
+    history, _, _ = client.predict("And then?", history, "base", 0, 6, False, api_name="/chat")
     assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
 
 
@@ -65,10 +65,30 @@ def test_several_people_chatting_are_decoded_together(url, engine, batcher):
 
     client = Client(url, verbose=False)
     questions = [f"Question {i}: name a colour." for i in range(6)]
-    jobs = [client.submit(question, "", 0, 0.75, 40, 1, 60, False, "fr", api_name="/answer") for question in questions]
+    jobs = [client.submit(question, "", 0, 0.75, 40, 1, 60, False, "fr", False, api_name="/answer") for question in questions]
     answers = [job.result(timeout=120)[0] for job in jobs]
     assert answers == [expected(engine, "fr", question, max_tokens=60) for question in questions]
     assert batcher.most_rows >= 2
+
+
+def test_the_language_guard_on_the_page(drifting_engine):
+    """The page's guard keeps the drifting adapter's answer in French and says what it did, in both tabs."""
+    from gradio_client import Client
+
+    from support import DRIFT_FRENCH, DRIFT_PROMPT
+
+    app = build_app(drifting_engine, language_guard=True)
+    port = free_port()
+    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        text, note = client.predict(DRIFT_PROMPT, "", 0, 0.75, 40, 1, 80, True, "drift", True, api_name="/answer")
+        assert text == DRIFT_FRENCH
+        assert note.endswith("Language guard (fr): 3 pieces checked, 1 decoded again, 0 still in another language.")
+        text, _ = client.predict(DRIFT_PROMPT, "", 0, 0.75, 40, 1, 80, True, "drift", False, api_name="/answer")
+        assert text != DRIFT_FRENCH  # unchecked, it drifts
+    finally:
+        app.close()
 
 
 @pytest.mark.skipif(not shutil.which("chromium") or not shutil.which("chromedriver"),
