@@ -6,7 +6,8 @@ import torch
 
 from support import DRIFT_ENGLISH, DRIFT_FRENCH, DRIFT_PROMPT, PROMPTS, greedy
 
-from bactrian.infer.guard import GuardedAnswer, ban, rejected_answer, token_scripts
+from bactrian.infer.guard import GuardedAnswer, ban, token_scripts
+from bactrian.infer.guard_pairs import rejected_answer
 from bactrian.infer.requests import LanguageGuard, Request, SamplingParams
 
 pytestmark = pytest.mark.dtype_sensitive  # token-for-token comparisons: fp32's

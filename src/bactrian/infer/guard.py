@@ -128,18 +128,6 @@ def _boundaries(text: str) -> list[int]:
     return sorted(ends)
 
 
-def rejected_answer(answer: str, report: dict[str, Any]) -> str | None:
-    """The answer as it would have read without the guard's fixes: each fixed piece replaced by its first drifting
-    attempt (None when the guard fixed nothing). With the answer as chosen, a preference pair."""
-    fixed = [c for c in report.get("corrections", []) if c["fixed"] and c["drifted"] is not None]
-    if not fixed:
-        return None
-    for correction in sorted(fixed, key=lambda c: c["start"], reverse=True):
-        start = correction["start"]
-        answer = answer[:start] + correction["drifted"] + answer[start + len(correction["text"]):]
-    return answer
-
-
 def ban(logits: torch.Tensor, tokenizer: Any, tokens: set[int], script: str | None) -> None:
     """Ban `tokens` and every token written in `script` from one row's logits, in place."""
     if tokens:

@@ -1,7 +1,7 @@
 """`serve --guard_pairs_file`: every answer the language guard corrected, kept as a preference pair.
 
 The corrected answer is `chosen`; the answer as it would have read without the guard's fixes (each fixed piece
-replaced by its first drifting attempt, `guard.rejected_answer`) is `rejected`. One JSON line per answer, in the
+replaced by its first drifting attempt, `rejected_answer`) is `rejected`. One JSON line per answer, in the
 records `finetune --method dpo|orpo` reads (`bactrian.records`): `id`, `lang`, `instruction`, `input` (""),
 `chosen`, `rejected`, and for whoever reads the file, `kind` ("language_guard"), `adapter` and `created`.
 
@@ -34,14 +34,24 @@ KIND = "language_guard"
 def pair_record(instruction: str, answer: str, report: dict[str, Any], adapter: str) -> dict[str, Any] | None:
     """The preference row of a guarded answer, or None when the guard fixed none of its pieces (or there is no
     instruction: a chat of system messages alone, a row finetune would refuse)."""
-    from .guard import rejected_answer  # torch: only an engine guards answers, and `serve --upstream` loads none
-
     rejected = rejected_answer(answer, report)
     if rejected is None or not instruction.strip():
         return None
     return {"id": str(uuid.uuid4()), "lang": report["lang"], "instruction": instruction, "input": "",
             "chosen": answer, "rejected": rejected, "kind": KIND, "adapter": adapter,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def rejected_answer(answer: str, report: dict[str, Any]) -> str | None:
+    """The answer as it would have read without the guard's fixes: each fixed piece replaced by its first drifting
+    attempt (None when the guard fixed nothing). With the answer as chosen, a preference pair."""
+    fixed = [c for c in report.get("corrections", []) if c["fixed"] and c["drifted"] is not None]
+    if not fixed:
+        return None
+    for correction in sorted(fixed, key=lambda c: c["start"], reverse=True):
+        start = correction["start"]
+        answer = answer[:start] + correction["drifted"] + answer[start + len(correction["text"]):]
+    return answer
 
 
 class PairLog:
