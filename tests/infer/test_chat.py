@@ -65,7 +65,8 @@ def test_several_people_chatting_are_decoded_together(url, engine, batcher):
 
     client = Client(url, verbose=False)
     questions = [f"Question {i}: name a colour." for i in range(6)]
-    jobs = [client.submit(question, "", 0, 0.75, 40, 1, 60, False, "fr", False, api_name="/answer") for question in questions]
+    jobs = [client.submit(question, "", 0, 0.75, 40, 1, 60, False, "fr", False, api_name="/answer")
+            for question in questions]
     answers = [job.result(timeout=120)[0] for job in jobs]
     assert answers == [expected(engine, "fr", question, max_tokens=60) for question in questions]
     assert batcher.most_rows >= 2

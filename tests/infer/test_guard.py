@@ -4,11 +4,11 @@ when asked in French (support.make_drifting_adapter)."""
 import pytest
 import torch
 
-from support import DRIFT_ENGLISH, DRIFT_FRENCH, DRIFT_PROMPT, PROMPTS, greedy
-
 from bactrian.infer.guard import GuardedAnswer, ban, token_scripts
 from bactrian.infer.guard_pairs import rejected_answer
 from bactrian.infer.requests import LanguageGuard, Request, SamplingParams
+
+from support import DRIFT_ENGLISH, DRIFT_FRENCH, DRIFT_PROMPT, PROMPTS, greedy
 
 pytestmark = pytest.mark.dtype_sensitive  # token-for-token comparisons: fp32's
 

@@ -22,8 +22,15 @@ from typing import Any
 
 import torch
 
-from ..langid import (MIN_LINE_WORDS, detect_language, line_verdict, normalised_line, script_of, script_of_language,
-                      word_count)
+from ..langid import (
+    MIN_LINE_WORDS,
+    detect_language,
+    line_verdict,
+    normalised_line,
+    script_of,
+    script_of_language,
+    word_count,
+)
 from .requests import LanguageGuard
 
 MAX_RETRIES_PER_ANSWER = 8  # however many pieces drift, an answer is decoded again at most this many times
