@@ -21,10 +21,11 @@ class EngineConfig(ModelOptions):
                                            "rows 1.85x faster on 2 cores; a second copy of the linear weights in "
                                            "memory).", old_names=("packed_weights",))
     quantization: str = option("auto", "Weights for decoding: auto (the model's dtypes, exact; a quantized model is "
-                                       "never chosen for you) or int8 (on a CPU: the linear layers and the head in "
+                                       "never chosen for you), int8 (on a CPU: the linear layers and the head in "
                                        "int8 per output channel and per token, the down projection and LoRA in full "
-                                       "precision; docs/inference.md says what it gains and costs).",
-                                choices=("auto", "int8"))
+                                       "precision) or fp16 (on an x86 CPU: weights in fp16, products in fp32 by "
+                                       "fbgemm); docs/inference.md says what each gains and costs.",
+                                choices=("auto", "int8", "fp16"))
     kv_cache_gb: float = option(0.0, "Most memory the KV cache of decoding may take, in GB; a request joins the batch "
                                      "when its worst case (prompt + max tokens) still fits, else waits. 0: half of "
                                      "what is free once the model is loaded (GPU memory, or the host's).")

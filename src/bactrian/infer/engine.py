@@ -26,7 +26,7 @@ from ..models import LoadedModel, inference_dtype, load_model, pick_device
 from ..prompts import load_template
 from .catalog import Catalog, adapter_specs, context_length
 from .config import EngineConfig
-from .lowbit import int8_applies, quantize_linear_layers
+from .lowbit import lowbit_applies, quantize_linear_layers
 from .prepack import prepack_linear_layers, prepacking_applies
 from .requests import Delta, Request, cut_at_stop
 from .routing import BASE
@@ -57,8 +57,8 @@ class Engine:
             self._attach(name, path)
         self.mode = {"dtype": str(self.model.dtype).removeprefix("torch."), "quantization": "none",
                      "prepacked_weights": False}
-        if quantization == "int8":
-            self._quantize()
+        if quantization != "auto":
+            self._quantize(quantization)
         if prepacked_weights and prepacking_applies(self.model):  # the layers left in fp32
             prepack_linear_layers(self.model)
             self.mode["prepacked_weights"] = True
@@ -75,12 +75,12 @@ class Engine:
         log.info("Loaded adapter %s from %s (template %s, languages %s)", name, path,
                  self.catalog.template_for(name).name, ",".join(self.catalog.adapters[name].languages) or "unknown")
 
-    def _quantize(self) -> None:
-        if not int8_applies(self.model):
-            raise ModelError("--quantization int8 runs on a CPU; on a GPU load the base in 8 bits with --load_8bit "
-                             "(bitsandbytes) instead.")
-        quantize_linear_layers(self.model)
-        self.mode["quantization"] = "int8"
+    def _quantize(self, mode: str) -> None:
+        if not lowbit_applies(self.model, mode):
+            raise ModelError(f"--quantization {mode} runs on an x86 CPU (fbgemm for fp16); on a GPU load the base in "
+                             "8 bits with --load_8bit (bitsandbytes) instead.")
+        quantize_linear_layers(self.model, mode)
+        self.mode["quantization"] = mode
 
     @property
     def eos_token_ids(self) -> set[int]:
