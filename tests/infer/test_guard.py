@@ -110,3 +110,17 @@ def test_a_drift_into_another_script_bans_that_script(drifting_engine):
     assert logits[7] == float("-inf") and logits[latin] == float("-inf")
     assert logits[tokenizer.eos_token_id] == 0  # tokens without letters stay
     assert names[scripts[latin]] == "Latn"
+
+
+def test_lines_of_a_fenced_code_block_pass_unjudged():
+    guard = GuardedAnswer(LanguageGuard("fr"))
+    text = ""
+    pieces = ["Voici le code :\n", "```\n", "for item in the list print the item please\n", "```\n"]
+    for token, piece in enumerate(pieces):
+        text += piece
+        guard.record(text)
+        assert not guard.review(text, list(range(token + 1)), finished=False)
+    assert guard.kept_chars == len(text) and guard.checked == 0
+    text += "This line is English prose again, outside the code."
+    guard.record(text)
+    assert guard.review(text, list(range(len(pieces) + 1)), finished=True)

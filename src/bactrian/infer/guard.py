@@ -2,8 +2,8 @@
 
 An answer is judged piece by piece as it grows: a piece ends at a line break, or at the end of a sentence once it
 holds MIN_LINE_WORDS words (a short sentence waits for the next). Each piece is checked by language confusion's
-line rule (`langid.line_verdict`), so pieces the language ID cannot judge (code, numbers, names, short lines)
-pass. Pieces are cut at token boundaries: the tokens before a piece are kept for good (and may be shown); a piece
+line rule (`langid.line_verdict`), so pieces the language ID cannot judge (numbers, names, short lines) pass,
+and so do the lines of a fenced code block. Pieces are cut at token boundaries: the tokens before a piece are kept for good (and may be shown); a piece
 that drifts into another language is taken back (its tokens dropped, `rewind`) and decoded again with the drift
 discouraged: the token that began each drifting attempt is banned at the piece's first position, and when the
 drift was into another script, every token written in that script is banned until the piece ends. After
@@ -35,6 +35,7 @@ from .requests import LanguageGuard
 
 MAX_RETRIES_PER_ANSWER = 8  # however many pieces drift, an answer is decoded again at most this many times
 SENTENCE_END = re.compile(r"[.!?।॥؟](?=\s)|[。！？]")
+CODE_FENCE = "```"  # pieces inside a fenced code block pass unjudged: code is not prose in a language
 NO_TOKEN = -1  # in `GuardedAnswer.ends`: a token that ends inside a character, where no piece may be cut
 
 
@@ -69,7 +70,8 @@ class GuardedAnswer:
         to `kept` tokens and the piece decoded again."""
         while (piece := self._next_piece(text, len(tokens), finished)) is not None:
             count, end = piece
-            verdict = line_verdict(text[self.kept_chars:end], self.lang)
+            in_code = text.count(CODE_FENCE, 0, self.kept_chars) % 2 == 1
+            verdict = None if in_code else line_verdict(text[self.kept_chars:end], self.lang)
             self.checked += verdict is not None
             if (verdict is False and count > self.kept and self.attempts < self.max_retries
                     and self.retries < MAX_RETRIES_PER_ANSWER):
