@@ -1,9 +1,9 @@
-"""One person chatting (issue #29): `bactrian serve` in its exact dtypes and with `--quantization int8`, against
+"""One person chatting (issue #29): `bactrian serve` in its exact dtypes and with `--quantization int8|fp16`, against
 llama.cpp's server on the same Gemma 3 270M (its Q4_K_M GGUF), at 1 and 16 clients (the openai client on
 /v1/completions, greedy, 64 tokens, the Vicuna questions of 12 languages), each configuration in its own process,
 the rounds interleaved; the bytes of weights a decode step reads against this machine's memory bandwidth (a
 256 MiB copy); and what int8 costs in quality: the held-out loss of the answers of the bundled demo data and of
-a second set (MultiAlpaca's, ../shared/data), base model, fp32 against int8.
+a second set (MultiAlpaca's, ../shared/data), base model, fp32 against int8 and fp16.
 
     python benchmarks/lowbit.py [--rounds 2]
 
@@ -24,7 +24,9 @@ from serve_throughput import free_port, one_and_sixteen_clients, start, stop
 REPO = Path(__file__).resolve().parents[1]
 SECOND_SET = REPO.parent / "shared" / "data" / "instructions" / "multialpaca"
 MODES = {"float32": ["--dtype", "float32"], "bfloat16": ["--dtype", "bfloat16"],
-         "int8": ["--dtype", "float32", "--quantization", "int8"]}
+         "int8": ["--dtype", "float32", "--quantization", "int8"],
+         "fp16": ["--dtype", "float32", "--quantization", "fp16"]}
+LOWBIT = ("int8", "fp16")
 
 
 def serve(args: list[str]) -> dict[str, float]:
@@ -52,14 +54,14 @@ def copy_bandwidth_gb_s() -> float:
 def weight_bytes_per_token(quantization: str, dtype: torch.dtype) -> int:
     """The weights one decode step reads: every linear layer and the head (the embedding lookup reads one row)."""
     from bactrian.infer.engine import Engine
-    from bactrian.infer.lowbit import Int8Linear
+    from bactrian.infer.lowbit import Fp16Linear, Int8Linear
 
     engine = Engine("default", dtype=str(dtype).removeprefix("torch."), quantization=quantization,
                     prepacked_weights=False)
     total = 0
     for module in engine.model.modules():
-        if isinstance(module, Int8Linear):
-            total += module.in_features * module.out_features  # one byte a weight
+        if isinstance(module, (Int8Linear, Fp16Linear)):  # one byte a weight, or two
+            total += module.in_features * module.out_features * (1 if isinstance(module, Int8Linear) else 2)
         elif type(module) is torch.nn.Linear:
             total += module.weight.numel() * module.weight.element_size()
     return total
@@ -91,7 +93,7 @@ def quality() -> dict[str, dict[str, float]]:
         sets["MultiAlpaca (../shared/data)"] = read_rows(str(SECOND_SET))
     picked = {name: [row for i, row in enumerate(rows) if i % max(1, len(rows) // 96) == 0][:96]
               for name, rows in sets.items()}
-    return {name: {mode: held_out_loss(mode, rows) for mode in ("auto", "int8")} for name, rows in picked.items()}
+    return {name: {mode: held_out_loss(mode, rows) for mode in ("auto", *LOWBIT)} for name, rows in picked.items()}
 
 
 def main() -> None:
@@ -112,7 +114,7 @@ def main() -> None:
     bandwidth = copy_bandwidth_gb_s()
     read = {"float32": weight_bytes_per_token("auto", torch.float32),
             "bfloat16": weight_bytes_per_token("auto", torch.bfloat16),
-            "int8": weight_bytes_per_token("int8", torch.float32)}
+            **{mode: weight_bytes_per_token(mode, torch.float32) for mode in LOWBIT}}
     losses = quality()
     save("lowbit", {"speed": speed, "copy_gb_s": bandwidth, "weight_bytes_per_token": read, "loss": losses})
     report(speed, bandwidth, read, losses)
@@ -132,9 +134,11 @@ def report(speed, bandwidth, read, losses) -> None:
         weights = f"{bytes_read / 1e6:.0f} MB | {bandwidth * 1e9 / bytes_read:.0f}" if bytes_read else "| "
         print(f"| {name} | {figures('1 client tok/s')} | {ratio} | {figures('1 client TTFT s')} | "
               f"{figures('16 clients tok/s')} | {weights} |")
-    print("\n| held-out answers | fp32 loss | int8 loss | int8 / fp32 |\n| --- | ---: | ---: | ---: |")
-    for name, pair in losses.items():
-        print(f"| {name} | {pair['auto']:.4f} | {pair['int8']:.4f} | {pair['int8'] / pair['auto']:.4f} |")
+    print("\n| held-out answers | fp32 loss | " + " | ".join(f"{mode} loss | {mode} / fp32" for mode in LOWBIT)
+          + " |\n| --- | ---: |" + " ---: | ---: |" * len(LOWBIT))
+    for name, loss in losses.items():
+        cells = " | ".join(f"{loss[mode]:.4f} | {loss[mode] / loss['auto']:.4f}" for mode in LOWBIT)
+        print(f"| {name} | {loss['auto']:.4f} | {cells} |")
 
 
 if __name__ == "__main__":
