@@ -1,5 +1,5 @@
 """Where a one-row decode step's time goes (issue #29): `Engine.generate` of one greedy 33-token answer on Gemma 3
-270M in fp32 (oneDNN-prepacked), bf16 and int8, timed, then profiled with torch.profiler: the share of the
+270M in fp32 (oneDNN-prepacked), bf16, int8 and fp16 weights, timed, then profiled with torch.profiler: the share of the
 matrix products, and the rate at which they read their weights against the machine's bandwidth.
 
     python benchmarks/decode_profile.py
@@ -17,8 +17,10 @@ from torch.profiler import ProfilerActivity, profile
 from bactrian.infer.engine import Engine
 from bactrian.infer.requests import Request, SamplingParams
 
-PRODUCTS = {"aten::mm", "aten::addmm", "aten::_int_mm", "mkldnn::_linear_pointwise", "aten::bmm"}
-MODES = {"float32": ("float32", "auto"), "bfloat16": ("bfloat16", "auto"), "int8": ("float32", "int8")}
+PRODUCTS = {"aten::mm", "aten::addmm", "aten::_int_mm", "mkldnn::_linear_pointwise", "aten::bmm",
+            "quantized::linear_with_input_q_dq_qweight_dq_output_fp32", "quantized::linear_dynamic_fp16"}
+MODES = {"float32": ("float32", "auto"), "bfloat16": ("bfloat16", "auto"), "int8": ("float32", "int8"),
+         "fp16": ("float32", "fp16")}
 TOKENS = 33
 
 

@@ -8,9 +8,9 @@ trains, in three phases:
 2. cost: `bactrian serve --language_guard` with the demo adapter, driven by the openai client on
    /v1/chat/completions (greedy, 64 tokens), each request with the guard on or off by its `bactrian` field,
    interleaved, twice: tokens/s at 1 and 16 clients, time to first token.
-3. loop: the guard's preference pairs (serve --guard_pairs_file) on the Vicuna questions, `data prefs
-   --guard_pairs`, DPO from the demo adapter (--init_adapter), then the MGSM set evaluated without the guard,
-   before (phase 1's demo) and after, per language.
+3. loop: the guard's preference pairs (serve --guard_pairs_file) on the Vicuna questions phase 1 does not ask
+   (17-80 of each language), `data prefs --guard_pairs`, DPO from the demo adapter (--init_adapter), then both
+   sets evaluated without the guard, before (phase 1's demo) and after, per language.
 
     python benchmarks/language_guard.py --demo_adapter bench-out/int8-quality/demo [--phases quality cost loop]
 
@@ -173,27 +173,38 @@ def cost(demo: str) -> list[dict]:
 
 
 # -- the loop -----------------------------------------------------------------------------------------------------
-def collect_pairs(demo: str, count: int) -> Path:
-    """The guard's pairs on `count` Vicuna questions (12 languages), as served with --guard_pairs_file."""
+def collect_pairs(demo: str, skip: int) -> Path:
+    """The guard's pairs on the Vicuna questions after the first `skip` of each language, as served with
+    --guard_pairs_file."""
     pairs = WORK / "guard-pairs.jsonl"
     pairs.unlink(missing_ok=True)
     server, url = serve(demo, "--language_guard", "--guard_pairs_file", str(pairs))
     try:
         texts = [json.loads(line)["text"] for path in sorted(VICUNA.glob("questions_*.jsonl"))
-                 for line in path.read_text(encoding="utf-8").splitlines()[:count] if line.strip()]
+                 for line in path.read_text(encoding="utf-8").splitlines()[skip:] if line.strip()]
         asyncio.run(drive(url, 16, texts, True))
     finally:
         stop(server)
     return pairs
 
 
-def loop(demo: str, questions: int, pair_questions: int, steps: int, before: dict) -> dict:
+def base_answers_kept(plain_run: str, name: str) -> None:
+    """Seed run `name`'s answers with the base model's from `plain_run` (same prompts, same settings): the
+    evaluation resumes them instead of decoding them again."""
+    source = WORK / plain_run / "answers" / "confusion.jsonl"
+    target = WORK / name / "answers" / "confusion.jsonl"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("".join(line + "\n" for line in source.read_text(encoding="utf-8").splitlines()
+                              if json.loads(line)["model"] == "base"), encoding="utf-8")
+
+
+def loop(demo: str, questions: int, steps: int, quality: dict) -> dict:
     from bactrian.data.config import PrefsConfig
     from bactrian.data.prefs import prefs
     from bactrian.train.config import FinetuneConfig
     from bactrian.train.finetune import finetune
 
-    pairs = collect_pairs(demo, pair_questions)
+    pairs = collect_pairs(demo, questions)
     folder = WORK / "guard-prefs"
     report = prefs(PrefsConfig(guard_pairs=[str(pairs)], output_dir=str(folder)))
     dpo = WORK / "dpo"
@@ -201,14 +212,18 @@ def loop(demo: str, questions: int, pair_questions: int, steps: int, before: dic
                             init_adapter=demo, max_steps=steps, learning_rate=2e-4, warmup_steps=0, val_set_size=0,
                             lora_dropout=0.0, logging_steps=1, save_steps=0, eval_steps=0, global_batch_size=8,
                             micro_batch_size=2, cutoff_len=256, beta=0.1))
-    after = confusion([f"dpo={dpo}"], mgsm_prompts(questions), questions, False, "mgsm-after-dpo")
-    print(f"\n## loop: {sum(report['pairs'].values()) if isinstance(report.get('pairs'), dict) else report} "
-          f"pairs; MGSM set without the guard, LPR % before (demo) and after DPO\n")
-    print("| language | demo | demo + DPO on the guard's pairs |")
-    print("| --- | ---: | ---: |")
-    for lang, summary in before["demo"].items():
-        print(f"| {lang} | {_rate(summary)} | {_rate(after['dpo'][lang])} |")
-    return {"pairs_file": str(pairs), "prefs_report": report, "after": after}
+    after = {}
+    for set_name, prompts in (("vicuna", VICUNA), ("mgsm", mgsm_prompts(questions))):
+        base_answers_kept(f"{set_name}-plain", f"{set_name}-after-dpo")
+        after[set_name] = confusion([f"demo={dpo}"], prompts, questions, False, f"{set_name}-after-dpo")
+    lines = sum(1 for _ in pairs.open(encoding="utf-8")) if pairs.exists() else 0
+    print(f"\n## loop: {lines} guard pairs from Vicuna questions {questions + 1}-80; {steps} DPO steps from the demo "
+          "adapter; LPR % without the guard, before and after\n")
+    for set_name in after:
+        print(f"\n{set_name}:\n\n| language | demo | demo + DPO on the guard's pairs |\n| --- | ---: | ---: |")
+        for lang, summary in quality[f"{set_name}-plain"]["demo"].items():
+            print(f"| {lang} | {_rate(summary)} | {_rate(after[set_name]['demo'][lang])} |")
+    return {"pairs_file": str(pairs), "pairs": lines, "prefs_report": report, "after": after}
 
 
 def main(arguments: argparse.Namespace) -> None:
@@ -226,8 +241,7 @@ def main(arguments: argparse.Namespace) -> None:
         results["cost"] = cost(demo)
         save("language_guard", results)
     if "loop" in arguments.phases:
-        results["loop"] = loop(demo, arguments.questions, arguments.pair_questions, arguments.dpo_steps,
-                               results["quality"]["mgsm-plain"])
+        results["loop"] = loop(demo, arguments.questions, arguments.dpo_steps, results["quality"])
         save("language_guard", results)
 
 
@@ -236,6 +250,5 @@ if __name__ == "__main__":
     parser.add_argument("--demo_adapter", default="./bactrian-demo/adapter")
     parser.add_argument("--phases", nargs="+", default=["quality", "cost", "loop"])
     parser.add_argument("--questions", type=int, default=16)
-    parser.add_argument("--pair_questions", type=int, default=40)
     parser.add_argument("--dpo_steps", type=int, default=20)
     main(parser.parse_args())
