@@ -63,6 +63,7 @@ class Engine:
             prepack_linear_layers(self.model)
             self.mode["prepacked_weights"] = True
         log.info("Decoding mode: %s", ", ".join(f"{key} {value}" for key, value in self.mode.items()))
+        self.model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
         self.model.eval()
         self.kv_bytes_per_token = kv_bytes_per_token(self.model.config, next(self.model.parameters()).dtype)
         self.kv_budget_bytes = int(kv_cache_gb * (1 << 30)) or memory_left(self.device) // 2
@@ -148,6 +149,15 @@ class Engine:
         text, stopped = cut_at_stop(text, params.stop)
         ended = stopped or (new and new[-1] == self.tokenizer.eos_token_id)
         return Delta(index, text, "stop" if ended else "length", len(new))
+
+
+def _contiguous_input(_: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The head's input with plain strides. A prefill keeps each row's last position only (`logits_to_keep=1`): a
+    strided [rows, 1, hidden] view (which `.contiguous()` leaves as it is when rows is 1), and torch 2.13's
+    `linear` multiplies such a view by a batched matmul over a copy of the head's weight expanded to every row: in
+    bf16 on a CPU, 2.7 GB copied and 7 s for 8 rows of Gemma 3 270M, 1.2 s for one, where a plain input takes a
+    product of milliseconds."""
+    return (args[0].clone(memory_format=torch.contiguous_format), *args[1:])
 
 
 def cache_keyword(model: Any) -> str:
