@@ -8,8 +8,8 @@ trains, in three phases:
 2. cost: `bactrian serve --language_guard` with the demo adapter, driven by the openai client on
    /v1/chat/completions (greedy, 64 tokens), each request with the guard on or off by its `bactrian` field,
    interleaved, twice: tokens/s at 1 and 16 clients, time to first token.
-3. loop: the guard's preference pairs (serve --guard_pairs_file) on the Vicuna questions phase 1 does not ask
-   (17-80 of each language), `data prefs --guard_pairs`, DPO from the demo adapter (--init_adapter), then both
+3. loop: the guard's preference pairs (serve --guard_pairs_file) on Vicuna questions phase 1 does not ask
+   (17-32 of each language), `data prefs --guard_pairs`, DPO from the demo adapter (--init_adapter), then both
    sets evaluated without the guard, before (phase 1's demo) and after, per language.
 
     python benchmarks/language_guard.py --demo_adapter bench-out/int8-quality/demo [--phases quality cost loop]
@@ -174,14 +174,14 @@ def cost(demo: str) -> list[dict]:
 
 # -- the loop -----------------------------------------------------------------------------------------------------
 def collect_pairs(demo: str, skip: int) -> Path:
-    """The guard's pairs on the Vicuna questions after the first `skip` of each language, as served with
-    --guard_pairs_file."""
+    """The guard's pairs on Vicuna questions skip+1 to 2*skip of each language (the quality phase asks the first
+    `skip`), as served with --guard_pairs_file."""
     pairs = WORK / "guard-pairs.jsonl"
     pairs.unlink(missing_ok=True)
     server, url = serve(demo, "--language_guard", "--guard_pairs_file", str(pairs))
     try:
         texts = [json.loads(line)["text"] for path in sorted(VICUNA.glob("questions_*.jsonl"))
-                 for line in path.read_text(encoding="utf-8").splitlines()[skip:] if line.strip()]
+                 for line in path.read_text(encoding="utf-8").splitlines()[skip:2 * skip] if line.strip()]
         asyncio.run(drive(url, 16, texts, True))
     finally:
         stop(server)
@@ -217,8 +217,8 @@ def loop(demo: str, questions: int, steps: int, quality: dict) -> dict:
         base_answers_kept(f"{set_name}-plain", f"{set_name}-after-dpo")
         after[set_name] = confusion([f"demo={dpo}"], prompts, questions, False, f"{set_name}-after-dpo")
     lines = sum(1 for _ in pairs.open(encoding="utf-8")) if pairs.exists() else 0
-    print(f"\n## loop: {lines} guard pairs from Vicuna questions {questions + 1}-80; {steps} DPO steps from the demo "
-          "adapter; LPR % without the guard, before and after\n")
+    print(f"\n## loop: {lines} guard pairs from Vicuna questions {questions + 1}-{2 * questions}; {steps} DPO "
+          "steps from the demo adapter; LPR % without the guard, before and after\n")
     for set_name in after:
         print(f"\n{set_name}:\n\n| language | demo | demo + DPO on the guard's pairs |\n| --- | ---: | ---: |")
         for lang, summary in quality[f"{set_name}-plain"]["demo"].items():
