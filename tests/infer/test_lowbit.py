@@ -101,13 +101,3 @@ def test_fp16_weights_for_every_base_layer_and_the_head_batch_invariant(tiny_gem
     assert float((a - b).abs().max()) < 1e-3 * float(b.max() - b.min())
     answers = engine.generate(requests)
     assert answers == [engine.generate([request])[0] for request in requests]  # fbgemm's rows are independent
-
-
-@pytest.mark.skipif("fbgemm" not in torch.backends.quantized.supported_engines, reason="fbgemm (x86) is absent")
-def test_one_row_through_fbgemm_is_bit_for_bit_the_batched_product():
-    torch.manual_seed(0)
-    layer = lowbit.Int8Linear(torch.nn.Linear(640, 2048))
-    x = torch.randn(7, 640) * 3
-    batched = layer(x)
-    assert all(torch.equal(layer(x[i:i + 1]), batched[i:i + 1]) for i in range(len(x)))
-    assert layer.packed is not None

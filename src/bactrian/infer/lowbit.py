@@ -17,7 +17,6 @@ at inference)."""
 from __future__ import annotations
 
 import logging
-import warnings
 
 import torch
 
@@ -37,10 +36,7 @@ def int8_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 class Int8Linear(torch.nn.Module):
     """`linear`'s product through int8 weights and int8 activations. Its dense weight is not kept (a tied
-    embedding keeps its own, for the lookups). A single row (one person's decode step) goes through fbgemm's int8
-    GEMV with the row's own scale, which reads the weights near the memory's bandwidth (3.7x `_int_mm` on the
-    262k-token head); its result is the same, bit for bit, as `_int_mm`'s (the same integers, scaled in the same
-    order), so a row's answer still does not depend on its batch. It costs a second int8 copy of the weights."""
+    embedding keeps its own, for the lookups)."""
 
     def __init__(self, linear: torch.nn.Linear):
         super().__init__()
@@ -49,40 +45,13 @@ class Int8Linear(torch.nn.Module):
         self.register_buffer("weight_t", weight.t().contiguous())  # [in, out]: what _int_mm multiplies by
         self.register_buffer("weight_scales", scales.view(1, -1))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
-        self.packed = _fbgemm_int8(weight, scales)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).float()
-        if flat.shape[0] == 1 and self.packed is not None:
-            scale = float((flat.abs().amax() / 127).clamp(min=SCALE_FLOOR))  # int8_rows' scale of this row
-            out = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(flat, scale, ZERO_POINT,
-                                                                                     self.packed)
-        else:
-            rows, scales = int8_rows(flat, dim=1)
-            out = torch._int_mm(rows, self.weight_t).float() * (scales * self.weight_scales)  # fbgemm's order
+        rows, scales = int8_rows(x.reshape(-1, self.in_features).float(), dim=1)
+        out = torch._int_mm(rows, self.weight_t).float() * scales * self.weight_scales
         if self.bias is not None:
             out += self.bias
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
-
-
-ZERO_POINT = 128  # fbgemm takes activations as uint8: int8 value v is v + 128
-
-
-def _fbgemm_int8(weight: torch.Tensor, scales: torch.Tensor) -> object | None:
-    """The int8 weights and their per-channel scales packed for fbgemm; None without fbgemm (not x86), or if a
-    torch after the pinned one drops these quantized-tensor ops (deprecated: pytorch/pytorch#184982): one row then
-    takes `_int_mm` too, slower, with the same result."""
-    if "fbgemm" not in torch.backends.quantized.supported_engines:
-        return None
-    zeros = torch.zeros(weight.shape[0], dtype=torch.long)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
-            quantized = torch._make_per_channel_quantized_tensor(weight, scales.view(-1).double(), zeros, 0)
-        return torch.ops.quantized.linear_prepack(quantized, None)
-    except (AttributeError, RuntimeError) as exc:
-        log.warning("fbgemm's int8 kernel is unavailable (%s): one row takes torch._int_mm", exc)
-        return None
 
 
 class Fp16Linear(torch.nn.Module):
