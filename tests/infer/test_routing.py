@@ -125,3 +125,11 @@ def test_generate_rows_say_why(tiny_llama, tiny_adapters, tmp_path):
     rows = {row["id"]: row for row in map(json.loads, output.read_text().splitlines())}
     assert rows["q0"]["adapter"] == "de" and rows["q0"]["route"]["rule"] == "covers-language"
     assert rows["q1"]["adapter"] == "base" and rows["q1"]["route"]["reason"].startswith("no adapter covers sw")
+
+
+def test_a_huge_message_is_told_by_its_start():
+    """A megabyte of text held the server's event loop for a second and was told as no language at all."""
+    from bactrian.infer.routing import tell_language
+
+    lang, _ = tell_language("Bonjour tout le monde, comment allez-vous aujourd'hui ? " * 18000)
+    assert lang == "fr"

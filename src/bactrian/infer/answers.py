@@ -19,7 +19,7 @@ from .. import languages
 from ..errors import ConfigError
 from ..records import Instruction, parsing, read_jsonl
 from .requests import GUARD_RETRIES, LanguageGuard, Request, SamplingParams
-from .routing import AUTO, conversation_language
+from .routing import AUTO, guard_for
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,5 @@ def _guard(prompt: Instruction, retries: int | None) -> LanguageGuard | None:
     no guard)."""
     if retries is None:
         return None
-    if prompt.lang and languages.is_known(prompt.lang):
-        return LanguageGuard(languages.get(prompt.lang).code, retries)
-    lang = conversation_language([f"{prompt.instruction}\n{prompt.input}"])[0]
-    return LanguageGuard(lang, retries) if lang else None
+    lang = languages.get(prompt.lang).code if prompt.lang and languages.is_known(prompt.lang) else None
+    return guard_for([f"{prompt.instruction}\n{prompt.input}"], retries, lang)

@@ -10,8 +10,8 @@ from typing import Any
 from .batcher import Batcher
 from .config import ChatConfig
 from .engine import Engine, build_engine
-from .requests import GUARD_RETRIES, Delta, LanguageGuard, Request, SamplingParams
-from .routing import AUTO, BASE, conversation_language
+from .requests import GUARD_RETRIES, Delta, Request, SamplingParams
+from .routing import AUTO, BASE, guard_for
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +24,6 @@ BEAMS_NOTE = ("Beams above 1 search beams: Temperature, Top p and Top k have no 
 def _params(temperature: float, top_p: float, top_k: int, beams: int, max_tokens: int) -> SamplingParams:
     return SamplingParams(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
                           num_beams=int(beams), max_new_tokens=int(max_tokens))
-
-
-def _guard(on: bool, user_messages: list[str], retries: int) -> LanguageGuard | None:
-    """The language guard of an answer, when asked for: in the user's language, as `auto` tells it."""
-    lang = conversation_language(user_messages)[0] if on else None
-    return LanguageGuard(lang, retries) if lang else None
 
 
 def _guard_note(on: bool, request: Request, delta: Delta) -> str:
@@ -71,7 +65,8 @@ def build_app(engine: Engine, batcher: Batcher | None = None, language_guard: bo
         route = engine.catalog.resolve_adapter(adapter, f"{instruction}\n{input}")
         params = _params(temperature, top_p, top_k, beams, max_tokens)
         request = Request(engine.catalog.render(route.adapter, instruction, input), params, route.adapter,
-                          guard=_guard(guarded and params.num_beams == 1, [f"{instruction}\n{input}"], guard_retries))
+                          guard=guard_for([f"{instruction}\n{input}"], guard_retries)
+                          if guarded and params.num_beams == 1 else None)
         text = ""
         async for delta in batcher.stream(request):
             _raise_error(delta)
@@ -88,7 +83,7 @@ def build_app(engine: Engine, batcher: Batcher | None = None, language_guard: bo
         route = engine.catalog.resolve_adapter(adapter, users)
         request = Request(engine.catalog.encode_chat(route.adapter, messages),
                           _params(temperature, 1.0, 0, 1, max_tokens),
-                          route.adapter, guard=_guard(guarded, users, guard_retries))
+                          route.adapter, guard=guard_for(users, guard_retries) if guarded else None)
         reply = ""
         async for delta in batcher.stream(request):
             _raise_error(delta)

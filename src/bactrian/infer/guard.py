@@ -3,8 +3,9 @@
 An answer is judged piece by piece as it grows: a piece ends at a line break, or at the end of a sentence once it
 holds MIN_LINE_WORDS words (a short sentence waits for the next). Each piece is checked by language confusion's
 line rule (`langid.line_verdict`), so pieces the language ID cannot judge (numbers, names, short lines) pass,
-and so do the lines of a fenced code block. Pieces are cut at token boundaries: the tokens before a piece are kept for good (and may be shown); a piece
-that drifts into another language is taken back (its tokens dropped, `rewind`) and decoded again with the drift
+and so do the lines of a fenced code block. Pieces are cut at token boundaries: the tokens before a piece are
+kept for good (and may be shown); a piece that drifts into another language is taken back (its tokens dropped,
+`rewind`) and decoded again with the drift
 discouraged: the token that began each drifting attempt is banned at the piece's first position, and when the
 drift was into another script, every token written in that script is banned until the piece ends. After
 `max_retries` attempts the last one is kept and marked as not fixed.

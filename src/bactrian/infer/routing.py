@@ -21,10 +21,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..adapters import BASE, AdapterCard
+from .requests import LanguageGuard
 
 AUTO = "auto"  # route by the language of the input
 FALLBACKS = ("multilingual", "base")
 MIN_LETTERS = 10
+DETECT_CHARS = 4096
 # scripts written by one Bactrian-X language only: even a short text in them names its language
 _SCRIPT_LANGUAGE = {"HIRAGANA": "ja", "KATAKANA": "ja", "HANGUL": "ko", "GEORGIAN": "ka", "HEBREW": "he",
                     "THAI": "th", "KHMER": "km", "MYANMAR": "my", "SINHALA": "si", "TAMIL": "ta", "TELUGU": "te",
@@ -62,9 +64,12 @@ def short_text_language(text: str) -> str | None:
 
 
 def tell_language(text: str) -> tuple[str | None, float]:
-    """The language of `text` and the detector's confidence; (None, score) when too short or unsure."""
+    """The language of `text` (its first DETECT_CHARS characters: more tell nothing new, and a megabyte of them
+    held the server's event loop for a second) and the detector's confidence; (None, score) when too short or
+    unsure."""
     from ..langid import MIN_SCORE, detect_language_scored
 
+    text = text[:DETECT_CHARS]
     if sum(ch.isalpha() for ch in text) < MIN_LETTERS:
         lang = short_text_language(text)
         return (lang, 1.0) if lang else (None, 0.0)
@@ -79,6 +84,13 @@ def conversation_language(user_messages: list[str]) -> tuple[str | None, float, 
         if lang:
             return lang, score, "detected" if position == 0 else "conversation"
     return None, 0.0, "undetected"
+
+
+def guard_for(user_messages: list[str], retries: int, lang: str | None = None) -> LanguageGuard | None:
+    """The language guard of an answer: in `lang`, else in the user's language by the rule above; None when no
+    language can be told."""
+    lang = lang or conversation_language(user_messages)[0]
+    return LanguageGuard(lang, retries) if lang else None
 
 
 def choose(adapters: list[AdapterCard], user_messages: list[str], fallback: str = "multilingual") -> Route:

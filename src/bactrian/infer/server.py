@@ -31,7 +31,7 @@ from .guard_pairs import PairLog, pair_record
 from .metrics import ServingMetrics
 from .protocols import Backend
 from .requests import GUARD_RETRIES, Delta, LanguageGuard, Request, SamplingParams
-from .routing import Route, conversation_language
+from .routing import Route, guard_for
 from .upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -384,9 +384,8 @@ def _language_guard(body: _Common, policy: GuardPolicy, route: Route,
     """The guard of a request that asks for one: in the language it names, else the user's, by the rule `auto`
     uses (which `auto` has applied already); None when no language can be told."""
     fields = body.bactrian or BactrianFields()
-    lang = fields.lang or (route.lang if route.rule != "requested" else conversation_language(user_messages)[0])
     retries = policy.retries if fields.max_retries is None else fields.max_retries
-    return LanguageGuard(lang, retries) if lang else None
+    return guard_for(user_messages, retries, fields.lang or (route.lang if route.rule != "requested" else None))
 
 
 def _answer(catalog: Catalog, body: _Common, policy: GuardPolicy, route: Route, user_messages: list[str], text: str,
