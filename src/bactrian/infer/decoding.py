@@ -21,6 +21,7 @@ from ..errors import ModelError
 from .guard import GuardedAnswer, ban
 from .protocols import DecodingModel
 from .requests import Delta, Request, SamplingParams, cut_at_stop, safe_prefix
+from .speculation import Drafter
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class Row:
         self.settled, self.prefix, self.read = "", 0, 0  # incremental detokenization (see `text`)
         self.guard = GuardedAnswer(request.guard) if request.guard else None
         self.rewound = False  # the guard took back a piece: the row is prefilled again from what it kept
+        self.drafter: Drafter | None = None  # its guesses of its next tokens, once it decodes alone (greedy)
         self.generator = None
         if not request.params.greedy:
             self.generator = torch.Generator(device=device)
@@ -197,20 +199,54 @@ class DecodeBatch:
             self.rows, self.cache, self.mask, self.positions, self.next_ids = [], None, None, None, None
 
     def _decode(self) -> Iterator[Delta]:
-        mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
+        guesses = self._draft()
+        width = 1 + len(guesses)
+        ids = torch.cat([self.next_ids, self._as_column(guesses).T], dim=1) if guesses else self.next_ids
+        mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), width)], dim=1)
+        positions = self.positions + torch.arange(width, device=self.positions.device)
         try:
-            logits = self.model.forward(self.next_ids, mask, self.positions, self.cache, adapters_of(self.rows))
+            logits = self.model.forward(ids, mask, positions, self.cache, adapters_of(self.rows), keep=width)
         except Exception as exc:
             if not out_of_memory(exc):
                 raise
-            width = self.mask.shape[1]  # the layers before the failure have the step's new column: take it back
-            for layer in self.cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, :width], layer.values[:, :, :width]
+            self._trim_cache(self.mask.shape[1])  # the layers before the failure have the step's new columns
             raise _StepOutOfMemory(exc) from exc
-        self.mask, self.positions = mask, self.positions + 1
-        chosen = yield from self._advance(self.rows, logits)
-        self.next_ids = self._as_column(chosen)
+        if guesses:
+            yield from self._check(guesses, logits, mask)
+        else:
+            self.mask, self.positions = mask, self.positions + 1
+            chosen = yield from self._advance(self.rows, logits)
+            self.next_ids = self._as_column(chosen)
         self._requeue_rewound()
+
+    def _draft(self) -> list[int]:
+        """A lone greedy row's guesses of its next tokens (`speculation.py`); none while it shares the batch, has a
+        language guard (which judges and bans token by token) or the model does not speculate."""
+        row = self.rows[0]
+        if len(self.rows) > 1 or not self.model.speculation or not row.request.params.greedy or row.guard is not None:
+            return []
+        row.drafter = row.drafter or Drafter()
+        return row.drafter.propose(row.context(), most=row.request.params.max_new_tokens - len(row.tokens) - 1)
+
+    def _check(self, guesses: list[int], logits: torch.Tensor, mask: torch.Tensor) -> Iterator[Delta]:
+        """The lone row keeps the guesses its model chose itself, then the model's own next token (what plain
+        decoding would have given, token for token); the cache keeps the columns of what was kept."""
+        row, before = self.rows[0], self.mask.shape[1]
+        chosen = logits[0].float().argmax(-1).tolist()
+        agreed = next((i for i, (guess, token) in enumerate(zip(guesses, chosen)) if guess != token), len(guesses))
+        row.drafter.taken(len(guesses), agreed)
+        for token in chosen[:agreed + 1]:
+            yield from self._emit(row, token)
+            if row.finished or row.rewound:
+                break
+        kept = before + agreed + 1
+        self._trim_cache(kept)
+        self.mask, self.positions = mask[:, :kept], self.positions + agreed + 1
+        self.next_ids = self._as_column([chosen[agreed]])
+
+    def _trim_cache(self, columns: int) -> None:
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, :columns], layer.values[:, :, :columns]
 
     def _prefill_chunk(self) -> Iterator[Delta]:
         prefill = self.prefill
@@ -286,7 +322,8 @@ class DecodeBatch:
         delta, row.emitted = ready[len(row.emitted):], ready
         if delta or row.finished:
             yield Delta(row.index, delta, row.finished, len(row.tokens) + (1 if token in self.eos else 0),
-                        guard=row.guard.report() if row.guard is not None and row.finished else None)
+                        guard=row.guard.report() if row.guard is not None and row.finished else None,
+                        speculation=row.drafter.report() if row.drafter is not None and row.finished else None)
 
     def _cancel_gone(self) -> Iterator[Delta]:
         groups = [self.rows, self.waiting] + ([self.prefill.rows] if self.prefill else [])

@@ -44,7 +44,7 @@ class Engine:
     def __init__(self, base_model: str = "default", lora_weights: list[str] | None = None,
                  prompt_template_name: str = "bactrian", load_8bit: bool = False, load_4bit: bool = False,
                  auto_fallback: str = "multilingual", dtype: str = "auto", prepacked_weights: bool = True,
-                 kv_cache_gb: float = 0.0, quantization: str = "auto"):
+                 kv_cache_gb: float = 0.0, quantization: str = "auto", speculation: str = "prompt_lookup"):
         device = pick_device()
         self.loaded: LoadedModel = load_model(base_model, load_8bit, load_4bit, device, inference_dtype(dtype, device))
         self.model, self.tokenizer, self.device = self.loaded.model, self.loaded.tokenizer, self.loaded.device
@@ -55,8 +55,9 @@ class Engine:
                                context_length(self.model.config))
         for name, path in specs.items():
             self._attach(name, path)
+        self.speculation = speculation == "prompt_lookup"
         self.mode = {"dtype": str(self.model.dtype).removeprefix("torch."), "quantization": "none",
-                     "prepacked_weights": False}
+                     "prepacked_weights": False, "speculation": speculation}
         if quantization != "auto":
             self._quantize(quantization)
         if prepacked_weights and prepacking_applies(self.model):  # the layers left in fp32
@@ -124,14 +125,14 @@ class Engine:
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
-                adapters: Sequence[str]) -> torch.Tensor:
-        """The last position's logits of one step of rows (each with its own adapter), extending `cache`."""
+                adapters: Sequence[str], keep: int = 1) -> torch.Tensor:
+        """The last `keep` positions' logits of one step of rows (each with its own adapter), extending `cache`."""
         kwargs: dict[str, Any] = {}
         if self.catalog.adapters:
             kwargs["adapter_names"] = [_peft_name(adapter) for adapter in adapters]
         kwargs[self.cache_keyword] = cache
         output = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                            logits_to_keep=1, **kwargs)
+                            logits_to_keep=keep, **kwargs)
         return output.logits
 
     @torch.no_grad()
@@ -196,4 +197,4 @@ def _peft_name(adapter: str) -> str:
 def build_engine(config: EngineConfig) -> Engine:
     return Engine(config.base_model, adapter_specs(config), config.prompt_template_name, config.load_8bit,
                   config.load_4bit, config.auto_fallback, config.dtype, config.prepacked_weights, config.kv_cache_gb,
-                  config.quantization)
+                  config.quantization, config.speculation)

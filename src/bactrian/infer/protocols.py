@@ -22,10 +22,11 @@ class DecodingModel(Protocol):
     kv_bytes_per_token: int  # one token of one row in the KV cache, all layers
     kv_budget_bytes: int  # the most the KV cache may take (0: no bound)
     mode: dict[str, Any]  # how it decodes (dtype, quantization, ...): for /health and the log
+    speculation: bool  # a lone greedy row guesses its next tokens (prompt lookup, `speculation.py`)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
-                adapters: Sequence[str]) -> torch.Tensor:
-        """The last position's logits of one step, each row with its adapter, extending `cache`."""
+                adapters: Sequence[str], keep: int = 1) -> torch.Tensor:
+        """The last `keep` positions' logits of one step, each row with its adapter, extending `cache`."""
 
     def beam_search(self, index: int, request: Request) -> Delta:
         """A beam-search request's whole answer (beams decode apart from the batch)."""

@@ -60,6 +60,7 @@ class Delta:
     error: str | None = None
     status: int = 500  # the HTTP status an error maps to
     guard: dict[str, Any] | None = None  # on the last delta of a guarded request: what the guard did (`guard.py`)
+    speculation: dict[str, int] | None = None  # on the last delta of a request that guessed: guessed and kept tokens
 
 
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:

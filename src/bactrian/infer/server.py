@@ -409,11 +409,13 @@ class _Answer:
     finish_reason: str | None = None
     completion_tokens: int = 0
     guard_report: dict[str, Any] | None = None
+    speculation: dict[str, int] | None = None
 
     def add(self, delta: Delta) -> None:
         self.text += delta.text
         self.finish_reason, self.completion_tokens = delta.finish_reason, delta.completion_tokens
         self.guard_report = delta.guard or self.guard_report
+        self.speculation = delta.speculation or self.speculation
 
     @property
     def guard(self) -> dict[str, Any] | None:
@@ -436,7 +438,8 @@ class _Serving:
     pairs: PairLog | None
 
     def count(self, answer: _Answer) -> None:
-        self.metrics.answered(answer.request.adapter, answer.finish_reason, answer.completion_tokens, answer.guard)
+        self.metrics.answered(answer.request.adapter, answer.finish_reason, answer.completion_tokens, answer.guard,
+                              answer.speculation)
 
     async def keep(self, answer: _Answer) -> None:
         """A corrected answer: one log line, and its preference pair appended to the pair log (off the event
