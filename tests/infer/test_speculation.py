@@ -172,3 +172,10 @@ def test_serve_counts_guesses_and_reports_the_mode(pair):
     guessed, kept = (fast_counts[f"bactrian_speculation_{name}_tokens_total"] for name in ("guessed", "kept"))
     assert guessed >= kept > 0
     assert plain_counts["bactrian_speculation_guessed_tokens_total"] == 0
+
+
+def test_no_guessing_where_a_checked_guess_could_change_the_answer(tiny_llama, checks):
+    engine = Engine(str(tiny_llama), dtype="bfloat16")
+    assert not engine.speculation and engine.mode["speculation"] == "off"
+    engine.generate([greedy(engine, PROMPTS[0], BASE, max_new_tokens=30)])
+    assert not checks

@@ -29,7 +29,9 @@ class EngineConfig(ModelOptions):
     speculation: str = option("prompt_lookup", "Exact speed-up of a greedy request decoded alone: prompt_lookup "
                                                "(it guesses its next tokens from where its last ones occurred "
                                                "before in the prompt or answer, and one step checks them all: "
-                                               "the answer is plain decoding's, token for token) or off.",
+                                               "the answer is plain decoding's, token for token; in fp32 "
+                                               "arithmetic only, which --quantization fp16|int8 keep, not in "
+                                               "bf16) or off.",
                               choices=("prompt_lookup", "off"))
     kv_cache_gb: float = option(0.0, "Most memory the KV cache of decoding may take, in GB; a request joins the batch "
                                      "when its worst case (prompt + max tokens) still fits, else waits. 0: half of "

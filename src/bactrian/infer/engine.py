@@ -55,9 +55,9 @@ class Engine:
                                context_length(self.model.config))
         for name, path in specs.items():
             self._attach(name, path)
-        self.speculation = speculation == "prompt_lookup"
+        self.speculation = speculation == "prompt_lookup" and speculation_is_exact(self.model)
         self.mode = {"dtype": str(self.model.dtype).removeprefix("torch."), "quantization": "none",
-                     "prepacked_weights": False, "speculation": speculation}
+                     "prepacked_weights": False, "speculation": "prompt_lookup" if self.speculation else "off"}
         if quantization != "auto":
             self._quantize(quantization)
         if prepacked_weights and prepacking_applies(self.model):  # the layers left in fp32
@@ -159,6 +159,18 @@ def _contiguous_input(_: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tup
     bf16 on a CPU, 2.7 GB copied and 7 s for 8 rows of Gemma 3 270M, 1.2 s for one, where a plain input takes a
     product of milliseconds."""
     return (args[0].clone(memory_format=torch.contiguous_format), *args[1:])
+
+
+def speculation_is_exact(model: Any) -> bool:
+    """Whether checking guesses keeps greedy answers those of plain decoding: in fp32 arithmetic (the fp16 and int8
+    weight modes included) a step's numbers do not depend on how many positions it holds; in bf16 or fp16 they
+    round differently at 1 and at 1 + k positions, and an answer would change where two tokens nearly tie (8 of
+    16 Gemma 3 270M answers did in bf16: benchmarks/RESULTS.md), so there a greedy row decodes plainly."""
+    exact = model.dtype == torch.float32
+    if not exact:
+        log.info("Speculation off: the model computes in %s, where a checked guess could change a greedy answer",
+                 model.dtype)
+    return exact
 
 
 def cache_keyword(model: Any) -> str:
