@@ -179,3 +179,25 @@ def test_no_guessing_where_a_checked_guess_could_change_the_answer(tiny_llama, c
     assert not engine.speculation and engine.mode["speculation"] == "off"
     engine.generate([greedy(engine, PROMPTS[0], BASE, max_new_tokens=30)])
     assert not checks
+
+
+def test_a_step_whose_guesses_do_not_fit_decodes_plainly(pair, checks, monkeypatch):
+    """An out-of-memory in a speculative step fails nothing: the step is taken again without guesses, and the row
+    guesses no more."""
+    import torch
+
+    fast, plain = pair
+    forward, refused = fast.forward, []
+
+    def tight(ids, mask, positions, cache, adapters, keep=1):
+        if keep > 1:
+            refused.append(keep)
+            first = cache.layers[0]  # fail half way: the first layer has grown its cache already
+            first.keys, first.values = (torch.cat([t, t[:, :, -keep:]], dim=2) for t in (first.keys, first.values))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(ids, mask, positions, cache, adapters, keep)
+
+    monkeypatch.setattr(fast, "forward", tight)
+    request = greedy(fast, PROMPTS[3], BASE, max_new_tokens=40)
+    assert fast.generate([request]) == plain.generate([request])
+    assert len(refused) == 1 and not checks

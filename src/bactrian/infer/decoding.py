@@ -210,6 +210,10 @@ class DecodeBatch:
             if not out_of_memory(exc):
                 raise
             self._trim_cache(self.mask.shape[1])  # the layers before the failure have the step's new columns
+            if guesses:  # the guesses' positions did not fit: the row decodes plainly from now on
+                self.rows[0].drafter.guesses = 0
+                yield from self._decode()
+                return
             raise _StepOutOfMemory(exc) from exc
         if guesses:
             yield from self._check(guesses, logits, mask)

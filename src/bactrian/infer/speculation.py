@@ -24,7 +24,7 @@ class Drafter:
     def __init__(self) -> None:
         self.followers: dict[tuple[int, ...], int] = {}  # an n-gram -> where the token after its latest occurrence is
         self.indexed = 0  # context tokens whose n-grams are in `followers`
-        self.guesses = FIRST_GUESSES
+        self.guesses = FIRST_GUESSES  # 0: guess no more (a step with guesses ran out of memory)
         self.guessed = self.kept = 0  # tokens guessed, and those the model agreed with, over the whole answer
 
     def propose(self, context: list[int], most: int) -> list[int]:
