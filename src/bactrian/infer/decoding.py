@@ -241,7 +241,7 @@ class DecodeBatch:
         row.drafter.taken(len(guesses), agreed)
         for token in chosen[:agreed + 1]:
             yield from self._emit(row, token)
-            if row.finished or row.rewound:
+            if row.finished:
                 break
         kept = before + agreed + 1
         self._trim_cache(kept)

@@ -13,7 +13,7 @@ from __future__ import annotations
 LONGEST_NGRAM = 3  # the longest run of last tokens looked up, tried first
 SHORTEST_NGRAM = 2  # a single token recurs too often to predict what follows it
 FIRST_GUESSES = 4
-MOST_GUESSES = 8  # a step of 9 positions of Gemma 3 270M costs about 1.3 of one (benchmarks/speculation.py)
+MOST_GUESSES = 8  # a step of 9 positions of Gemma 3 270M costs about 1.4 of one (benchmarks/speculation.py)
 
 
 class Drafter:
