@@ -254,3 +254,16 @@ def test_the_options_are_checked_at_start(tmp_path):
     assert guard_policy_of(ServeConfig(language_guard=True, guard_retries=3)) == GuardPolicy(True, 3)
     with pytest.raises(ConfigError, match="--guard_pairs_file"):
         PairLog(tmp_path / "missing" / "pairs.jsonl")
+
+
+def test_the_scripts_of_the_tokens_are_known_before_the_first_request(tiny_llama):
+    """They are computed when the app is made, not inside a decode step that every row would wait on."""
+    from bactrian.infer.engine import Engine
+    from bactrian.infer.guard import token_scripts
+
+    engine = Engine(str(tiny_llama), dtype="float32")
+    token_scripts.cache_clear()
+    engine_app(engine)
+    before = token_scripts.cache_info()
+    token_scripts(engine.tokenizer)
+    assert before.currsize == 1 and token_scripts.cache_info().hits == before.hits + 1

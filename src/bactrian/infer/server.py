@@ -228,9 +228,13 @@ def _too_large(limit: int) -> OpenAIError:
 def engine_app(engine: Any, api_key: str | None = None, max_batch: int = 64, wait_ms: float = 5.0,
                max_queue: int = 256, limits: RequestLimits | None = None, guard: GuardPolicy | None = None,
                pairs: PairLog | None = None) -> FastAPI:
-    """The OpenAI API over a loaded engine (`engine.Engine`), decoded by its own batcher."""
+    """The OpenAI API over a loaded engine (`engine.Engine`), decoded by its own batcher. The script of every token
+    (what the language guard bans by) is computed now, not inside the decode step of the first guarded answer that
+    drifts, where every other row would wait for it (about a second on Gemma's 262k tokens)."""
     from .batcher import Batcher  # decoding needs torch; `serve --upstream` loads neither
+    from .guard import token_scripts
 
+    token_scripts(engine.tokenizer)
     return create_app(engine.catalog, Batcher(engine, max_batch=max_batch, wait_ms=wait_ms, max_queue=max_queue),
                       api_key, limits, guard, pairs)
 
