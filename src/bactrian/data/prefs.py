@@ -30,7 +30,7 @@ from ..infer.answers import answer_prompts, read_answers
 from ..infer.engine import build_engine
 from ..infer.requests import SamplingParams
 from ..infer.routing import BASE
-from ..records import Instruction, Record, load_records, read_preferences, write_parquet
+from ..records import Instruction, load_records, read_preferences, write_parquet
 from .config import PrefsConfig
 
 log = logging.getLogger(__name__)
@@ -148,15 +148,21 @@ def guard_pairs(paths: list[str], langs: list[str], taken: list[dict[str, Any]])
     """The pairs of the guard's pair files (checked rows of `read_preferences`) in `langs` (all when empty), each
     (lang, instruction, input, chosen, rejected) once, as `language_guard` pairs. Their ids stay unique within a
     language, beside the pairs already `taken`: an id met again becomes `<id>-2` (`-3`, ... if that is taken too).
-    Also how many rows were read, left out as duplicates, and renamed."""
-    records = [record for path in paths for record in read_preferences(path)]
-    wanted = [record for record in records if not langs or record.lang in langs]
-    first: dict[tuple[str, ...], Record] = {}
-    for record in wanted:
-        first.setdefault((record.lang, record.instruction, record.input, record.output, record.rejected), record)
-    pairs = [_pair(record.to_dict(), record.output, record.rejected, "language_guard") for record in first.values()]
-    return {"pairs": pairs, "read": len(records), "other_languages": len(records) - len(wanted),
-            "duplicates": len(wanted) - len(pairs), "renamed_ids": _make_ids_unique(pairs, taken)}
+    Also how many rows were read, left out as duplicates, and renamed. The files are read a row at a time: only
+    the pairs kept are held."""
+    read = other_languages = 0
+    first: dict[tuple[str, ...], dict[str, Any]] = {}
+    for record in (record for path in paths for record in read_preferences(path)):
+        read += 1
+        if langs and record.lang not in langs:
+            other_languages += 1
+            continue
+        key = (record.lang, record.instruction, record.input, record.output, record.rejected)
+        if key not in first:
+            first[key] = _pair(record.to_dict(), record.output, record.rejected, "language_guard")
+    pairs = list(first.values())
+    return {"pairs": pairs, "read": read, "other_languages": other_languages,
+            "duplicates": read - other_languages - len(pairs), "renamed_ids": _make_ids_unique(pairs, taken)}
 
 
 def _make_ids_unique(pairs: list[dict[str, Any]], taken: list[dict[str, Any]]) -> int:

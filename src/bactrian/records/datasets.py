@@ -70,20 +70,18 @@ def read_instructions(path: Path) -> list[Instruction]:
             for row in read_rows(str(path), lang_required=False)]
 
 
-def read_preferences(path: str) -> list[Record]:
-    """The preference rows of one JSON/JSONL/Parquet file (e.g. the pairs `serve --guard_pairs_file` appends),
-    each checked by `check_row`; a row without `chosen` and `rejected` is an error naming the file, the line and
-    the field, where a plain instruction reader would take it for an SFT row."""
+def read_preferences(path: str) -> Iterator[Record]:
+    """The preference rows of one JSON/JSONL/Parquet file (e.g. the pairs `serve --guard_pairs_file` appends), one
+    at a time, each checked by `check_row`; a row without `chosen` and `rejected` is an error naming the file, the
+    line and the field, where a plain instruction reader would take it for an SFT row."""
     file = Path(path)
     if not file.is_file():
         raise DataError(f"{path}: no such file.")
-    records = []
     for index, where, row in raw_rows(file):
         if isinstance(row, dict) and not is_preference(row):
             raise DataError(f"{file}: {where}: field 'chosen' is missing (a preference pair has chosen and "
                             "rejected).")
-        records.append(to_record(row, file, where, language_of_file(file), f"{file.stem}-{index}"))
-    return records
+        yield to_record(row, file, where, language_of_file(file), f"{file.stem}-{index}")
 
 
 def write_jsonl(path: Path, records: Iterable[Record]) -> None:
