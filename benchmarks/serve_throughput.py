@@ -33,15 +33,20 @@ LEVELS = (1, 16, 64)
 ADAPTERS = 16
 
 
+def questions(count: int) -> list[str]:
+    """Vicuna questions in 12 languages, spread over the languages."""
+    texts = [json.loads(line)["text"] for path in sorted(QUESTIONS.glob("questions_*.jsonl"))
+             for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [texts[(i * 37) % len(texts)] for i in range(count)]
+
+
 def prompts(count: int) -> list[str]:
-    """Vicuna questions in 12 languages, rendered with the bactrian template: both servers get the same text on
-    /v1/completions (a base model's answers under llama.cpp's chat template are mostly empty)."""
+    """`questions`, rendered with the bactrian template: both servers get the same text on /v1/completions (a base
+    model's answers under llama.cpp's chat template are mostly empty)."""
     from bactrian.prompts import load_template
 
     template = load_template("bactrian")
-    texts = [json.loads(line)["text"] for path in sorted(QUESTIONS.glob("questions_*.jsonl"))
-             for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [template.render(texts[(i * 37) % len(texts)]) for i in range(count)]
+    return [template.render(question) for question in questions(count)]
 
 
 def make_adapters(base_path: str, folder: Path) -> list[str]:

@@ -20,7 +20,7 @@ import time
 
 import torch
 from bench_out import save
-from serve_throughput import QUESTIONS
+from serve_throughput import questions
 
 from bactrian.infer.engine import Engine
 from bactrian.infer.requests import Request, SamplingParams
@@ -31,20 +31,12 @@ QUESTION_COUNT = 8
 MAX_TOKENS = 64
 
 
-def questions() -> list[str]:
-    import json
-
-    texts = [json.loads(line)["text"] for path in sorted(QUESTIONS.glob("questions_*.jsonl"))
-             for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [texts[(i * 37) % len(texts)] for i in range(QUESTION_COUNT)]
-
-
 def step_cost(engine: Engine) -> dict[int, float]:
     """Milliseconds of one row's forward over 1 + k positions after a 40-token prompt (the cache trimmed back after
     each), the median of 15."""
     from transformers import DynamicCache
 
-    prompt = engine.catalog.render("base", questions()[0])
+    prompt = engine.catalog.render("base", questions(1)[0])
     cache = DynamicCache()
     ids = torch.tensor([prompt])
     engine.forward(ids, torch.ones_like(ids), torch.arange(len(prompt)).view(1, -1), cache, ["base"])
@@ -77,7 +69,7 @@ def answers(engine: Engine, model: str) -> dict:
     engine.forward = counted
     tokens, texts = 0, []
     started = time.perf_counter()
-    for question in questions():
+    for question in questions(QUESTION_COUNT):
         request = Request(engine.catalog.render(model, question), SamplingParams(max_new_tokens=MAX_TOKENS), model)
         text, _, count = engine.generate([request])[0]
         texts.append(text)
